@@ -1,0 +1,155 @@
+"""Frozen, hashable configuration dataclasses.
+
+They are passed to `jax.jit` as static arguments, so every field is an immutable
+Python value (tuples, not lists). `from_dict` builds one from a mapping (a YAML
+preset, a JSON file) and names any key it does not know.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional, Tuple, Type, TypeVar, Union
+
+T = TypeVar("T")
+
+ARCHITECTURES = ("llama", "gpt2")
+ROPE_TYPES = ("default", "linear", "llama3")
+ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+
+
+def from_dict(cls: Type[T], values: Mapping[str, Any]) -> T:
+    """Builds dataclass `cls` from `values`, rejecting unknown keys by name."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown {cls.__name__} key(s) {unknown}; valid keys are {sorted(known)}"
+        )
+    return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Rotary-embedding frequency scaling, as `transformers` names it (`rope_type`)."""
+
+    rope_type: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self):
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(
+                f"unsupported rope_type {self.rope_type!r}; supported: {ROPE_TYPES}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a decoder-only transformer.
+
+    `arch="llama"` covers Llama 2/3, Mistral and Qwen2 (RMSNorm, rotary positions,
+    gated MLP, separate q/k/v); `arch="gpt2"` is GPT-2 (LayerNorm, learned positions,
+    plain MLP, fused qkv). `hf_model_type` remembers the `transformers` model type
+    so that `save_hf` writes the same family back.
+    """
+
+    arch: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    max_position_embeddings: int
+    norm_eps: float = 1e-6
+    activation: str = "silu"
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = RopeScaling()
+    qkv_bias: bool = False
+    out_bias: bool = False
+    mlp_bias: bool = False
+    tie_embeddings: bool = False
+    sliding_window: Optional[int] = None
+    sliding_layers: Optional[Tuple[bool, ...]] = None  # None: all layers, if window set
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    bos_token_id: Optional[int] = None
+    eos_token_id: Tuple[int, ...] = ()
+    pad_token_id: Optional[int] = None
+    hf_model_type: str = "llama"
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown arch {self.arch!r}; supported: {ARCHITECTURES}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unsupported activation {self.activation!r}; supported: {ACTIVATIONS}"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} is not a multiple of "
+                f"num_kv_heads={self.num_kv_heads}"
+            )
+        if (self.arch == "gpt2") != (self.hf_model_type == "gpt2"):
+            raise ValueError(f"hf_model_type {self.hf_model_type!r} does not match arch {self.arch!r}")
+        if self.sliding_layers is not None and len(self.sliding_layers) != self.num_layers:
+            raise ValueError("sliding_layers needs one entry per layer")
+
+    def uses_sliding_window(self, layer: int) -> bool:
+        if self.sliding_window is None:
+            return False
+        return self.sliding_layers is None or self.sliding_layers[layer]
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecConfig:
+    """What `generate` does: the model, how many tokens, how to sample, when to stop.
+
+    temperature 0 is greedy decoding. `eos_token_id=None` stops on the model's own
+    EOS ids; `()` never stops early. `max_seq_len=None` allows up to the model's
+    `max_position_embeddings` positions (prompt + new tokens).
+    """
+
+    model: ModelConfig
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    eos_token_id: Union[None, int, Tuple[int, ...]] = None
+    pad_token_id: int = 0
+    seed: int = 0
+    min_prompt_bucket: int = 16
+    max_seq_len: Optional[int] = None
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+
+    @property
+    def eos_ids(self) -> Tuple[int, ...]:
+        if self.eos_token_id is None:
+            return tuple(self.model.eos_token_id)
+        if isinstance(self.eos_token_id, int):
+            return (self.eos_token_id,)
+        return tuple(self.eos_token_id)
+
+    @property
+    def seq_limit(self) -> int:
+        return self.max_seq_len or self.model.max_position_embeddings
+
+    def replace(self, **changes) -> "SpecConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,337 @@
+"""Hugging Face checkpoint interop: `load_hf` reads an ordinary checkpoint folder,
+`save_hf` writes one that `transformers` loads.
+
+A folder holds config.json (read through `transformers.AutoConfig`), the weights as
+model.safetensors or sharded behind model.safetensors.index.json, and optionally
+the tokenizer files (read through `AutoTokenizer`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import safetensors.flax
+import transformers
+
+from sdjax.config import ModelConfig, RopeScaling
+from sdjax.models.transformer import param_shapes
+
+LLAMA_FAMILY = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = LLAMA_FAMILY + ("gpt2",)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+_GPT2_BUFFERS = (".attn.bias", ".attn.masked_bias")
+
+
+class LoadedModel(NamedTuple):
+    config: ModelConfig
+    params: Dict[str, Any]
+    tokenizer: Optional[Any]
+
+
+class UnsupportedModelError(ValueError):
+    """The checkpoint's architecture or one of its options is not implemented."""
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _rope_from_hf(hf: Any) -> Tuple[float, RopeScaling]:
+    """Reads rope theta and scaling from `rope_parameters` (new) or `rope_theta`/`rope_scaling`."""
+    params = dict(getattr(hf, "rope_parameters", None) or {})
+    if not params:
+        params = dict(getattr(hf, "rope_scaling", None) or {})
+        params.setdefault("rope_theta", getattr(hf, "rope_theta", 10000.0))
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in ("default", "linear", "llama3"):
+        raise UnsupportedModelError(
+            f"rope type {rope_type!r} is not supported (default, linear, llama3 are)"
+        )
+    known = {f: params[f] for f in ("factor", "low_freq_factor", "high_freq_factor",
+                                    "original_max_position_embeddings") if f in params}
+    return float(params.get("rope_theta", 10000.0)), RopeScaling(rope_type=rope_type, **known)
+
+
+def _eos_ids(value) -> Tuple[int, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, int) else tuple(value)
+
+
+def config_from_hf(hf: Any, dtype: str = "float32", param_dtype: str = "float32") -> ModelConfig:
+    """Converts a `transformers` config object into a ModelConfig."""
+    model_type = getattr(hf, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not supported; supported: {SUPPORTED_MODEL_TYPES}"
+        )
+    common = dict(
+        vocab_size=hf.vocab_size,
+        bos_token_id=hf.bos_token_id,
+        eos_token_id=_eos_ids(hf.eos_token_id),
+        pad_token_id=hf.pad_token_id,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        hf_model_type=model_type,
+    )
+    if model_type == "gpt2":
+        for flag, ok in (("scale_attn_by_inverse_layer_idx", False),
+                         ("scale_attn_weights", True), ("add_cross_attention", False)):
+            if getattr(hf, flag, ok) != ok:
+                raise UnsupportedModelError(f"GPT-2 option {flag}={not ok} is not supported")
+        return ModelConfig(
+            arch="gpt2",
+            hidden_size=hf.n_embd,
+            num_layers=hf.n_layer,
+            num_heads=hf.n_head,
+            num_kv_heads=hf.n_head,
+            head_dim=hf.n_embd // hf.n_head,
+            intermediate_size=hf.n_inner or 4 * hf.n_embd,
+            max_position_embeddings=hf.n_positions,
+            norm_eps=hf.layer_norm_epsilon,
+            activation=hf.activation_function,
+            qkv_bias=True,
+            out_bias=True,
+            mlp_bias=True,
+            tie_embeddings=True,
+            **common,
+        )
+    rope_theta, rope_scaling = _rope_from_hf(hf)
+    attention_bias = bool(getattr(hf, "attention_bias", False))
+    sliding_window = getattr(hf, "sliding_window", None)
+    if model_type == "qwen2" and not getattr(hf, "use_sliding_window", False):
+        sliding_window = None
+    layer_types = getattr(hf, "layer_types", None)
+    sliding_layers = (
+        tuple(t == "sliding_attention" for t in layer_types)
+        if sliding_window is not None and layer_types else None
+    )
+    return ModelConfig(
+        arch="llama",
+        hidden_size=hf.hidden_size,
+        num_layers=hf.num_hidden_layers,
+        num_heads=hf.num_attention_heads,
+        num_kv_heads=getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads,
+        head_dim=getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads,
+        intermediate_size=hf.intermediate_size,
+        max_position_embeddings=hf.max_position_embeddings,
+        norm_eps=hf.rms_norm_eps,
+        activation=hf.hidden_act,
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
+        qkv_bias=attention_bias or model_type == "qwen2",
+        out_bias=attention_bias,
+        mlp_bias=bool(getattr(hf, "mlp_bias", False)),
+        tie_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
+        sliding_window=sliding_window,
+        sliding_layers=sliding_layers,
+        **common,
+    )
+
+
+def config_to_hf(cfg: ModelConfig) -> transformers.PretrainedConfig:
+    """The `transformers` config object that describes the same model."""
+    common = dict(
+        vocab_size=cfg.vocab_size,
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=list(cfg.eos_token_id) if len(cfg.eos_token_id) > 1 else
+        (cfg.eos_token_id[0] if cfg.eos_token_id else None),
+        pad_token_id=cfg.pad_token_id,
+    )
+    if cfg.arch == "gpt2":
+        return transformers.GPT2Config(
+            n_embd=cfg.hidden_size, n_layer=cfg.num_layers, n_head=cfg.num_heads,
+            n_inner=cfg.intermediate_size, n_positions=cfg.max_position_embeddings,
+            layer_norm_epsilon=cfg.norm_eps, activation_function=cfg.activation, **common,
+        )
+    rope = {"rope_type": cfg.rope_scaling.rope_type, "rope_theta": cfg.rope_theta}
+    if cfg.rope_scaling.rope_type != "default":
+        rope["factor"] = cfg.rope_scaling.factor
+    if cfg.rope_scaling.rope_type == "llama3":
+        rope.update(
+            low_freq_factor=cfg.rope_scaling.low_freq_factor,
+            high_freq_factor=cfg.rope_scaling.high_freq_factor,
+            original_max_position_embeddings=cfg.rope_scaling.original_max_position_embeddings,
+        )
+    llama = dict(
+        hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim, intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=cfg.norm_eps,
+        hidden_act=cfg.activation, rope_parameters=rope,
+        tie_word_embeddings=cfg.tie_embeddings, **common,
+    )
+    if cfg.hf_model_type == "llama":
+        return transformers.LlamaConfig(
+            attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias, **llama
+        )
+    if cfg.hf_model_type == "mistral":
+        return transformers.MistralConfig(sliding_window=cfg.sliding_window, **llama)
+    return transformers.Qwen2Config(
+        use_sliding_window=cfg.sliding_window is not None,
+        sliding_window=cfg.sliding_window, **llama,
+    )
+
+
+# ---------------------------------------------------------------------------- weights
+
+
+def _weight_names(cfg: ModelConfig) -> Iterator[Tuple[str, Tuple[str, ...], bool]]:
+    """(HF tensor name, sdjax param path, transpose?) for every parameter of `cfg`."""
+
+    def linear(hf_name, path, bias, transpose=True):
+        yield f"{hf_name}.weight", path + ("kernel",), transpose
+        if bias:
+            yield f"{hf_name}.bias", path + ("bias",), False
+
+    def norm(hf_name, path):
+        yield f"{hf_name}.weight", path + ("scale",), False
+        if cfg.arch == "gpt2":
+            yield f"{hf_name}.bias", path + ("bias",), False
+
+    if cfg.arch == "gpt2":
+        yield "transformer.wte.weight", ("embed", "embedding"), False
+        yield "transformer.wpe.weight", ("pos_embed", "embedding"), False
+        for i in range(cfg.num_layers):
+            hf, me = f"transformer.h.{i}", (f"layers_{i}",)
+            yield from norm(f"{hf}.ln_1", me + ("attn_norm",))
+            yield from linear(f"{hf}.attn.c_attn", me + ("attn", "qkv_proj"), True, False)
+            yield from linear(f"{hf}.attn.c_proj", me + ("attn", "o_proj"), True, False)
+            yield from norm(f"{hf}.ln_2", me + ("mlp_norm",))
+            yield from linear(f"{hf}.mlp.c_fc", me + ("mlp", "up_proj"), True, False)
+            yield from linear(f"{hf}.mlp.c_proj", me + ("mlp", "down_proj"), True, False)
+        yield from norm("transformer.ln_f", ("final_norm",))
+        return
+
+    yield "model.embed_tokens.weight", ("embed", "embedding"), False
+    for i in range(cfg.num_layers):
+        hf, me = f"model.layers.{i}", (f"layers_{i}",)
+        yield from norm(f"{hf}.input_layernorm", me + ("attn_norm",))
+        for name in ("q_proj", "k_proj", "v_proj"):
+            yield from linear(f"{hf}.self_attn.{name}", me + ("attn", name), cfg.qkv_bias)
+        yield from linear(f"{hf}.self_attn.o_proj", me + ("attn", "o_proj"), cfg.out_bias)
+        yield from norm(f"{hf}.post_attention_layernorm", me + ("mlp_norm",))
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            yield from linear(f"{hf}.mlp.{name}", me + ("mlp", name), cfg.mlp_bias)
+    yield from norm("model.norm", ("final_norm",))
+    if not cfg.tie_embeddings:
+        yield from linear("lm_head", ("lm_head",), False)
+
+
+def _read_safetensors(path: str) -> Dict[str, jax.Array]:
+    single = os.path.join(path, "model.safetensors")
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(single):
+        return safetensors.flax.load_file(single)
+    if os.path.exists(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        tensors: Dict[str, jax.Array] = {}
+        for shard in shards:
+            shard_path = os.path.join(path, shard)
+            if not os.path.exists(shard_path):
+                raise FileNotFoundError(f"{index} lists shard {shard}, which is missing")
+            tensors.update(safetensors.flax.load_file(shard_path))
+        return tensors
+    other = [f for f in ("pytorch_model.bin", "model.bin", "flax_model.msgpack")
+             if os.path.exists(os.path.join(path, f))]
+    hint = f" (found {other}: re-save it with safe_serialization=True)" if other else ""
+    raise FileNotFoundError(
+        f"no weights in {path}: expected model.safetensors or "
+        f"model.safetensors.index.json{hint}"
+    )
+
+
+def _set_path(tree: dict, path: Tuple[str, ...], value) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def params_from_hf_tensors(cfg: ModelConfig, tensors: Dict[str, jax.Array]) -> dict:
+    """Maps HF tensor names to the sdjax parameter pytree, checking every shape."""
+    if cfg.arch == "gpt2":  # original GPT-2 checkpoints omit the "transformer." prefix
+        tensors = {k if k.startswith(("transformer.", "lm_head")) else f"transformer.{k}": v
+                   for k, v in tensors.items() if not k.endswith(_GPT2_BUFFERS)}
+    expected = param_shapes(cfg)["params"]
+    params: dict = {}
+    used = set()
+    for hf_name, path, transpose in _weight_names(cfg):
+        if hf_name not in tensors:
+            raise ValueError(f"checkpoint is missing tensor {hf_name!r}")
+        value = tensors[hf_name].T if transpose else tensors[hf_name]
+        want = expected
+        for key in path:
+            want = want[key]
+        if value.shape != want.shape:
+            raise ValueError(
+                f"tensor {hf_name!r} has shape {tuple(value.shape)}, "
+                f"the config needs {tuple(want.shape)}"
+            )
+        _set_path(params, path, jnp.asarray(value, dtype=cfg.param_dtype))
+        used.add(hf_name)
+    unused = sorted(set(tensors) - used - {"lm_head.weight"})
+    if unused:
+        warnings.warn(f"checkpoint tensors not used by sdjax: {unused[:8]}"
+                      f"{' ...' if len(unused) > 8 else ''}")
+    return {"params": params}
+
+
+def params_to_hf_tensors(cfg: ModelConfig, params: dict) -> Dict[str, jax.Array]:
+    tree = params["params"]
+    out = {}
+    for hf_name, path, transpose in _weight_names(cfg):
+        value = tree
+        for key in path:
+            value = value[key]
+        out[hf_name] = value.T if transpose else value
+    return out
+
+
+# ------------------------------------------------------------------------- public API
+
+
+def load_hf(
+    path: str,
+    dtype: str = "float32",
+    param_dtype: Optional[str] = None,
+    load_tokenizer: bool = True,
+) -> LoadedModel:
+    """Loads config, parameters and (if present) tokenizer from a checkpoint folder."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint folder {path!r} does not exist")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path!r} has no config.json")
+    hf_config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    cfg = config_from_hf(hf_config, dtype=dtype, param_dtype=param_dtype or dtype)
+    params = params_from_hf_tensors(cfg, _read_safetensors(path))
+    tokenizer = None
+    if load_tokenizer and any(os.path.exists(os.path.join(path, f)) for f in _TOKENIZER_FILES):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if len(tokenizer) > cfg.vocab_size:
+            raise ValueError(
+                f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
+                f"only {cfg.vocab_size}: they do not belong together"
+            )
+    return LoadedModel(cfg, params, tokenizer)
+
+
+def save_hf(path: str, cfg: ModelConfig, params: dict, tokenizer: Any = None) -> None:
+    """Writes config.json, model.safetensors (and the tokenizer) for `transformers`."""
+    os.makedirs(path, exist_ok=True)
+    hf_config = config_to_hf(cfg)
+    hf_config.architectures = [
+        {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+         "qwen2": "Qwen2ForCausalLM", "gpt2": "GPT2LMHeadModel"}[cfg.hf_model_type]
+    ]
+    hf_config.save_pretrained(path)
+    tensors = {k: jnp.asarray(v) for k, v in params_to_hf_tensors(cfg, params).items()}
+    safetensors.flax.save_file(tensors, os.path.join(path, "model.safetensors"),
+                               metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+

@@ -1,0 +1,236 @@
+"""The decoder-only transformer that every sdjax method drives (Flax linen).
+
+One forward serves plain decoding, speculative tree verification and the draft
+heads: it takes new tokens [B, T] with explicit positions [B, T], a KV cache, and
+optionally a tree mask [B, T, T] among the new tokens (node i sees node j iff j is
+i's ancestor or i itself); it returns float32 logits, the final hidden state, any
+requested intermediate hidden states, and the cache with the new tokens written
+as pending entries (see `KVCache`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sdjax.config import ModelConfig
+from sdjax.models.cache import KVCache
+from sdjax.models.rope import apply_rope, inverse_frequencies
+
+_ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+}
+_INIT = nn.initializers.normal(0.02)
+
+
+class ModelOutput(NamedTuple):
+    logits: jax.Array  # [B, T, V] float32
+    hidden: jax.Array  # [B, T, D] final hidden state (after the final norm)
+    intermediates: Tuple[jax.Array, ...]  # hidden states of the requested layers
+    cache: KVCache
+
+
+def attention_mask(
+    cache: KVCache,
+    positions: jax.Array,
+    tree_mask: Optional[jax.Array],
+    sliding_window: Optional[int],
+) -> jax.Array:
+    """[B, T, S] bool: which cache slots each new token attends to.
+
+    Committed slots are all visible; pending slot length+j is visible to new token i
+    when tree_mask[b, i, j] (causal order if no tree mask). With a sliding window,
+    keys more than `sliding_window - 1` positions back are hidden.
+    """
+    batch, num_new = positions.shape
+    slots = jnp.arange(cache.max_len, dtype=jnp.int32)
+    rel = slots[None, :] - cache.length[:, None]  # [B, S]: index among the new tokens
+    committed = rel < 0
+    is_new = (rel >= 0) & (rel < num_new)
+    rel_new = jnp.clip(rel, 0, num_new - 1)
+    if tree_mask is None:
+        new_visible = rel_new[:, None, :] <= jnp.arange(num_new)[None, :, None]
+    else:
+        tree_mask = jnp.broadcast_to(tree_mask, (batch, num_new, num_new))
+        index = jnp.broadcast_to(rel_new[:, None, :], (batch, num_new, cache.max_len))
+        new_visible = jnp.take_along_axis(tree_mask, index, axis=2)
+    mask = committed[:, None, :] | (is_new[:, None, :] & new_visible)
+    if sliding_window is not None:
+        new_pos = jnp.take_along_axis(positions, rel_new, axis=1)
+        key_pos = jnp.where(committed, slots[None, :], new_pos)
+        mask &= positions[:, :, None] - key_pos[:, None, :] < sliding_window
+    return mask
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in float32, as `transformers` Llama does."""
+
+    eps: float
+    dtype: str
+    param_dtype: str
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return scale.astype(self.dtype) * normed.astype(self.dtype)
+
+
+def _norm(cfg: ModelConfig, name: str) -> nn.Module:
+    if cfg.arch == "gpt2":
+        return nn.LayerNorm(
+            epsilon=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name
+        )
+    return RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name=name)
+
+
+def _dense(cfg: ModelConfig, features: int, use_bias: bool, name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        kernel_init=_INIT,
+        name=name,
+    )
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+    layer: int
+
+    @nn.compact
+    def __call__(self, x, positions, mask, cache: KVCache):
+        cfg = self.cfg
+        batch, num_new, _ = x.shape
+        q_size = cfg.num_heads * cfg.head_dim
+        kv_size = cfg.num_kv_heads * cfg.head_dim
+        if cfg.arch == "gpt2":
+            qkv = _dense(cfg, q_size + 2 * kv_size, cfg.qkv_bias, "qkv_proj")(x)
+            q, k, v = jnp.split(qkv, [q_size, q_size + kv_size], axis=-1)
+        else:
+            q = _dense(cfg, q_size, cfg.qkv_bias, "q_proj")(x)
+            k = _dense(cfg, kv_size, cfg.qkv_bias, "k_proj")(x)
+            v = _dense(cfg, kv_size, cfg.qkv_bias, "v_proj")(x)
+        q = q.reshape(batch, num_new, cfg.num_heads, cfg.head_dim)
+        k = k.reshape(batch, num_new, cfg.num_kv_heads, cfg.head_dim)
+        v = v.reshape(batch, num_new, cfg.num_kv_heads, cfg.head_dim)
+        if cfg.arch == "llama":
+            inv_freq = inverse_frequencies(cfg)
+            q = apply_rope(q, positions, inv_freq)
+            k = apply_rope(k, positions, inv_freq)
+        cache = cache.write_pending(self.layer, k, v)
+        keys, values = cache.keys[self.layer], cache.values[self.layer]
+
+        groups = cfg.num_heads // cfg.num_kv_heads
+        q = q.reshape(batch, num_new, cfg.num_kv_heads, groups, cfg.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, keys, preferred_element_type=jnp.float32)
+        scores = scores * (cfg.head_dim**-0.5)
+        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, values).reshape(batch, num_new, q_size)
+        return _dense(cfg, cfg.hidden_size, cfg.out_bias, "o_proj")(out), cache
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        act = _ACTIVATIONS[cfg.activation]
+        up = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "up_proj")(x)
+        if cfg.arch == "llama":
+            up = act(_dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "gate_proj")(x)) * up
+        else:
+            up = act(up)
+        return _dense(cfg, cfg.hidden_size, cfg.mlp_bias, "down_proj")(up)
+
+
+class Block(nn.Module):
+    cfg: ModelConfig
+    layer: int
+
+    @nn.compact
+    def __call__(self, x, positions, mask, cache):
+        attn_out, cache = Attention(self.cfg, self.layer, name="attn")(
+            _norm(self.cfg, "attn_norm")(x), positions, mask, cache
+        )
+        x = x + attn_out
+        x = x + MLP(self.cfg, name="mlp")(_norm(self.cfg, "mlp_norm")(x))
+        return x, cache
+
+
+class Transformer(nn.Module):
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        embed = lambda n, name: nn.Embed(
+            n, cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+            embedding_init=_INIT, name=name,
+        )
+        self.embed = embed(cfg.vocab_size, "embed")
+        if cfg.arch == "gpt2":
+            self.pos_embed = embed(cfg.max_position_embeddings, "pos_embed")
+        self.layers = [Block(cfg, i, name=f"layers_{i}") for i in range(cfg.num_layers)]
+        self.final_norm = _norm(cfg, "final_norm")
+        if not cfg.tie_embeddings:
+            self.lm_head = _dense(cfg, cfg.vocab_size, False, "lm_head")
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        cache: KVCache,
+        tree_mask: Optional[jax.Array] = None,
+        hidden_layers: Sequence[int] = (),
+        num_layers: Optional[int] = None,
+    ) -> ModelOutput:
+        """Runs the new tokens through the first `num_layers` layers (all by default).
+
+        `hidden_layers` picks intermediate states as `transformers` numbers them:
+        0 is the embedding output, k the output of layer k (before the final norm).
+        """
+        cfg = self.config
+        num_layers = cfg.num_layers if num_layers is None else num_layers
+        x = self.embed(tokens)
+        if cfg.arch == "gpt2":
+            x = x + self.pos_embed(positions)
+        masks = {
+            window: attention_mask(cache, positions, tree_mask, window)
+            for window in {cfg.sliding_window if cfg.uses_sliding_window(i) else None
+                           for i in range(num_layers)}
+        }
+        states = [x]
+        for i, layer in enumerate(self.layers[:num_layers]):
+            window = cfg.sliding_window if cfg.uses_sliding_window(i) else None
+            x, cache = layer(x, positions, masks[window], cache)
+            states.append(x)
+        hidden = self.final_norm(x)
+        if cfg.tie_embeddings:
+            logits = self.embed.attend(hidden)
+        else:
+            logits = self.lm_head(hidden)
+        intermediates = tuple(states[i] for i in hidden_layers)
+        return ModelOutput(logits.astype(jnp.float32), hidden, intermediates, cache)
+
+
+def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
+    """Random parameters ({'params': ...}) for `cfg`, initialised as `transformers` does."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    cache = KVCache.init(cfg, 1, 1)
+    return Transformer(cfg).init(key, tokens, tokens, cache)
+
+
+def param_shapes(cfg: ModelConfig) -> dict:
+    """The parameter pytree's shapes and dtypes, without allocating it."""
+    return jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))

@@ -1,0 +1,39 @@
+"""Logit warping and token sampling, in the order `transformers` applies them:
+temperature, then top-k, then top-p. Temperature 0 means greedy (argmax).
+
+The same warp is applied to target and draft distributions before any
+speculative verification, so the warped target is what sampling reproduces.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from sdjax.config import SpecConfig
+
+NEG_INF = -jnp.inf
+
+
+def warp_logits(logits: jax.Array, temperature: float, top_k: int = 0, top_p: float = 1.0):
+    """float32 logits [..., V] of the warped distribution (-inf outside its support)."""
+    logits = logits.astype(jnp.float32) / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, NEG_INF, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+        sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
+        mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+        kept = jnp.where(mass_before < top_p, sorted_logits, jnp.inf)
+        threshold = jnp.min(kept, axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, NEG_INF, logits)
+    return logits
+
+
+def sample_tokens(logits: jax.Array, key: jax.Array, cfg: SpecConfig) -> jax.Array:
+    """One token per row of logits [..., V], as int32: greedy at temperature 0."""
+    if cfg.temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    warped = warp_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p)
+    return jax.random.categorical(key, warped, axis=-1).astype(jnp.int32)

@@ -1,0 +1,70 @@
+"""Tiny `transformers` models, one per supported architecture, as test references."""
+
+import os
+
+import torch
+import transformers
+
+_BASE = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+             num_attention_heads=4, max_position_embeddings=128, initializer_range=0.1,
+             eos_token_id=None, bos_token_id=None, pad_token_id=None)
+
+SPECS = {
+    "llama_gqa": lambda: transformers.LlamaConfig(num_key_value_heads=2, **_BASE),
+    "llama3_rope_mqa_bias": lambda: transformers.LlamaConfig(
+        num_key_value_heads=1, attention_bias=True, mlp_bias=True, head_dim=24,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 16},
+        **_BASE),
+    "llama_rope_linear_tied": lambda: transformers.LlamaConfig(
+        num_key_value_heads=4, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+        **_BASE),
+    "mistral_sliding": lambda: transformers.MistralConfig(
+        num_key_value_heads=2, sliding_window=8, **_BASE),
+    "qwen2_bias_tied": lambda: transformers.Qwen2Config(
+        num_key_value_heads=2, tie_word_embeddings=True, **_BASE),
+    "gpt2": lambda: transformers.GPT2Config(
+        vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=128,
+        initializer_range=0.1, eos_token_id=None, bos_token_id=None),
+}
+
+
+def build(name: str):
+    torch.manual_seed(sum(map(ord, name)))
+    config = SPECS[name]()
+    return transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+def write_checkpoint(name: str, path: str) -> str:
+    build(name).save_pretrained(path)
+    return path
+
+
+def load_torch(path: str):
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def stdlib_source(*modules: str) -> str:
+    """Real text: source files of the running interpreter's standard library."""
+    import importlib
+    texts = []
+    for name in modules:
+        with open(importlib.import_module(name).__file__, encoding="utf-8") as f:
+            texts.append(f.read())
+    return "\n".join(texts)
+
+
+def train_tokenizer(path: str, vocab_size: int) -> None:
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([stdlib_source("textwrap", "shlex")], trainer)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    os.makedirs(path, exist_ok=True)
+    fast.save_pretrained(path)
