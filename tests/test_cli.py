@@ -1,0 +1,93 @@
+"""The `sdjax` command line, end to end."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import jax
+import pytest
+
+import sdjax
+from sdjax import cli
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tokenizer_dir):
+    path = tmp_path_factory.mktemp("cli_model")
+    cfg = sdjax.ModelConfig(arch="llama", vocab_size=320, hidden_size=32, num_layers=1,
+                            num_heads=2, num_kv_heads=1, head_dim=16, intermediate_size=64,
+                            max_position_embeddings=128, eos_token_id=(0,))
+    import transformers
+    tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    sdjax.save_hf(str(path), cfg, sdjax.init_params(cfg, jax.random.PRNGKey(3)), tok)
+    return str(path)
+
+
+def test_help_lists_the_commands():
+    result = subprocess.run([sys.executable, "-m", "sdjax.cli", "--help"],
+                            capture_output=True, text=True, check=True)
+    assert "generate" in result.stdout and "demo" in result.stdout
+
+
+def test_generate_matches_the_library(checkpoint, capsys):
+    assert cli.main(["generate", "--model", checkpoint, "--prompt", "def f(x):",
+                     "--max-new-tokens", "9", "--eos-token-id", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    model = sdjax.load_hf(checkpoint)
+    cfg = sdjax.SpecConfig(model=model.config, max_new_tokens=9, eos_token_id=())
+    out = sdjax.generate(model.params, "def f(x):", cfg, tokenizer=model.tokenizer)
+    assert printed["tokens"] == [out.tokens[0].tolist()]
+    assert printed["text"] == out.text
+
+
+def test_generate_reads_a_yaml_preset_and_flags_override_it(checkpoint, tmp_path, capsys):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("max_new_tokens: 50\ntemperature: 0.8\nseed: 4\n")
+    assert cli.main(["generate", "--model", checkpoint, "--prompt", "x = 1",
+                     "--config", str(preset), "--max-new-tokens", "5",
+                     "--eos-token-id", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["tokens"][0]) == 5
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--config", "BAD"], "unknown SpecConfig key(s) ['temprature']"),
+    (["--top-p", "2"], "top_p must be in (0, 1]"),
+    ([], "give --prompt"),
+])
+def test_generate_errors_are_clear(checkpoint, tmp_path, capsys, extra, message):
+    preset = tmp_path / "bad.yaml"
+    preset.write_text("temprature: 0.5\n")
+    extra = [str(preset) if a == "BAD" else a for a in extra]
+    prompt = [] if not extra else ["--prompt", "x"]
+    assert cli.main(["generate", "--model", checkpoint, *prompt, *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_generate_on_a_missing_folder_and_without_tokenizer(checkpoint, tmp_path, capsys):
+    assert cli.main(["generate", "--model", str(tmp_path / "none"), "--prompt", "x"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(f"{checkpoint}/{name}", bare)
+    assert cli.main(["generate", "--model", str(bare), "--prompt", "x"]) == 2
+    assert "no tokenizer" in capsys.readouterr().err
+
+
+def test_presets_in_configs_are_valid():
+    import pathlib
+    import yaml
+    presets = sorted(pathlib.Path(__file__).parent.parent.glob("configs/generate/*.yaml"))
+    assert presets
+    model = sdjax.ModelConfig(arch="gpt2", vocab_size=8, hidden_size=8, num_layers=1,
+                              num_heads=1, num_kv_heads=1, head_dim=8, intermediate_size=8,
+                              max_position_embeddings=8, hf_model_type="gpt2")
+    for preset in presets:
+        sdjax.from_dict(sdjax.SpecConfig, {"model": model, **yaml.safe_load(preset.read_text())})
+
+
+def test_demo_runs_end_to_end(capsys):
+    assert cli.main(["demo", "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "greedy" in out and "tokens/s" in out
