@@ -109,14 +109,18 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SpecConfig:
-    """What `generate` does: the model, how many tokens, how to sample, when to stop.
+    """What `generate` does: the model, the drafter, how many tokens, how to sample,
+    when to stop.
 
+    `drafter=None` is plain autoregressive decoding; otherwise one of
+    `sdjax.drafters` (a frozen dataclass, so the config stays hashable).
     temperature 0 is greedy decoding. `eos_token_id=None` stops on the model's own
     EOS ids; `()` never stops early. `max_seq_len=None` allows up to the model's
     `max_position_embeddings` positions (prompt + new tokens).
     """
 
     model: ModelConfig
+    drafter: Any = None
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_k: int = 0

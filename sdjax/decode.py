@@ -23,9 +23,11 @@ from jax.sharding import Mesh
 
 from sdjax import sharding
 from sdjax.config import SpecConfig
+from sdjax.drafters import Autoregressive
 from sdjax.models.cache import KVCache
 from sdjax.models.transformer import Transformer
 from sdjax.sampling import sample_tokens
+from sdjax.verify import verify
 
 Prompt = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], np.ndarray]
 
@@ -39,12 +41,22 @@ class GenerateOutput(NamedTuple):
 
 @flax.struct.dataclass
 class DecodeState:
+    sequence: jax.Array  # [B, L] prompt + generated tokens of each row
+    seq_len: jax.Array  # [B] tokens in sequence; the last is the next tree's root
+    prompt_len: jax.Array  # [B]
+    done: jax.Array  # [B] bool
+    cache: KVCache  # target KV of sequence[:, :seq_len - 1]
+    draft_state: Any
+    key: jax.Array
+    cycles: jax.Array  # [B] draft-verify cycles this row took part in
+    accepted: jax.Array  # [B, D + 1] histogram of accepted drafts per cycle
+
+
+class DecodeResult(NamedTuple):
     tokens: jax.Array  # [B, max_new_tokens]
     num_tokens: jax.Array  # [B]
-    done: jax.Array  # [B] bool
-    cache: KVCache
-    key: jax.Array
-    target_calls: jax.Array  # [B] target forwards that produced this row's tokens
+    cycles: jax.Array  # [B]
+    accepted: jax.Array  # [B, D + 1]
 
 
 def bucket_length(length: int, min_bucket: int) -> int:
@@ -58,51 +70,94 @@ def _is_eos(tokens: jax.Array, cfg: SpecConfig) -> jax.Array:
     return jnp.isin(tokens, jnp.asarray(cfg.eos_ids, jnp.int32))
 
 
-def decode_loop(params, prompt_tokens, prompt_lengths, key, *, cfg: SpecConfig,
-                mesh: Optional[Mesh] = None) -> DecodeState:
-    """The jittable decode: prefill the right-padded prompts, then one token per cycle."""
+def drafter_of(cfg: SpecConfig):
+    return Autoregressive() if cfg.drafter is None else cfg.drafter
+
+
+def sequence_length(bucket: int, cfg: SpecConfig) -> int:
+    """Slots for prompt, new tokens, and one tree pending beyond them."""
+    return bucket + cfg.max_new_tokens + drafter_of(cfg).shape.num_nodes + 1
+
+
+def _append(state: DecodeState, new: jax.Array, count: jax.Array, cfg: SpecConfig):
+    """Appends the first count[b] of new[b] (clipped at EOS and max_new_tokens)."""
+    steps = jnp.arange(new.shape[1])
+    eos = _is_eos(new, cfg) & (steps[None] < count[:, None])
+    count = jnp.where(eos.any(axis=1), jnp.argmax(eos, axis=1) + 1, count)
+    room = cfg.max_new_tokens - (state.seq_len - state.prompt_len)
+    count = jnp.where(state.done, 0, jnp.minimum(count, room))
+    rows = jnp.arange(new.shape[0])[:, None]
+    sequence = state.sequence.at[rows, state.seq_len[:, None] + steps].set(new)
+    seq_len = state.seq_len + count
+    done = state.done | eos.any(axis=1) | (seq_len - state.prompt_len >= cfg.max_new_tokens)
+    return state.replace(sequence=sequence, seq_len=seq_len, done=done)
+
+
+def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
+                cfg: SpecConfig, mesh: Optional[Mesh] = None) -> DecodeResult:
+    """The jittable decode: prefill, then draft -> tree forward -> verify -> commit
+    until every row is done. Autoregressive decoding is the drafter of zero tokens."""
     batch, bucket = prompt_tokens.shape
+    drafter = drafter_of(cfg)
+    shape = drafter.shape
     model = Transformer(cfg.model)
-    rows = jnp.arange(batch)
-    cache = KVCache.init(cfg.model, batch, bucket + cfg.max_new_tokens)
+    max_len = sequence_length(bucket, cfg)
+    cache = KVCache.init(cfg.model, batch, max_len)
     if mesh is not None:
         cache = sharding.constrain_cache(cache, mesh)
 
     positions = jnp.broadcast_to(jnp.arange(bucket, dtype=jnp.int32), (batch, bucket))
     out = model.apply(params, prompt_tokens, positions, cache)
-    key, subkey = jax.random.split(key)
-    first = sample_tokens(out.logits[rows, prompt_lengths - 1], subkey, cfg)
-    tokens = jnp.full((batch, cfg.max_new_tokens), cfg.pad_token_id, jnp.int32)
+    key, first_key = jax.random.split(key)
+    first = sample_tokens(out.logits[jnp.arange(batch), prompt_lengths - 1], first_key, cfg)
+    sequence = jnp.zeros((batch, max_len), jnp.int32).at[:, :bucket].set(prompt_tokens)
     state = DecodeState(
-        tokens=tokens.at[:, 0].set(first),
-        num_tokens=jnp.ones((batch,), jnp.int32),
-        done=_is_eos(first, cfg) | (cfg.max_new_tokens == 1),
+        sequence=sequence,
+        seq_len=prompt_lengths,
+        prompt_len=prompt_lengths,
+        done=jnp.zeros((batch,), bool),
         cache=out.cache.commit(prompt_lengths),
+        draft_state=drafter.init(draft_params, prompt_tokens, prompt_lengths, max_len),
         key=key,
-        target_calls=jnp.ones((batch,), jnp.int32),
+        cycles=jnp.zeros((batch,), jnp.int32),
+        accepted=jnp.zeros((batch, shape.max_depth + 1), jnp.int32),
     )
+    state = _append(state, first[:, None], jnp.ones((batch,), jnp.int32), cfg)
+    tree_positions = jnp.asarray(shape.depth)[None]
+    tree_mask = jnp.asarray(shape.ancestor_mask)
+    is_chain = shape.parents == tuple(range(-1, shape.num_nodes - 1))
 
     def cycle(state: DecodeState) -> DecodeState:
         active = ~state.done
-        last = state.tokens[rows, state.num_tokens - 1]
-        out = model.apply(params, last[:, None], state.cache.length[:, None], state.cache)
-        key, subkey = jax.random.split(state.key)
-        new = sample_tokens(out.logits[:, 0], subkey, cfg)
-        slot = jnp.minimum(state.num_tokens, cfg.max_new_tokens - 1)
-        tokens = state.tokens.at[rows, slot].set(
-            jnp.where(active, new, state.tokens[rows, slot]))
-        num_tokens = state.num_tokens + active
-        done = state.done | _is_eos(new, cfg) | (num_tokens >= cfg.max_new_tokens)
-        return DecodeState(
-            tokens=tokens,
-            num_tokens=num_tokens,
-            done=done,
-            cache=out.cache.commit(active.astype(jnp.int32)),
+        key, draft_key, verify_key = jax.random.split(state.key, 3)
+        tree, draft_state = drafter.propose(
+            draft_params, state.draft_state, state.sequence, state.seq_len, draft_key, cfg)
+        out = model.apply(params, tree.tokens, state.cache.length[:, None] + tree_positions,
+                          state.cache, tree_mask)
+        result = verify(out.logits, tree.tokens, tree.probs, shape, verify_key, cfg)
+        num = result.num_accepted
+        drafted = jnp.take_along_axis(tree.tokens, result.path[:, 1:], axis=1)
+        new = jnp.concatenate([drafted, result.next_token[:, None]], axis=1)
+        new = jnp.where(jnp.arange(new.shape[1])[None] == num[:, None],
+                        result.next_token[:, None], new)
+        cache = out.cache.commit(jnp.where(active, num + 1, 0),
+                                 None if is_chain else result.path)
+        state = _append(state, new, num + 1, cfg)
+        return state.replace(
+            cache=cache,
+            draft_state=drafter.commit(draft_state, result, cache.length),
             key=key,
-            target_calls=state.target_calls + active,
+            cycles=state.cycles + active,
+            accepted=state.accepted + jax.nn.one_hot(num, shape.max_depth + 1,
+                                                     dtype=jnp.int32) * active[:, None],
         )
 
-    return jax.lax.while_loop(lambda s: ~jnp.all(s.done), cycle, state)
+    state = jax.lax.while_loop(lambda s: ~jnp.all(s.done), cycle, state)
+    num_tokens = state.seq_len - state.prompt_len
+    steps = jnp.arange(cfg.max_new_tokens)
+    tokens = jnp.take_along_axis(state.sequence, state.prompt_len[:, None] + steps, axis=1)
+    tokens = jnp.where(steps[None] < num_tokens[:, None], tokens, cfg.pad_token_id)
+    return DecodeResult(tokens, num_tokens, state.cycles, state.accepted)
 
 
 # ------------------------------------------------------------------- host-side API
@@ -178,15 +233,28 @@ def compile_count() -> int:
     return len(_COMPILED)
 
 
-def _output(state: DecodeState, real_batch: int, tokenizer, stats: dict) -> GenerateOutput:
-    tokens = np.asarray(state.tokens)[:real_batch]
-    num_tokens = np.asarray(state.num_tokens)[:real_batch]
+def _check_drafter(cfg: SpecConfig, draft_params) -> None:
+    check = getattr(cfg.drafter, "check", None)
+    if check is not None:
+        check(cfg)
+    if getattr(cfg.drafter, "config", None) is not None and draft_params is None:
+        raise ValueError(f"{type(cfg.drafter).__name__} needs draft_params")
+
+
+def _output(result: DecodeResult, real_batch: int, tokenizer, stats: dict) -> GenerateOutput:
+    tokens = np.asarray(result.tokens)[:real_batch]
+    num_tokens = np.asarray(result.num_tokens)[:real_batch]
+    accepted = np.asarray(result.accepted)[:real_batch]
     text = None
     if tokenizer is not None:
         text = [tokenizer.decode(row[:n].tolist(), skip_special_tokens=True)
                 for row, n in zip(tokens, num_tokens)]
-    stats = dict(stats, target_calls=np.asarray(state.target_calls)[:real_batch],
+    cycles = np.asarray(result.cycles)[:real_batch]
+    stats = dict(stats, cycles=cycles, target_calls=cycles + 1, accepted_hist=accepted,
                  new_tokens=int(num_tokens.sum()))
+    total_cycles = max(int(accepted.sum()), 1)
+    # tau: mean tokens per cycle (accepted drafts + 1), over all rows and cycles.
+    stats["tau"] = float((accepted * np.arange(1, accepted.shape[1] + 1)).sum() / total_cycles)
     stats["tokens_per_second"] = stats["new_tokens"] / max(stats["decode_seconds"], 1e-9)
     return GenerateOutput(tokens, num_tokens, text, stats)
 
@@ -196,6 +264,7 @@ def generate(
     prompt: Prompt,
     cfg: SpecConfig,
     *,
+    draft_params=None,
     tokenizer=None,
     key: Optional[jax.Array] = None,
     mesh: Optional[Mesh] = None,
@@ -203,44 +272,48 @@ def generate(
     """Generates up to `cfg.max_new_tokens` tokens for each prompt.
 
     prompt: text (needs `tokenizer`), a list of texts, token ids, or a list of id lists
-    (ragged is fine). With `mesh`, parameters are sharded by the logical-axis rules of
-    `sdjax.sharding`, the batch over its `data` axis, and the cache over both.
+    (ragged is fine). `draft_params` are the draft model's, for drafters that have one.
+    With `mesh`, parameters are sharded by the logical-axis rules of `sdjax.sharding`,
+    the batch over its `data` axis, and the cache over both.
     """
+    _check_drafter(cfg, draft_params)
     multiple = mesh.shape[sharding.DATA] if mesh is not None else 1
     tokens, lengths, real_batch = prepare_prompts(prompt, cfg, tokenizer, multiple)
     chex.assert_rank(tokens, 2)
     key = jax.random.PRNGKey(cfg.seed) if key is None else key
-    args = (params, jnp.asarray(tokens), jnp.asarray(lengths), key)
+    args = (params, draft_params, jnp.asarray(tokens), jnp.asarray(lengths), key)
     if mesh is not None:
-        args = (sharding.shard_params(params, mesh),
-                *(sharding.shard_batch(a, mesh) for a in args[1:3]), key)
+        args = (sharding.shard_params(params, mesh), draft_params,
+                *(sharding.shard_batch(a, mesh) for a in args[2:4]), key)
     executable, compile_seconds = compiled_decode(cfg, *tokens.shape, mesh, args)
     start = time.perf_counter()
-    state = jax.block_until_ready(executable(*args))
+    result = jax.block_until_ready(executable(*args))
     stats = {"compile_seconds": compile_seconds,
              "decode_seconds": time.perf_counter() - start}
-    return _output(state, real_batch, tokenizer, stats)
+    return _output(result, real_batch, tokenizer, stats)
 
 
 @functools.lru_cache(maxsize=None)
 def _pmapped_decode(cfg: SpecConfig, devices: Tuple):
     return jax.pmap(functools.partial(decode_loop, cfg=cfg),
-                    in_axes=(None, 0, 0, 0), devices=list(devices))
+                    in_axes=(None, None, 0, 0, 0), devices=list(devices))
 
 
-def generate_pmapped(params, prompt: Prompt, cfg: SpecConfig, *, tokenizer=None,
-                     key: Optional[jax.Array] = None, devices=None) -> GenerateOutput:
+def generate_pmapped(params, prompt: Prompt, cfg: SpecConfig, *, draft_params=None,
+                     tokenizer=None, key: Optional[jax.Array] = None,
+                     devices=None) -> GenerateOutput:
     """Data-parallel `generate`: the prompts are split evenly over `devices` (all local
     devices by default), each shard decoded by a replica with its own copy of params."""
+    _check_drafter(cfg, draft_params)
     devices = tuple(devices or jax.local_devices())
     n = len(devices)
     tokens, lengths, real_batch = prepare_prompts(prompt, cfg, tokenizer, n)
     key = jax.random.PRNGKey(cfg.seed) if key is None else key
     start = time.perf_counter()
-    state = jax.block_until_ready(_pmapped_decode(cfg, devices)(
-        params, tokens.reshape(n, -1, tokens.shape[1]), lengths.reshape(n, -1),
+    result = jax.block_until_ready(_pmapped_decode(cfg, devices)(
+        params, draft_params, tokens.reshape(n, -1, tokens.shape[1]), lengths.reshape(n, -1),
         jax.random.split(key, n)))
     elapsed = time.perf_counter() - start
-    flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]) if x.ndim > 1 else x, state)
+    flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), result)
     return _output(flat, real_batch, tokenizer,
                    {"compile_seconds": float("nan"), "decode_seconds": elapsed})

@@ -1,0 +1,18 @@
+"""Drafters: what proposes the tokens the target then verifies.
+
+Every drafter is a frozen (hashable) dataclass with a static `shape` (TreeShape)
+and three pure methods, called inside the jitted loop:
+
+- `init(draft_params, prompt_tokens, prompt_lengths, max_len) -> state`
+- `propose(draft_params, state, sequence, seq_len, key, cfg) -> (DraftTree, state)`
+- `commit(state, result, committed_length) -> state`
+
+`sequence[B, L]` holds each row's prompt and generated tokens, `seq_len[B]` how many;
+the last one is the root of the tree (committed, its KV not yet in the cache).
+"""
+
+from sdjax.drafters.base import Autoregressive, DraftTree
+from sdjax.drafters.draft_model import DraftModel
+from sdjax.drafters.prompt_lookup import PromptLookup
+
+__all__ = ["Autoregressive", "DraftModel", "DraftTree", "PromptLookup"]
