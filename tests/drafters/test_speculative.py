@@ -1,0 +1,195 @@
+"""Speculative generate: greedy output identical to plain greedy; sampled output
+distributed like the target through the whole jitted loop."""
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sdjax
+from sdjax.drafters import DraftModel, PromptLookup
+from sdjax.models import KVCache, Transformer
+
+TARGET = sdjax.ModelConfig(arch="llama", vocab_size=320, hidden_size=64, num_layers=2,
+                           num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=128,
+                           max_position_embeddings=512)
+DRAFT = sdjax.ModelConfig(arch="gpt2", vocab_size=320, hidden_size=32, num_layers=1,
+                          num_heads=2, num_kv_heads=2, head_dim=16, intermediate_size=64,
+                          max_position_embeddings=512, hf_model_type="gpt2")
+PARAMS = sdjax.init_params(TARGET, jax.random.PRNGKey(0))
+DRAFT_PARAMS = sdjax.init_params(DRAFT, jax.random.PRNGKey(1))
+# The target itself with its LM head rolled by one: always proposes argmax + 1.
+WRONG = jax.tree.map(lambda x: x, PARAMS)
+WRONG["params"]["lm_head"]["kernel"] = jnp.roll(PARAMS["params"]["lm_head"]["kernel"], 1, 1)
+
+RNG = np.random.default_rng(5)
+BLOCK = RNG.integers(0, 320, size=12).tolist()
+PROMPTS = [BLOCK + RNG.integers(0, 320, 5).tolist() + BLOCK[:4],  # copy-heavy
+           RNG.integers(0, 320, 9).tolist(), RNG.integers(0, 320, 3).tolist()]
+
+DRAFTERS = {
+    "draft_model_g3": (DraftModel(DRAFT, num_draft=3), DRAFT_PARAMS),
+    "target_copy_g4": (DraftModel(TARGET, num_draft=4), PARAMS),
+    "never_agrees_g2": (DraftModel(TARGET, num_draft=2), WRONG),
+    "prompt_lookup": (PromptLookup(num_draft=5, max_ngram=3), None),
+    "prompt_lookup_1gram": (PromptLookup(num_draft=2, max_ngram=1), None),
+}
+
+
+def spec(drafter=None, **kw):
+    kw.setdefault("eos_token_id", ())
+    return sdjax.SpecConfig(model=TARGET, drafter=drafter, **kw)
+
+
+@pytest.mark.parametrize("name", sorted(DRAFTERS))
+def test_greedy_equals_plain_greedy(name):
+    drafter, draft_params = DRAFTERS[name]
+    plain = sdjax.generate(PARAMS, PROMPTS, spec(max_new_tokens=25))
+    for prompts in (PROMPTS, PROMPTS[:1]):  # a ragged batch, and batch 1
+        out = sdjax.generate(PARAMS, prompts, spec(drafter, max_new_tokens=25),
+                             draft_params=draft_params)
+        np.testing.assert_array_equal(out.tokens, plain.tokens[:len(prompts)])
+        np.testing.assert_array_equal(out.num_tokens, plain.num_tokens[:len(prompts)])
+
+
+def test_tau_is_gamma_plus_one_for_a_perfect_draft_and_one_for_a_wrong_one():
+    cfg = spec(DraftModel(TARGET, num_draft=4), max_new_tokens=1 + 5 * 6)
+    perfect = sdjax.generate(PARAMS, PROMPTS, cfg, draft_params=PARAMS)
+    assert perfect.stats["tau"] == 5.0
+    np.testing.assert_array_equal(perfect.stats["cycles"], [6, 6, 6])
+    wrong = sdjax.generate(PARAMS, PROMPTS, cfg, draft_params=WRONG)
+    assert wrong.stats["tau"] == 1.0
+    np.testing.assert_array_equal(wrong.tokens, perfect.tokens)
+
+
+def test_prompt_lookup_proposes_what_followed_the_longest_recent_match():
+    drafter = PromptLookup(num_draft=3, max_ngram=3, min_ngram=1)
+    sequence = jnp.asarray([
+        [5, 6, 7, 1, 2, 5, 6, 7, 3, 4, 9, 5, 6, 7, 0, 0],  # 3-gram 5 6 7: most recent -> 3 4 9
+        [8, 1, 2, 8, 3, 4, 2, 8, 0, 0, 0, 0, 0, 0, 0, 0],  # 2-gram 2 8 -> 3 4 2
+        [1, 2, 3, 4, 5, 6, 7, 9, 0, 0, 0, 0, 0, 0, 0, 0],  # no match: repeats the root
+    ])
+    seq_len = jnp.asarray([14, 8, 8])
+    cfg = spec()
+    tree, _ = drafter.propose(None, (), sequence, seq_len, jax.random.PRNGKey(0), cfg)
+    assert tree.tokens.tolist() == [[7, 3, 4, 9], [8, 3, 4, 2], [9, 9, 9, 9]]
+    assert tree.probs is None
+    sampled, _ = drafter.propose(None, (), sequence, seq_len, jax.random.PRNGKey(0),
+                                 cfg.replace(temperature=1.0))
+    np.testing.assert_array_equal(sampled.probs.argmax(-1), sampled.tokens)
+
+
+def test_prompt_lookup_accepts_when_the_target_repeats_itself():
+    # Random-weight targets fall into loops; prompt lookup must profit from them.
+    out = sdjax.generate(PARAMS, PROMPTS, spec(PromptLookup(num_draft=5), max_new_tokens=60))
+    assert out.stats["tau"] > 1.5
+
+
+@pytest.mark.parametrize("eos_at", range(0, 7))
+def test_eos_inside_an_accepted_draft_stops_exactly(eos_at):
+    cfg = spec(DraftModel(TARGET, num_draft=6), max_new_tokens=30)
+    free = sdjax.generate(PARAMS, PROMPTS[1], cfg, draft_params=PARAMS).tokens[0]
+    eos = int(free[1 + eos_at])  # a token inside the first drafted chain (after the 1st)
+    end = int(np.flatnonzero(free == eos)[0]) + 1
+    stopped = sdjax.generate(PARAMS, PROMPTS[1], cfg.replace(eos_token_id=eos, pad_token_id=-1),
+                             draft_params=PARAMS)
+    assert stopped.num_tokens[0] == end
+    np.testing.assert_array_equal(stopped.tokens[0, :end], free[:end])
+    assert (stopped.tokens[0, end:] == -1).all()
+
+
+@pytest.mark.parametrize("max_new", [2, 4, 7, 11])
+def test_max_new_tokens_reached_mid_draft(max_new):
+    plain = sdjax.generate(PARAMS, PROMPTS, spec(max_new_tokens=max_new))
+    out = sdjax.generate(PARAMS, PROMPTS, spec(DraftModel(TARGET, 4), max_new_tokens=max_new),
+                         draft_params=PARAMS)
+    np.testing.assert_array_equal(out.tokens, plain.tokens)
+    np.testing.assert_array_equal(out.num_tokens, [max_new] * 3)
+
+
+def test_one_compilation_across_prompts_in_a_bucket():
+    from sdjax import decode
+    cfg = spec(PromptLookup(num_draft=3), max_new_tokens=6, seed=77)
+    before = decode.compile_count()
+    for prompt in (PROMPTS[1], PROMPTS[2], PROMPTS[1][:7]):  # 9, 3, 7 tokens: bucket 16
+        sdjax.generate(PARAMS, prompt, cfg)
+    assert decode.compile_count() == before + 1
+
+
+def test_draft_vocabulary_and_params_are_checked():
+    small = DRAFT.replace(vocab_size=100)
+    with pytest.raises(ValueError, match="vocabulary"):
+        sdjax.generate(PARAMS, PROMPTS[0], spec(DraftModel(small)), draft_params=DRAFT_PARAMS)
+    with pytest.raises(ValueError, match="needs draft_params"):
+        sdjax.generate(PARAMS, PROMPTS[0], spec(DraftModel(DRAFT)))
+
+
+# ------------------------------------------------------- sampling through the loop
+
+TINY = sdjax.ModelConfig(arch="llama", vocab_size=4, hidden_size=16, num_layers=1,
+                         num_heads=2, num_kv_heads=1, head_dim=8, intermediate_size=32,
+                         max_position_embeddings=64)
+TINY_DRAFT = TINY.replace(num_layers=1, hidden_size=8, num_heads=1, head_dim=8,
+                          intermediate_size=16)
+
+
+def sharpen(params, factor):
+    params = jax.tree.map(lambda x: x, params)
+    params["params"]["lm_head"]["kernel"] = params["params"]["lm_head"]["kernel"] * factor
+    return params
+
+
+TINY_PARAMS = sharpen(sdjax.init_params(TINY, jax.random.PRNGKey(10)), 12)
+TINY_DRAFT_PARAMS = sharpen(sdjax.init_params(TINY_DRAFT, jax.random.PRNGKey(11)), 12)
+PROMPT, NEW = [1, 2, 3, 1], 3
+SAMPLES = 200_000
+
+
+def exact_sequence_probs(temperature):
+    """P(x1 x2 x3 | prompt) under the target, for all 64 continuations."""
+    seqs = np.array(list(itertools.product(range(4), repeat=NEW)))
+    full = np.concatenate([np.tile(PROMPT, (len(seqs), 1)), seqs], axis=1)
+    length = full.shape[1]
+    logits = Transformer(TINY).apply(
+        TINY_PARAMS, jnp.asarray(full), jnp.broadcast_to(jnp.arange(length), full.shape),
+        KVCache.init(TINY, len(seqs), length)).logits
+    logp = jax.nn.log_softmax(logits / temperature, -1)
+    prob = np.ones(len(seqs))
+    for t in range(NEW):
+        pos = len(PROMPT) - 1 + t
+        prob *= np.exp(np.asarray(logp[np.arange(len(seqs)), pos, seqs[:, t]]))
+    return prob
+
+
+@pytest.mark.parametrize("drafter,draft_params", [
+    (DraftModel(TINY_DRAFT, num_draft=2), TINY_DRAFT_PARAMS),
+    (PromptLookup(num_draft=2, max_ngram=2), None),
+    (None, None),
+], ids=["draft_model_chain", "prompt_lookup", "autoregressive"])
+def test_sampled_sequences_follow_the_target(drafter, draft_params):
+    temperature = 0.9
+    exact = exact_sequence_probs(temperature)
+    assert exact.max() < 0.5 and (exact > 0.01).sum() >= 8  # non-trivial distribution
+    cfg = sdjax.SpecConfig(model=TINY, drafter=drafter, max_new_tokens=NEW,
+                           temperature=temperature, eos_token_id=(), min_prompt_bucket=4)
+    out = sdjax.generate(TINY_PARAMS, [PROMPT] * SAMPLES, cfg, draft_params=draft_params)
+    index = out.tokens @ np.array([16, 4, 1])
+    empirical = np.bincount(index, minlength=64) / SAMPLES
+    bound = math.sqrt((64 * math.log(2) + math.log(1e6)) / (2 * SAMPLES))
+    assert 0.5 * np.abs(empirical - exact).sum() < bound
+    if drafter is not None:
+        assert out.stats["tau"] > 1.1  # the drafts were really used
+
+
+def test_sequence_check_rejects_the_draft_models_own_distribution():
+    """Negative control: sampling the draft alone must fail the same check."""
+    exact = exact_sequence_probs(0.9)
+    cfg = sdjax.SpecConfig(model=TINY_DRAFT, max_new_tokens=NEW, temperature=0.9,
+                           eos_token_id=(), min_prompt_bucket=4)
+    out = sdjax.generate(TINY_DRAFT_PARAMS, [PROMPT] * SAMPLES, cfg)
+    empirical = np.bincount(out.tokens @ np.array([16, 4, 1]), minlength=64) / SAMPLES
+    bound = math.sqrt((64 * math.log(2) + math.log(1e6)) / (2 * SAMPLES))
+    assert 0.5 * np.abs(empirical - exact).sum() > bound
