@@ -50,19 +50,32 @@ def _print_result(out: sdjax.GenerateOutput, as_json: bool) -> None:
             "text": out.text, "tokens": [row[:n].tolist() for row, n in
                                          zip(out.tokens, out.num_tokens)],
             "new_tokens": stats["new_tokens"], "tokens_per_second": stats["tokens_per_second"],
-            "compile_seconds": stats["compile_seconds"],
+            "compile_seconds": stats["compile_seconds"], "tau": stats["tau"],
         }))
         return
     for i, n in enumerate(out.num_tokens):
         print(out.text[i] if out.text else out.tokens[i, :n].tolist())
     print(f"\n{stats['new_tokens']} tokens in {stats['decode_seconds']:.3f} s "
-          f"({stats['tokens_per_second']:.1f} tokens/s); compile {stats['compile_seconds']:.2f} s",
-          file=sys.stderr)
+          f"({stats['tokens_per_second']:.1f} tokens/s, tau {stats['tau']:.2f}); "
+          f"compile {stats['compile_seconds']:.2f} s", file=sys.stderr)
+
+
+def _drafter_from_args(args, target: sdjax.LoadedModel):
+    """(drafter, draft params) chosen by --prompt-lookup / --draft-model."""
+    if args.prompt_lookup and args.draft_model:
+        raise ValueError("choose one of --prompt-lookup and --draft-model")
+    if args.prompt_lookup:
+        return sdjax.drafters.PromptLookup(num_draft=args.prompt_lookup), None
+    if args.draft_model:
+        draft = sdjax.load_hf(args.draft_model, dtype=args.dtype, load_tokenizer=False)
+        return sdjax.drafters.DraftModel(draft.config, num_draft=args.gamma), draft.params
+    return None, None
 
 
 def cmd_generate(args) -> None:
     model = sdjax.load_hf(args.model, dtype=args.dtype)
-    cfg = _spec_from_args(args, model.config)
+    drafter, draft_params = _drafter_from_args(args, model)
+    cfg = _spec_from_args(args, model.config).replace(drafter=drafter)
     if args.prompt_file:
         with open(args.prompt_file) as f:
             prompt = f.read()
@@ -73,8 +86,8 @@ def cmd_generate(args) -> None:
     if model.tokenizer is None:
         raise ValueError(f"{args.model} has no tokenizer files; a text prompt needs one")
     print(f"compiling and decoding up to {cfg.max_new_tokens} tokens...", file=sys.stderr)
-    _print_result(sdjax.generate(model.params, prompt, cfg, tokenizer=model.tokenizer),
-                  args.json)
+    _print_result(sdjax.generate(model.params, prompt, cfg, draft_params=draft_params,
+                                 tokenizer=model.tokenizer), args.json)
 
 
 def cmd_demo(args) -> None:
@@ -93,12 +106,16 @@ def cmd_demo(args) -> None:
         sdjax.save_hf(path, config, params)
         model = sdjax.load_hf(path)
     prompt = [list(range(1, 17)), list(range(100, 140))]
-    for name, temperature in (("greedy", 0.0), ("sampled (T=0.8, top-p 0.95)", 0.8)):
-        cfg = SpecConfig(model=model.config, max_new_tokens=args.max_new_tokens,
-                         temperature=temperature, top_p=0.95 if temperature else 1.0)
+    base = SpecConfig(model=model.config, max_new_tokens=args.max_new_tokens, eos_token_id=())
+    runs = (
+        ("greedy", base),
+        ("greedy, prompt lookup", base.replace(drafter=sdjax.drafters.PromptLookup(8))),
+        ("sampled (T=0.8, top-p 0.95)", base.replace(temperature=0.8, top_p=0.95)),
+    )
+    for name, cfg in runs:
         out = sdjax.generate(model.params, prompt, cfg)
         print(f"{name}: {out.stats['new_tokens']} tokens for 2 prompts, "
-              f"{out.stats['tokens_per_second']:.0f} tokens/s, "
+              f"{out.stats['tokens_per_second']:.0f} tokens/s, tau {out.stats['tau']:.2f}, "
               f"compile {out.stats['compile_seconds']:.1f} s; first tokens "
               f"{out.tokens[0, :8].tolist()}")
 
@@ -117,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt-file", help="read the prompt from this file")
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     gen.add_argument("--json", action="store_true", help="print one JSON object")
+    gen.add_argument("--prompt-lookup", type=int, metavar="N",
+                     help="speculate with prompt lookup, N drafted tokens per cycle")
+    gen.add_argument("--draft-model", metavar="DIR",
+                     help="speculate with this checkpoint as draft model (same tokenizer)")
+    gen.add_argument("--gamma", type=int, default=4, help="draft-model tokens per cycle")
     _add_generation_flags(gen)
     gen.set_defaults(func=cmd_generate)
 

@@ -91,3 +91,22 @@ def test_demo_runs_end_to_end(capsys):
     assert cli.main(["demo", "--max-new-tokens", "8"]) == 0
     out = capsys.readouterr().out
     assert "greedy" in out and "tokens/s" in out
+
+
+@pytest.mark.parametrize("flags", [["--prompt-lookup", "4"], ["--draft-model", "SELF", "--gamma", "3"]])
+def test_speculative_flags_give_the_same_greedy_tokens(checkpoint, capsys, flags):
+    common = ["generate", "--model", checkpoint, "--prompt", "def f(x):\n    return x",
+              "--max-new-tokens", "12", "--eos-token-id", "--json"]
+    assert cli.main(common) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert cli.main(common + [checkpoint if f == "SELF" else f for f in flags]) == 0
+    spec = json.loads(capsys.readouterr().out)
+    assert spec["tokens"] == plain["tokens"]
+    if "--draft-model" in flags:
+        assert spec["tau"] == 4.0  # the target as its own draft: every draft accepted
+
+
+def test_only_one_drafter_at_a_time(checkpoint, capsys):
+    assert cli.main(["generate", "--model", checkpoint, "--prompt", "x", "--prompt-lookup", "2",
+                     "--draft-model", checkpoint]) == 2
+    assert "choose one" in capsys.readouterr().err

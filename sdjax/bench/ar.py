@@ -20,21 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 import sdjax
-
-
-def build_checkpoint(args, path: str) -> int:
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads, max_position_embeddings=1024,
-        eos_token_id=None, bos_token_id=None, pad_token_id=None)
-    model = transformers.LlamaForCausalLM(config)
-    model.save_pretrained(path)
-    return sum(p.numel() for p in model.parameters())
+from sdjax.bench.common import add_model_args, build_checkpoint
 
 
 def main(argv=None) -> dict:
@@ -44,12 +30,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--intermediate", type=int, default=1536)
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--kv-heads", type=int, default=8)
-    parser.add_argument("--vocab", type=int, default=8192)
+    add_model_args(parser)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)

@@ -1,0 +1,32 @@
+"""Shared pieces of the benchmark commands: the random-weight test checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Size of the random-weight Llama checkpoint (defaults: about 28.8M parameters)."""
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--intermediate", type=int, default=1536)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=8192)
+
+
+def build_checkpoint(args, path: str) -> int:
+    """Writes a random-weight `LlamaForCausalLM` with `transformers`; returns its size."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads, max_position_embeddings=2048,
+        eos_token_id=None, bos_token_id=None, pad_token_id=None)
+    model = transformers.LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    return sum(p.numel() for p in model.parameters())
+

@@ -1,0 +1,129 @@
+"""Speculative methods vs autoregressive, in sdjax and in `transformers`, one run.
+
+    python -m sdjax.bench.spec [--new-tokens 128] [--repeats 3]
+
+Until the trained testbed pair exists this uses a random-weight Llama (as
+`sdjax.bench.ar`) on a copy-heavy prompt, and the target itself as its own draft
+model (the sanity pair: every draft is accepted, so tau = gamma + 1 and the
+figure measures the engine's overhead, not a draft's quality). Prompt lookup
+profits from the loops random-weight models fall into. Prints, per method:
+tokens/s, tau, walltime speedup over the same library's autoregressive decode,
+engine efficiency (speedup / tau) and the ratio to the `transformers` counterpart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+import sdjax
+from sdjax.bench.common import add_model_args, build_checkpoint
+from sdjax.drafters import DraftModel, PromptLookup
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--gamma", type=int, default=4, help="draft-model chain length")
+    parser.add_argument("--lookup-draft", type=int, default=8, help="prompt-lookup tokens")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    add_model_args(parser)
+    args = parser.parse_args(argv)
+
+    import torch
+    import transformers
+
+    with tempfile.TemporaryDirectory() as path:
+        num_params = build_checkpoint(args, path)
+        model = sdjax.load_hf(path)
+        load = lambda: transformers.AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32).eval()
+        torch_model, torch_assistant = load(), load()
+
+    rng = np.random.default_rng(0)
+    block = rng.integers(0, args.vocab, 48).tolist()
+    prompt = block + rng.integers(0, args.vocab, 8).tolist() + block[:8]
+    base = sdjax.SpecConfig(model=model.config, max_new_tokens=args.new_tokens,
+                            eos_token_id=())
+    sdjax_methods = {
+        "autoregressive": (base, None),
+        f"prompt lookup (n<=3, {args.lookup_draft} tokens)":
+            (base.replace(drafter=PromptLookup(args.lookup_draft)), None),
+        f"draft model = target (gamma {args.gamma})":
+            (base.replace(drafter=DraftModel(model.config, args.gamma)), model.params),
+    }
+    torch_assistant.generation_config.num_assistant_tokens = args.gamma
+    torch_assistant.generation_config.num_assistant_tokens_schedule = "constant"
+    torch_kwargs = {
+        "autoregressive": {},
+        f"prompt lookup (n<=3, {args.lookup_draft} tokens)":
+            {"prompt_lookup_num_tokens": args.lookup_draft, "max_matching_ngram_size": 3},
+        f"draft model = target (gamma {args.gamma})": {"assistant_model": torch_assistant},
+    }
+
+    def run_sdjax(name):
+        cfg, draft_params = sdjax_methods[name]
+        out = sdjax.generate(model.params, prompt, cfg, draft_params=draft_params)
+        return out.tokens[0], out.stats["decode_seconds"], out.stats
+
+    def run_torch(name):
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = torch_model.generate(
+                torch.as_tensor([prompt]), do_sample=False, max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens, pad_token_id=0, **torch_kwargs[name])
+        return out[0, len(prompt):].numpy(), time.perf_counter() - start
+
+    first = {name: run_sdjax(name) for name in sdjax_methods}  # compiles
+    reference = first["autoregressive"][0]
+    torch_tokens = {name: run_torch(name)[0] for name in torch_kwargs}  # warm-up
+    times = {(lib, name): [] for lib in ("sdjax", "transformers") for name in sdjax_methods}
+    for _ in tqdm(range(args.repeats), desc="timing (alternating)", unit="round"):
+        for name in sdjax_methods:
+            times["sdjax", name].append(run_sdjax(name)[1])
+            times["transformers", name].append(run_torch(name)[1])
+
+    rate = {k: args.new_tokens / statistics.median(v) for k, v in times.items()}
+    rows = []
+    for name in sdjax_methods:
+        stats = first[name][2]
+        speedup = rate["sdjax", name] / rate["sdjax", "autoregressive"]
+        rows.append({
+            "method": name, "sdjax_tokens_per_s": rate["sdjax", name], "tau": stats["tau"],
+            "speedup_vs_ar": speedup, "efficiency": speedup / stats["tau"],
+            "transformers_tokens_per_s": rate["transformers", name],
+            "transformers_speedup_vs_ar":
+                rate["transformers", name] / rate["transformers", "autoregressive"],
+            "vs_transformers": rate["sdjax", name] / rate["transformers", name],
+            "compile_s": stats["compile_seconds"],
+            "sdjax_equals_greedy": bool((first[name][0] == reference).all()),
+            "transformers_equals_greedy": bool((torch_tokens[name] == reference).all()),
+        })
+    print(f"\nLlama {num_params / 1e6:.1f}M params (random weights), float32, batch 1, "
+          f"prompt {len(prompt)} (copy-heavy), {args.new_tokens} new tokens, "
+          f"median of {args.repeats}")
+    print("| method | sdjax tok/s | tau | speedup vs AR | efficiency | transformers tok/s "
+          "| its speedup vs AR | sdjax vs transformers | same tokens (sdjax/hf) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['sdjax_tokens_per_s']:.1f} | {r['tau']:.2f} | "
+              f"{r['speedup_vs_ar']:.2f}x | {r['efficiency']:.2f} | "
+              f"{r['transformers_tokens_per_s']:.1f} | {r['transformers_speedup_vs_ar']:.2f}x | "
+              f"{r['vs_transformers']:.2f}x | {r['sdjax_equals_greedy']}/"
+              f"{r['transformers_equals_greedy']} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return {"rows": rows, "params_millions": num_params / 1e6}
+
+
+if __name__ == "__main__":
+    main()
