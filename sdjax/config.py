@@ -113,7 +113,8 @@ class SpecConfig:
     when to stop.
 
     `drafter=None` is plain autoregressive decoding; otherwise one of
-    `sdjax.drafters` (a frozen dataclass, so the config stays hashable).
+    `sdjax.drafters` (a frozen dataclass, so the config stays hashable);
+    `verifier=None` is lossless rejection sampling (`sdjax.verify`).
     temperature 0 is greedy decoding. `eos_token_id=None` stops on the model's own
     EOS ids; `()` never stops early. `max_seq_len=None` allows up to the model's
     `max_position_embeddings` positions (prompt + new tokens).
@@ -121,6 +122,7 @@ class SpecConfig:
 
     model: ModelConfig
     drafter: Any = None
+    verifier: Any = None
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_k: int = 0

@@ -27,7 +27,7 @@ from sdjax.drafters import Autoregressive
 from sdjax.models.cache import KVCache
 from sdjax.models.transformer import Transformer
 from sdjax.sampling import sample_tokens
-from sdjax.verify import verify
+from sdjax.verify import RejectionSampling
 
 Prompt = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], np.ndarray]
 
@@ -99,6 +99,7 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
     until every row is done. Autoregressive decoding is the drafter of zero tokens."""
     batch, bucket = prompt_tokens.shape
     drafter = drafter_of(cfg)
+    verifier = cfg.verifier or RejectionSampling()
     shape = drafter.shape
     model = Transformer(cfg.model)
     max_len = sequence_length(bucket, cfg)
@@ -134,7 +135,7 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
             draft_params, state.draft_state, state.sequence, state.seq_len, draft_key, cfg)
         out = model.apply(params, tree.tokens, state.cache.length[:, None] + tree_positions,
                           state.cache, tree_mask)
-        result = verify(out.logits, tree.tokens, tree.probs, shape, verify_key, cfg)
+        result = verifier(out.logits, tree.tokens, tree.probs, shape, verify_key, cfg)
         num = result.num_accepted
         drafted = jnp.take_along_axis(tree.tokens, result.path[:, 1:], axis=1)
         new = jnp.concatenate([drafted, result.next_token[:, None]], axis=1)

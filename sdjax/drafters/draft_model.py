@@ -1,18 +1,27 @@
-"""A smaller model with the target's vocabulary drafts a chain of tokens.
+"""A smaller model with the target's vocabulary drafts a chain or a token tree.
 
-The draft keeps its own KV cache, in step with the target's committed tokens: each
-cycle it runs num_draft + 1 single-token steps (the last only to cache the KV of
-the last draft, so that a fully accepted chain needs no catch-up), and after
-verification its cache length is reset to the target's, which drops the KV of
-rejected drafts.
+The tree (any `TreeShape` in breadth-first order: chain, k-ary, Medusa choices,
+Sequoia) is grown one depth level per draft forward. A node's children are its
+draft distribution's top-k tokens when greedy, and k tokens sampled *without
+replacement* (Gumbel-top-k) when sampling; each child records the distribution it
+was drawn from (q with its earlier siblings removed), which is what the lossless
+tree verifier needs. A chain is the tree with one child per node.
+
+KV bookkeeping, all static shapes: the draft cache holds one token fewer than the
+target's, and each cycle re-feeds that last committed token ("prev") together with
+the root, at the same slot and position, which rewrites identical KV. So the
+accepted path's last node, whose KV the draft never computed if it was a leaf,
+needs no catch-up step. The pending region is [prev, node 0, node 1, ...].
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sdjax.config import ModelConfig, SpecConfig
 from sdjax.drafters.base import DraftTree, roots
@@ -22,18 +31,37 @@ from sdjax.sampling import warp_logits
 from sdjax.trees import TreeShape, chain
 
 
+def choose_children(logits: jax.Array, width: int, key: jax.Array, cfg: SpecConfig):
+    """Children tokens [B, n, width] of n nodes with draft logits [B, n, V], and the
+    distribution each child was drawn from ([B, n, width, V], None when greedy)."""
+    if cfg.temperature == 0.0:
+        return jax.lax.top_k(logits, width)[1].astype(jnp.int32), None
+    warped = warp_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p)
+    gumbel = jax.random.gumbel(key, warped.shape)
+    tokens = jax.lax.top_k(warped + gumbel, width)[1].astype(jnp.int32)
+    q = jax.nn.softmax(warped, axis=-1)
+    taken = jax.nn.one_hot(tokens, q.shape[-1], dtype=q.dtype)  # [B, n, width, V]
+    earlier = jnp.cumsum(taken, axis=2) - taken  # siblings drawn before each child
+    remaining = q[:, :, None, :] * (1.0 - earlier)
+    total = remaining.sum(-1, keepdims=True)
+    return tokens, remaining / jnp.where(total > 0, total, 1.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class DraftModel:
     config: ModelConfig
-    num_draft: int = 4
+    num_draft: int = 4  # chain length, when no tree is given
+    tree: Optional[TreeShape] = None
 
     def __post_init__(self):
-        if self.num_draft < 1:
+        if self.tree is None and self.num_draft < 1:
             raise ValueError("num_draft must be >= 1")
+        if self.tree is not None and list(self.tree.depth) != sorted(self.tree.depth):
+            raise ValueError("a drafted tree must list its nodes level by level (BFS order)")
 
     @property
     def shape(self) -> TreeShape:
-        return chain(self.num_draft)
+        return self.tree if self.tree is not None else chain(self.num_draft)
 
     def check(self, cfg: SpecConfig) -> None:
         if self.config.vocab_size != cfg.model.vocab_size:
@@ -46,33 +74,47 @@ class DraftModel:
         batch, bucket = prompt_tokens.shape
         positions = jnp.broadcast_to(jnp.arange(bucket), (batch, bucket))
         out = Transformer(self.config).apply(
-            draft_params, prompt_tokens, positions, KVCache.init(self.config, batch, max_len))
-        return out.cache.commit(prompt_lengths)
+            draft_params, prompt_tokens, positions, KVCache.init(self.config, batch, max_len + 1))
+        return out.cache.commit(prompt_lengths - 1)  # the last prompt token is "prev"
 
     def propose(self, draft_params, cache, sequence, seq_len, key, cfg: SpecConfig):
+        shape = self.shape
         model = Transformer(self.config)
-        ones = jnp.ones(seq_len.shape, jnp.int32)
+        batch, nodes = seq_len.shape[0], shape.num_nodes
+        # Pending region: slot 0 = prev, slot 1 + i = node i.
+        region_mask = np.ones((nodes + 1, nodes + 1), bool)
+        region_mask[1:, 1:] = shape.ancestor_mask
+        region_mask[0, 1:] = False
+        depth = np.concatenate([[0], 1 + shape.depth])
+        region_positions = cache.length[:, None] + jnp.asarray(depth)[None]
 
-        def step(carry, step_key):
-            cache, token = carry
-            out = model.apply(draft_params, token[:, None], cache.length[:, None], cache)
-            logits = out.logits[:, 0]
-            if cfg.temperature == 0.0:
-                probs = None
-                token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-            else:
-                warped = warp_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p)
-                probs = jax.nn.softmax(warped, axis=-1)
-                token = jax.random.categorical(step_key, warped).astype(jnp.int32)
-            return (out.cache.commit(ones), token), (token, probs)
-
-        root = roots(sequence, seq_len)
-        keys = jax.random.split(key, self.num_draft + 1)
-        (cache, _), (drafts, probs) = jax.lax.scan(step, (cache, root), keys)
-        tokens = jnp.concatenate([root[:, None], drafts[:-1].T], axis=1)
-        if probs is not None:  # node i + 1 was drawn from step i's distribution
-            probs = jnp.concatenate([probs[:1], probs[:-1]], axis=0).transpose(1, 0, 2)
+        prev = jnp.take_along_axis(sequence, (seq_len - 2)[:, None], axis=1)[:, 0]
+        tokens = jnp.zeros((batch, nodes), jnp.int32).at[:, 0].set(roots(sequence, seq_len))
+        probs = None if cfg.temperature == 0.0 else jnp.zeros(
+            (batch, nodes, self.config.vocab_size), jnp.float32)
+        level_tokens = jnp.stack([prev, tokens[:, 0]], axis=1)
+        level = np.array([-1, 0])  # node indices fed at this level (-1 = prev)
+        for d in range(shape.max_depth):
+            slots = level + 1
+            out = model.apply(
+                draft_params, level_tokens, jnp.take(region_positions, slots, axis=1), cache,
+                jnp.asarray(region_mask[slots]), write_offset=int(slots[0]),
+                pending_positions=region_positions)
+            cache = out.cache
+            parents = level[level >= 0]
+            logits = out.logits[:, len(level) - len(parents):]
+            kids = shape.children[parents]  # [n, K], -1 padded
+            width = int((kids >= 0).sum(axis=1).max())
+            chosen, dists = choose_children(logits, width, jax.random.fold_in(key, d), cfg)
+            has = kids[:, :width] >= 0
+            tokens = tokens.at[:, kids[:, :width][has]].set(chosen[:, has])
+            if probs is not None:
+                probs = probs.at[:, kids[:, :width][has]].set(dists[:, has])
+            level = np.flatnonzero(shape.depth == d + 1)
+            level_tokens = tokens[:, level]
         return DraftTree(tokens, probs), cache
 
     def commit(self, cache, result, committed_length):
-        return cache.replace(length=committed_length)
+        """Keeps prev and the accepted path but its last node (re-fed next cycle)."""
+        path = jnp.concatenate([jnp.zeros_like(result.path[:, :1]), 1 + result.path], axis=1)
+        return cache.commit(committed_length - 1 - cache.length, path)

@@ -34,14 +34,16 @@ class KVCache:
     def max_len(self) -> int:
         return self.keys[0].shape[1]
 
-    def pending_slots(self, num_new: int) -> jax.Array:
+    def pending_slots(self, num_new: int, offset: int = 0) -> jax.Array:
         """[B, num_new] slot indices where a forward of num_new tokens writes."""
-        return self.length[:, None] + jnp.arange(num_new, dtype=jnp.int32)
+        return self.length[:, None] + offset + jnp.arange(num_new, dtype=jnp.int32)
 
-    def write_pending(self, layer: int, k: jax.Array, v: jax.Array) -> "KVCache":
-        """Writes layer's new k/v [B, T, kv_heads, head_dim] after the committed prefix."""
+    def write_pending(self, layer: int, k: jax.Array, v: jax.Array,
+                      offset: int = 0) -> "KVCache":
+        """Writes layer's new k/v [B, T, kv_heads, head_dim] into the pending region,
+        `offset` slots after the committed prefix."""
         rows = jnp.arange(k.shape[0])[:, None]
-        slots = self.pending_slots(k.shape[1])
+        slots = self.pending_slots(k.shape[1], offset)
         keys = list(self.keys)
         values = list(self.values)
         keys[layer] = keys[layer].at[rows, slots].set(k.astype(keys[layer].dtype))

@@ -42,28 +42,33 @@ def attention_mask(
     positions: jax.Array,
     tree_mask: Optional[jax.Array],
     sliding_window: Optional[int],
+    pending_positions: Optional[jax.Array] = None,
 ) -> jax.Array:
     """[B, T, S] bool: which cache slots each new token attends to.
 
-    Committed slots are all visible; pending slot length+j is visible to new token i
-    when tree_mask[b, i, j] (causal order if no tree mask). With a sliding window,
-    keys more than `sliding_window - 1` positions back are hidden.
+    Committed slots are all visible. The M slots after them are the pending region
+    (M = T unless tree_mask says otherwise): pending slot length+j is visible to new
+    token i when tree_mask[b, i, j], in causal order if no tree mask is given. With a
+    sliding window, keys more than `sliding_window - 1` positions back are hidden;
+    pending_positions [B, M] give the pending slots' positions (default: positions).
     """
     batch, num_new = positions.shape
+    num_pending = num_new if tree_mask is None else tree_mask.shape[-1]
     slots = jnp.arange(cache.max_len, dtype=jnp.int32)
-    rel = slots[None, :] - cache.length[:, None]  # [B, S]: index among the new tokens
+    rel = slots[None, :] - cache.length[:, None]  # [B, S]: index in the pending region
     committed = rel < 0
-    is_new = (rel >= 0) & (rel < num_new)
-    rel_new = jnp.clip(rel, 0, num_new - 1)
+    is_pending = (rel >= 0) & (rel < num_pending)
+    rel_pending = jnp.clip(rel, 0, num_pending - 1)
     if tree_mask is None:
-        new_visible = rel_new[:, None, :] <= jnp.arange(num_new)[None, :, None]
+        visible = rel_pending[:, None, :] <= jnp.arange(num_new)[None, :, None]
     else:
-        tree_mask = jnp.broadcast_to(tree_mask, (batch, num_new, num_new))
-        index = jnp.broadcast_to(rel_new[:, None, :], (batch, num_new, cache.max_len))
-        new_visible = jnp.take_along_axis(tree_mask, index, axis=2)
-    mask = committed[:, None, :] | (is_new[:, None, :] & new_visible)
+        tree_mask = jnp.broadcast_to(tree_mask, (batch, num_new, num_pending))
+        index = jnp.broadcast_to(rel_pending[:, None, :], (batch, num_new, cache.max_len))
+        visible = jnp.take_along_axis(tree_mask, index, axis=2)
+    mask = committed[:, None, :] | (is_pending[:, None, :] & visible)
     if sliding_window is not None:
-        new_pos = jnp.take_along_axis(positions, rel_new, axis=1)
+        pending_positions = positions if pending_positions is None else pending_positions
+        new_pos = jnp.take_along_axis(pending_positions, rel_pending, axis=1)
         key_pos = jnp.where(committed, slots[None, :], new_pos)
         mask &= positions[:, :, None] - key_pos[:, None, :] < sliding_window
     return mask
@@ -108,7 +113,7 @@ class Attention(nn.Module):
     layer: int
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache: KVCache):
+    def __call__(self, x, positions, mask, cache: KVCache, write_offset: int):
         cfg = self.cfg
         batch, num_new, _ = x.shape
         q_size = cfg.num_heads * cfg.head_dim
@@ -127,7 +132,7 @@ class Attention(nn.Module):
             inv_freq = inverse_frequencies(cfg)
             q = apply_rope(q, positions, inv_freq)
             k = apply_rope(k, positions, inv_freq)
-        cache = cache.write_pending(self.layer, k, v)
+        cache = cache.write_pending(self.layer, k, v, write_offset)
         keys, values = cache.keys[self.layer], cache.values[self.layer]
 
         groups = cfg.num_heads // cfg.num_kv_heads
@@ -160,9 +165,9 @@ class Block(nn.Module):
     layer: int
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache):
+    def __call__(self, x, positions, mask, cache, write_offset):
         attn_out, cache = Attention(self.cfg, self.layer, name="attn")(
-            _norm(self.cfg, "attn_norm")(x), positions, mask, cache
+            _norm(self.cfg, "attn_norm")(x), positions, mask, cache, write_offset
         )
         x = x + attn_out
         x = x + MLP(self.cfg, name="mlp")(_norm(self.cfg, "mlp_norm")(x))
@@ -194,11 +199,16 @@ class Transformer(nn.Module):
         tree_mask: Optional[jax.Array] = None,
         hidden_layers: Sequence[int] = (),
         num_layers: Optional[int] = None,
+        write_offset: int = 0,
+        pending_positions: Optional[jax.Array] = None,
     ) -> ModelOutput:
         """Runs the new tokens through the first `num_layers` layers (all by default).
 
         `hidden_layers` picks intermediate states as `transformers` numbers them:
         0 is the embedding output, k the output of layer k (before the final norm).
+        A tree drafted level by level passes a tree_mask [T, M] over a pending region
+        of M slots, of which this call writes T starting at `write_offset`, and the
+        positions [B, M] of that region (see `attention_mask`).
         """
         cfg = self.config
         num_layers = cfg.num_layers if num_layers is None else num_layers
@@ -206,14 +216,14 @@ class Transformer(nn.Module):
         if cfg.arch == "gpt2":
             x = x + self.pos_embed(positions)
         masks = {
-            window: attention_mask(cache, positions, tree_mask, window)
+            window: attention_mask(cache, positions, tree_mask, window, pending_positions)
             for window in {cfg.sliding_window if cfg.uses_sliding_window(i) else None
                            for i in range(num_layers)}
         }
         states = [x]
         for i, layer in enumerate(self.layers[:num_layers]):
             window = cfg.sliding_window if cfg.uses_sliding_window(i) else None
-            x, cache = layer(x, positions, masks[window], cache)
+            x, cache = layer(x, positions, masks[window], cache, write_offset)
             states.append(x)
         hidden = self.final_norm(x)
         if cfg.tie_embeddings:

@@ -1,6 +1,8 @@
 """Verification rules, each a pure function of (target logits, draft tree, key).
 
-`verify_greedy` (temperature 0) accepts the deepest node whose whole path equals the
+The verifier objects at the end (`RejectionSampling`, `BlockVerification`,
+`TypicalAcceptance`) are what `SpecConfig.verifier` takes; all are greedy at
+temperature 0. `verify_greedy` accepts the deepest node whose whole path equals the
 target's argmax. `verify_rejection` is lossless speculative sampling over a tree:
 at each node its children are tried in rank order; child x, drawn from q, is
 accepted with probability min(1, p(x) / q(x)); after a rejection the target
@@ -19,7 +21,7 @@ chain is Leviathan et al. / Chen et al. speculative sampling.
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
 
 import flax.struct
 import jax
@@ -45,14 +47,85 @@ def _result(shape: TreeShape, node: jax.Array, next_token: jax.Array) -> VerifyR
     )
 
 
+def _deepest_accepted(accepted: jax.Array, shape: TreeShape) -> jax.Array:
+    """[B] the deepest node whose whole root path is accepted (the root always is);
+    among equally deep ones the first, i.e. the best-ranked."""
+    accepted = accepted.at[:, 0].set(True)
+    path_ok = jnp.all(~shape.ancestor_mask[None] | accepted[:, None, :], axis=-1)
+    return jnp.argmax(jnp.where(path_ok, shape.depth[None], -1), axis=-1)
+
+
+def _at_parents(values: jax.Array, shape: TreeShape) -> jax.Array:
+    """values[:, parent(i)] for every node i ([B, N, ...]); the root maps to itself."""
+    return values[:, jnp.asarray(shape.parents).at[0].set(0)]
+
+
 def verify_greedy(logits: jax.Array, tokens: jax.Array, shape: TreeShape) -> VerifyResult:
     """Longest path of drafted tokens that all equal the target's argmax."""
     target = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [B, N]: each node's successor
-    parents = jnp.asarray(shape.parents).at[0].set(0)
-    matches = (tokens == target[:, parents]).at[:, 0].set(True)
-    path_ok = jnp.all(~shape.ancestor_mask[None] | matches[:, None, :], axis=-1)
-    node = jnp.argmax(jnp.where(path_ok, shape.depth[None], -1), axis=-1)
+    node = _deepest_accepted(tokens == _at_parents(target, shape), shape)
     return _result(shape, node, jnp.take_along_axis(target, node[:, None], 1)[:, 0])
+
+
+def verify_typical(target_probs: jax.Array, tokens: jax.Array, shape: TreeShape,
+                   key: jax.Array, epsilon: float, delta: float) -> VerifyResult:
+    """Medusa's typical acceptance (lossy): node x is accepted when its parent's target
+    distribution p gives p(x) > min(epsilon, delta * exp(-H(p))); the deepest fully
+    accepted path wins and the next token is sampled from p at its end."""
+    entropy = -jnp.sum(jnp.where(target_probs > 0, target_probs * jnp.log(target_probs), 0.0),
+                       axis=-1)  # [B, N]
+    threshold = jnp.minimum(epsilon, delta * jnp.exp(-entropy))
+    parent_probs = _at_parents(target_probs, shape)
+    token_prob = jnp.take_along_axis(parent_probs, tokens[..., None], axis=-1)[..., 0]
+    node = _deepest_accepted(token_prob > _at_parents(threshold, shape), shape)
+    p = jnp.take_along_axis(target_probs, node[:, None, None], axis=1)[:, 0]
+    return _result(shape, node, jax.random.categorical(key, jnp.log(p)))
+
+
+def verify_block(target_probs: jax.Array, draft_probs: jax.Array, tokens: jax.Array,
+                 shape: TreeShape, key: jax.Array) -> VerifyResult:
+    """Block verification (Sun et al., 2024) of a chain X_1..X_g, lossless.
+
+    With weights p_0 = 1, p_i = min(1, p_{i-1} * P_{i-1}(X_i) / Q_{i-1}(X_i)) and
+    r_i = sum_x max(0, p_i P_i(x) - Q_i(x)), the chain is cut at the last i with
+    eta_i <= h_i, where h_i = r_i / (r_i + 1 - p_i) (h_g = p_g); the next token comes
+    from norm(max(0, p_tau P_tau - Q_tau)), or from P_g after a whole accepted chain.
+    Here P_i is the target's distribution after X_i and Q_i the draft's (the one X_{i+1}
+    was drawn from). Never accepts fewer tokens in expectation than token-wise.
+    """
+    if shape.parents != tuple(range(-1, shape.num_nodes - 1)):
+        raise ValueError("block verification needs a chain, not a tree")
+    gamma = shape.num_nodes - 1
+    if gamma == 0:
+        return _result(shape, jnp.zeros(tokens.shape[:1], jnp.int32),
+                       jax.random.categorical(key, jnp.log(target_probs[:, 0])))
+    q_next = draft_probs[:, 1:]  # [B, g, V]: Q_0 .. Q_{g-1}
+    drafted = tokens[:, 1:, None]
+    ratio = (jnp.take_along_axis(target_probs[:, :-1], drafted, -1)[..., 0]
+             / jnp.maximum(jnp.take_along_axis(q_next, drafted, -1)[..., 0], 1e-30))
+
+    def weight(prev, r):
+        w = jnp.minimum(1.0, prev * r)
+        return w, w
+
+    _, weights = jax.lax.scan(weight, jnp.ones(ratio.shape[0]), ratio.T)
+    weights = jnp.concatenate([jnp.ones((1, ratio.shape[0])), weights]).T  # [B, g+1]
+    residual = jnp.maximum(weights[:, :-1, None] * target_probs[:, :-1] - q_next, 0.0)
+    mass = residual.sum(-1)  # [B, g]: r_0 .. r_{g-1}
+    denominator = mass[:, 1:] + 1.0 - weights[:, 1:-1]
+    h = jnp.where(denominator > 0, mass[:, 1:] / jnp.where(denominator > 0, denominator, 1.0),
+                  1.0)
+    h = jnp.concatenate([h, weights[:, -1:]], axis=1)  # [B, g]: h_1 .. h_g
+    eta_key, token_key = jax.random.split(key)
+    stop = jax.random.uniform(eta_key, h.shape) <= h
+    steps = jnp.arange(1, gamma + 1)
+    tau = jnp.max(jnp.where(stop, steps[None], 0), axis=1)
+    index = jnp.minimum(tau, gamma - 1)[:, None, None]
+    cut = jnp.take_along_axis(residual, index, axis=1)[:, 0]
+    full = jnp.take_along_axis(target_probs, tau[:, None, None], axis=1)[:, 0]
+    p = jnp.where((tau < gamma)[:, None] & (cut.sum(-1, keepdims=True) > 0),
+                  cut / jnp.maximum(cut.sum(-1, keepdims=True), 1e-30), full)
+    return _result(shape, tau, jax.random.categorical(token_key, jnp.log(p)))
 
 
 def _normalise(x: jax.Array, fallback: jax.Array) -> jax.Array:
@@ -83,7 +156,9 @@ def verify_rejection(
             q = q_all[jnp.maximum(child, 0)]
             active = (child >= 0) & (accepted < 0)
             u = jax.random.uniform(jax.random.fold_in(key, node * children.shape[1] + k))
-            take = active & (u * q[x] < p[x])  # u < p(x) / q(x) without dividing
+            # u < p(x) / q(x) without dividing; a child its q could not produce (q(x) = 0,
+            # e.g. fewer tokens in the warped support than siblings) is never taken.
+            take = active & (q[x] > 0) & (u * q[x] < p[x])
             residual = _normalise(jnp.maximum(p - q, 0.0), p)
             return (node, jnp.where(take, child, accepted),
                     jnp.where(active & ~take, residual, p)), None
@@ -105,12 +180,49 @@ def verify_rejection(
     return _result(shape, node, next_token)
 
 
-def verify(logits: jax.Array, tokens: jax.Array, draft_probs: Optional[jax.Array],
-           shape: TreeShape, key: jax.Array, cfg: SpecConfig) -> VerifyResult:
-    """Greedy at temperature 0, lossless rejection sampling otherwise."""
-    if cfg.temperature == 0.0:
-        return verify_greedy(logits, tokens, shape)
-    target = jax.nn.softmax(warp_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p), -1)
-    if draft_probs is None:
-        draft_probs = jnp.zeros_like(target)  # no drafted nodes: only the root's token
-    return verify_rejection(target, draft_probs, tokens, shape, key)
+def target_probs(logits: jax.Array, cfg: SpecConfig) -> jax.Array:
+    """The warped target distribution the sampled output must follow."""
+    return jax.nn.softmax(warp_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p), -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class RejectionSampling:
+    """Lossless (recursive) rejection sampling over chains and trees. The default."""
+
+    lossless = True
+
+    def __call__(self, logits, tokens, draft_probs, shape, key, cfg) -> VerifyResult:
+        if cfg.temperature == 0.0:
+            return verify_greedy(logits, tokens, shape)
+        probs = target_probs(logits, cfg)
+        if draft_probs is None:  # nothing drafted: only the root's successor
+            draft_probs = jnp.zeros_like(probs)
+        return verify_rejection(probs, draft_probs, tokens, shape, key)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockVerification:
+    """Lossless block verification of chains (Sun et al., 2024)."""
+
+    lossless = True
+
+    def __call__(self, logits, tokens, draft_probs, shape, key, cfg) -> VerifyResult:
+        if cfg.temperature == 0.0:
+            return verify_greedy(logits, tokens, shape)
+        return verify_block(target_probs(logits, cfg), draft_probs, tokens, shape, key)
+
+
+@dataclasses.dataclass(frozen=True)
+class TypicalAcceptance:
+    """Medusa's typical acceptance: faster, but *not* lossless under sampling (it
+    accepts any token the target finds plausible enough). Greedy at temperature 0."""
+
+    epsilon: float = 0.09
+    delta: float = 0.3
+    lossless = False
+
+    def __call__(self, logits, tokens, draft_probs, shape, key, cfg) -> VerifyResult:
+        if cfg.temperature == 0.0:
+            return verify_greedy(logits, tokens, shape)
+        return verify_typical(target_probs(logits, cfg), tokens, shape, key,
+                              self.epsilon, self.delta)

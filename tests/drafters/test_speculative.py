@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 import sdjax
+from sdjax import trees
 from sdjax.drafters import DraftModel, PromptLookup
+from sdjax.verify import BlockVerification, RejectionSampling, TypicalAcceptance
 from sdjax.models import KVCache, Transformer
 
 TARGET = sdjax.ModelConfig(arch="llama", vocab_size=320, hidden_size=64, num_layers=2,
@@ -34,6 +36,9 @@ DRAFTERS = {
     "draft_model_g3": (DraftModel(DRAFT, num_draft=3), DRAFT_PARAMS),
     "target_copy_g4": (DraftModel(TARGET, num_draft=4), PARAMS),
     "never_agrees_g2": (DraftModel(TARGET, num_draft=2), WRONG),
+    "draft_model_tree_2x2": (DraftModel(DRAFT, tree=trees.kary(2, 2)), DRAFT_PARAMS),
+    "target_copy_medusa_tree": (DraftModel(TARGET, tree=trees.from_choices(
+        [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0)])), PARAMS),
     "prompt_lookup": (PromptLookup(num_draft=5, max_ngram=3), None),
     "prompt_lookup_1gram": (PromptLookup(num_draft=2, max_ngram=1), None),
 }
@@ -44,13 +49,19 @@ def spec(drafter=None, **kw):
     return sdjax.SpecConfig(model=TARGET, drafter=drafter, **kw)
 
 
-@pytest.mark.parametrize("name", sorted(DRAFTERS))
-def test_greedy_equals_plain_greedy(name):
+VERIFIERS = {"rejection": RejectionSampling(), "block": BlockVerification(),
+             "typical": TypicalAcceptance()}
+COMBINATIONS = [(d, v) for d in sorted(DRAFTERS) for v in sorted(VERIFIERS)
+                if not (v == "block" and "tree" in d)]  # block verification takes chains
+
+
+@pytest.mark.parametrize("name,verifier", COMBINATIONS)
+def test_greedy_equals_plain_greedy(name, verifier):
     drafter, draft_params = DRAFTERS[name]
     plain = sdjax.generate(PARAMS, PROMPTS, spec(max_new_tokens=25))
     for prompts in (PROMPTS, PROMPTS[:1]):  # a ragged batch, and batch 1
-        out = sdjax.generate(PARAMS, prompts, spec(drafter, max_new_tokens=25),
-                             draft_params=draft_params)
+        cfg = spec(drafter, verifier=VERIFIERS[verifier], max_new_tokens=25)
+        out = sdjax.generate(PARAMS, prompts, cfg, draft_params=draft_params)
         np.testing.assert_array_equal(out.tokens, plain.tokens[:len(prompts)])
         np.testing.assert_array_equal(out.num_tokens, plain.num_tokens[:len(prompts)])
 
@@ -164,16 +175,19 @@ def exact_sequence_probs(temperature):
     return prob
 
 
-@pytest.mark.parametrize("drafter,draft_params", [
-    (DraftModel(TINY_DRAFT, num_draft=2), TINY_DRAFT_PARAMS),
-    (PromptLookup(num_draft=2, max_ngram=2), None),
-    (None, None),
-], ids=["draft_model_chain", "prompt_lookup", "autoregressive"])
-def test_sampled_sequences_follow_the_target(drafter, draft_params):
+@pytest.mark.parametrize("drafter,draft_params,verifier", [
+    (DraftModel(TINY_DRAFT, num_draft=2), TINY_DRAFT_PARAMS, None),
+    (DraftModel(TINY_DRAFT, num_draft=3), TINY_DRAFT_PARAMS, BlockVerification()),
+    (DraftModel(TINY_DRAFT, tree=trees.kary(2, 2)), TINY_DRAFT_PARAMS, None),
+    (PromptLookup(num_draft=2, max_ngram=2), None, None),
+    (None, None, None),
+], ids=["draft_model_chain", "draft_model_chain_block", "draft_model_tree_without_replacement",
+        "prompt_lookup", "autoregressive"])
+def test_sampled_sequences_follow_the_target(drafter, draft_params, verifier):
     temperature = 0.9
     exact = exact_sequence_probs(temperature)
     assert exact.max() < 0.5 and (exact > 0.01).sum() >= 8  # non-trivial distribution
-    cfg = sdjax.SpecConfig(model=TINY, drafter=drafter, max_new_tokens=NEW,
+    cfg = sdjax.SpecConfig(model=TINY, drafter=drafter, verifier=verifier, max_new_tokens=NEW,
                            temperature=temperature, eos_token_id=(), min_prompt_bucket=4)
     out = sdjax.generate(TINY_PARAMS, [PROMPT] * SAMPLES, cfg, draft_params=draft_params)
     index = out.tokens @ np.array([16, 4, 1])

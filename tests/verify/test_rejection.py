@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from sdjax import trees
-from sdjax.verify import verify_greedy, verify_rejection
+from sdjax.verify import verify_block, verify_greedy, verify_rejection, verify_typical
 
 V = 16
 DRAWS = 200_000
@@ -189,3 +189,53 @@ def test_greedy_takes_the_deepest_matching_path():
     result = verify_greedy(logits, tokens, shape)
     assert result.path[0].tolist() == [0, 2, 4, 4]
     assert int(result.num_accepted[0]) == 2 and int(result.next_token[0]) == 6
+
+
+def toy_block_draws(gamma=2):
+    """Sun et al.'s example: context-free target (1/3, 2/3) and draft (2/3, 1/3)."""
+    p = jnp.asarray([1 / 3, 2 / 3]), jnp.asarray([2 / 3, 1 / 3])
+    target, draft = p
+    x = jax.random.categorical(jax.random.PRNGKey(6), jnp.log(draft),
+                               shape=(DRAWS, gamma)).astype(jnp.int32)
+    tokens = jnp.concatenate([jnp.zeros((DRAWS, 1), jnp.int32), x], 1)
+    return (jnp.broadcast_to(target, (DRAWS, gamma + 1, 2)),
+            jnp.broadcast_to(draft, (DRAWS, gamma + 1, 2)), tokens)
+
+
+def test_block_verification_accepts_more_than_token_wise_on_the_same_draws():
+    target, draft, tokens = toy_block_draws()
+    shape = trees.chain(2)
+    block = verify_block(target, draft, tokens, shape, jax.random.PRNGKey(7))
+    token = verify_rejection(target, draft, tokens, shape, jax.random.PRNGKey(7))
+    block_mean = float(block.num_accepted.mean())
+    token_mean = float(token.num_accepted.mean())
+    sigma = 1 / math.sqrt(DRAWS)  # accepted counts lie in [0, 2]
+    assert abs(token_mean - 10 / 9) < 5 * sigma  # the paper's figures
+    assert abs(block_mean - 11 / 9) < 5 * sigma
+    assert block_mean > token_mean
+
+
+def test_block_verification_emits_the_target():
+    target, draft, tokens = toy_block_draws(gamma=3)
+    result = verify_block(target, draft, tokens, trees.chain(3), jax.random.PRNGKey(8))
+    assert tv(first_token(result, tokens), np.array([1 / 3, 2 / 3])) < tv_bound(v=2)
+    n = np.asarray(result.num_accepted)
+    second = np.where(n >= 2, np.asarray(tokens)[:, 2], np.asarray(result.next_token))
+    known = n >= 1  # the second token is emitted in this cycle
+    assert tv(second[known], np.array([1 / 3, 2 / 3])) < tv_bound(known.sum(), 2)
+
+
+def test_block_verification_rejects_trees():
+    with pytest.raises(ValueError, match="chain"):
+        verify_block(jnp.zeros((1, 3, 4)), jnp.zeros((1, 3, 4)), jnp.zeros((1, 3), jnp.int32),
+                     trees.kary(2, 1), jax.random.PRNGKey(0))
+
+
+def test_typical_acceptance_threshold():
+    shape = trees.chain(2)
+    flat = jnp.full((V,), 1 / V)  # entropy ln 16: threshold min(0.09, 0.3 / 16) = 0.01875
+    peaked_p = jnp.asarray(np.r_[0.9, np.full(V - 1, 0.1 / (V - 1))])
+    probs = jnp.stack([flat, peaked_p, flat])[None]
+    tokens = jnp.asarray([[0, 5, 3]])  # p_root(5) = 1/16 > 0.019: accepted; p(3) = 0.0067 < 0.09
+    result = verify_typical(probs, tokens, shape, jax.random.PRNGKey(0), 0.09, 0.3)
+    assert int(result.num_accepted[0]) == 1
