@@ -50,6 +50,7 @@ class DecodeState:
     key: jax.Array
     cycles: jax.Array  # [B] draft-verify cycles this row took part in
     accepted: jax.Array  # [B, D + 1] histogram of accepted drafts per cycle
+    first_rank: jax.Array  # [B, K + 1] rank of the accepted first draft (K: none)
 
 
 class DecodeResult(NamedTuple):
@@ -57,6 +58,7 @@ class DecodeResult(NamedTuple):
     num_tokens: jax.Array  # [B]
     cycles: jax.Array  # [B]
     accepted: jax.Array  # [B, D + 1]
+    first_rank: jax.Array  # [B, K + 1]
 
 
 def bucket_length(length: int, min_bucket: int) -> int:
@@ -122,11 +124,12 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
         key=key,
         cycles=jnp.zeros((batch,), jnp.int32),
         accepted=jnp.zeros((batch, shape.max_depth + 1), jnp.int32),
+        first_rank=jnp.zeros((batch, shape.children.shape[1] + 1), jnp.int32),
     )
     state = _append(state, first[:, None], jnp.ones((batch,), jnp.int32), cfg)
     tree_positions = jnp.asarray(shape.depth)[None]
+    width = shape.children.shape[1]
     tree_mask = jnp.asarray(shape.ancestor_mask)
-    is_chain = shape.parents == tuple(range(-1, shape.num_nodes - 1))
 
     def cycle(state: DecodeState) -> DecodeState:
         active = ~state.done
@@ -142,8 +145,9 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
         new = jnp.where(jnp.arange(new.shape[1])[None] == num[:, None],
                         result.next_token[:, None], new)
         cache = out.cache.commit(jnp.where(active, num + 1, 0),
-                                 None if is_chain else result.path)
+                                 None if shape.is_chain else result.path)
         state = _append(state, new, num + 1, cfg)
+        first_rank = jnp.where(num > 0, jnp.asarray(shape.rank)[result.path[:, 1]], width)
         return state.replace(
             cache=cache,
             draft_state=drafter.commit(draft_state, result, cache.length),
@@ -151,6 +155,8 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
             cycles=state.cycles + active,
             accepted=state.accepted + jax.nn.one_hot(num, shape.max_depth + 1,
                                                      dtype=jnp.int32) * active[:, None],
+            first_rank=state.first_rank + jax.nn.one_hot(first_rank, width + 1,
+                                                         dtype=jnp.int32) * active[:, None],
         )
 
     state = jax.lax.while_loop(lambda s: ~jnp.all(s.done), cycle, state)
@@ -158,7 +164,7 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
     steps = jnp.arange(cfg.max_new_tokens)
     tokens = jnp.take_along_axis(state.sequence, state.prompt_len[:, None] + steps, axis=1)
     tokens = jnp.where(steps[None] < num_tokens[:, None], tokens, cfg.pad_token_id)
-    return DecodeResult(tokens, num_tokens, state.cycles, state.accepted)
+    return DecodeResult(tokens, num_tokens, state.cycles, state.accepted, state.first_rank)
 
 
 # ------------------------------------------------------------------- host-side API
@@ -252,6 +258,7 @@ def _output(result: DecodeResult, real_batch: int, tokenizer, stats: dict) -> Ge
                 for row, n in zip(tokens, num_tokens)]
     cycles = np.asarray(result.cycles)[:real_batch]
     stats = dict(stats, cycles=cycles, target_calls=cycles + 1, accepted_hist=accepted,
+                 first_rank_hist=np.asarray(result.first_rank)[:real_batch],
                  new_tokens=int(num_tokens.sum()))
     total_cycles = max(int(accepted.sum()), 1)
     # tau: mean tokens per cycle (accepted drafts + 1), over all rows and cycles.

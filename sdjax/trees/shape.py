@@ -38,6 +38,10 @@ class TreeShape:
         return depth
 
     @property
+    def is_chain(self) -> bool:
+        return self.parents == tuple(range(-1, self.num_nodes - 1))
+
+    @property
     def max_depth(self) -> int:
         return int(self.depth.max())
 
@@ -96,6 +100,14 @@ def kary(k: int, depth: int) -> TreeShape:
                 parents.append(node)
                 nxt.append(len(parents) - 1)
         level = nxt
+    return TreeShape(tuple(parents))
+
+
+def branches(num_branches: int, length: int) -> TreeShape:
+    """num_branches chains of `length` tokens under the root, level by level."""
+    parents = [-1] + [0] * num_branches
+    for d in range(1, length):
+        parents += [1 + (d - 1) * num_branches + b for b in range(num_branches)]
     return TreeShape(tuple(parents))
 
 

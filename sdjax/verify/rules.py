@@ -93,7 +93,7 @@ def verify_block(target_probs: jax.Array, draft_probs: jax.Array, tokens: jax.Ar
     Here P_i is the target's distribution after X_i and Q_i the draft's (the one X_{i+1}
     was drawn from). Never accepts fewer tokens in expectation than token-wise.
     """
-    if shape.parents != tuple(range(-1, shape.num_nodes - 1)):
+    if not shape.is_chain:
         raise ValueError("block verification needs a chain, not a tree")
     gamma = shape.num_nodes - 1
     if gamma == 0:

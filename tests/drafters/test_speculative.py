@@ -41,6 +41,7 @@ DRAFTERS = {
         [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0)])), PARAMS),
     "prompt_lookup": (PromptLookup(num_draft=5, max_ngram=3), None),
     "prompt_lookup_1gram": (PromptLookup(num_draft=2, max_ngram=1), None),
+    "prompt_lookup_3_branches": (PromptLookup(num_draft=3, num_branches=3), None),
 }
 
 
@@ -52,7 +53,7 @@ def spec(drafter=None, **kw):
 VERIFIERS = {"rejection": RejectionSampling(), "block": BlockVerification(),
              "typical": TypicalAcceptance()}
 COMBINATIONS = [(d, v) for d in sorted(DRAFTERS) for v in sorted(VERIFIERS)
-                if not (v == "block" and "tree" in d)]  # block verification takes chains
+                if v != "block" or DRAFTERS[d][0].shape.is_chain]  # block takes chains
 
 
 @pytest.mark.parametrize("name,verifier", COMBINATIONS)
@@ -91,6 +92,17 @@ def test_prompt_lookup_proposes_what_followed_the_longest_recent_match():
     sampled, _ = drafter.propose(None, (), sequence, seq_len, jax.random.PRNGKey(0),
                                  cfg.replace(temperature=1.0))
     np.testing.assert_array_equal(sampled.probs.argmax(-1), sampled.tokens)
+
+
+def test_prompt_lookup_branches_are_distinct_continuations():
+    drafter = PromptLookup(num_draft=2, max_ngram=2, num_branches=3)
+    #                        0  1  2  3  4  5  6  7  8  9 10
+    sequence = jnp.asarray([[4, 7, 1, 4, 7, 2, 9, 7, 3, 4, 7, 0, 0, 0, 0, 0]])
+    tree, _ = drafter.propose(None, (), sequence, jnp.asarray([11]), jax.random.PRNGKey(0),
+                              spec())
+    # 2-gram "4 7" at 3-4 (-> 2 9) and 0-1 (-> 1 4); then 1-gram "7" at 7 (-> 3 4).
+    assert drafter.shape == trees.branches(3, 2)
+    assert tree.tokens[0].tolist() == [7, 2, 1, 3, 9, 4, 4]
 
 
 def test_prompt_lookup_accepts_when_the_target_repeats_itself():
@@ -180,9 +192,10 @@ def exact_sequence_probs(temperature):
     (DraftModel(TINY_DRAFT, num_draft=3), TINY_DRAFT_PARAMS, BlockVerification()),
     (DraftModel(TINY_DRAFT, tree=trees.kary(2, 2)), TINY_DRAFT_PARAMS, None),
     (PromptLookup(num_draft=2, max_ngram=2), None, None),
+    (PromptLookup(num_draft=2, max_ngram=1, num_branches=3), None, None),
     (None, None, None),
 ], ids=["draft_model_chain", "draft_model_chain_block", "draft_model_tree_without_replacement",
-        "prompt_lookup", "autoregressive"])
+        "prompt_lookup", "prompt_lookup_branches", "autoregressive"])
 def test_sampled_sequences_follow_the_target(drafter, draft_params, verifier):
     temperature = 0.9
     exact = exact_sequence_probs(temperature)

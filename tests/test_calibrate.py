@@ -1,0 +1,50 @@
+"""Calibration of rank acceptance, and Sequoia trees built from it."""
+
+import jax
+import numpy as np
+import pytest
+
+import sdjax
+from sdjax import trees
+from sdjax.calibrate import rank_acceptance
+from sdjax.drafters import DraftModel, PromptLookup
+
+TARGET = sdjax.ModelConfig(arch="llama", vocab_size=64, hidden_size=32, num_layers=1,
+                           num_heads=2, num_kv_heads=1, head_dim=16, intermediate_size=64,
+                           max_position_embeddings=256)
+PARAMS = sdjax.init_params(TARGET, jax.random.PRNGKey(0))
+# A draft that agrees often but not always: the target, perturbed.
+DRAFT = TARGET
+DRAFT_PARAMS = jax.tree.map(
+    lambda x: x + 0.005 * jax.random.normal(jax.random.PRNGKey(1), x.shape), PARAMS)
+PROMPTS = [list(range(3, 3 + n)) for n in (5, 8, 12, 6)]
+
+
+def spec(drafter, **kw):
+    return sdjax.SpecConfig(model=TARGET, drafter=drafter, max_new_tokens=40,
+                            eos_token_id=(), **kw)
+
+
+def test_the_target_as_its_own_draft_is_always_accepted_at_rank_zero():
+    acc = rank_acceptance(PARAMS, PROMPTS, spec(DraftModel(TARGET)), width=4,
+                          draft_params=PARAMS)
+    np.testing.assert_array_equal(acc, [1, 0, 0, 0])
+    assert trees.sequoia(acc, 6, 8).is_chain
+
+
+def test_sequoia_tree_from_a_calibrated_draft_is_lossless_and_beats_a_chain():
+    cfg = spec(DraftModel(DRAFT))
+    acc = rank_acceptance(PARAMS, PROMPTS, cfg, width=4, draft_params=DRAFT_PARAMS)
+    assert 0 < acc.sum() <= 1 and 0 < acc[1] < acc[0] < 1
+    tree = trees.sequoia(acc, 7, 3)
+    for other in (trees.kary(2, 2), trees.branches(2, 3), trees.chain(3)):
+        assert trees.expected_tokens(tree, acc) >= trees.expected_tokens(other, acc)
+    plain = sdjax.generate(PARAMS, PROMPTS, spec(None))
+    out = sdjax.generate(PARAMS, PROMPTS, spec(DraftModel(DRAFT, tree=tree)),
+                         draft_params=DRAFT_PARAMS)
+    np.testing.assert_array_equal(out.tokens, plain.tokens)
+
+
+def test_calibration_needs_a_tree_drafter():
+    with pytest.raises(ValueError, match="drafts trees"):
+        rank_acceptance(PARAMS, PROMPTS, spec(PromptLookup()))
