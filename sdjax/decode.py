@@ -51,6 +51,18 @@ class DecodeState:
     cycles: jax.Array  # [B] draft-verify cycles this row took part in
     accepted: jax.Array  # [B, D + 1] histogram of accepted drafts per cycle
     first_rank: jax.Array  # [B, K + 1] rank of the accepted first draft (K: none)
+    error: jax.Array  # [B] int32 bit set of ERRORS that stopped the row
+
+
+# Faults detected inside the jitted loop; a faulty row stops and generate raises.
+ERRORS = {1: (ValueError, "the drafter proposed token ids outside the vocabulary"),
+          2: (FloatingPointError, "the target produced non-finite logits (NaN or inf)")}
+
+
+def _faults(tokens: jax.Array, logits: jax.Array, vocab: int) -> jax.Array:
+    bad_ids = jnp.any((tokens < 0) | (tokens >= vocab), axis=1)
+    bad_logits = ~jnp.all(jnp.isfinite(logits), axis=(1, 2))
+    return bad_ids.astype(jnp.int32) | (2 * bad_logits.astype(jnp.int32))
 
 
 class DecodeResult(NamedTuple):
@@ -59,6 +71,7 @@ class DecodeResult(NamedTuple):
     cycles: jax.Array  # [B]
     accepted: jax.Array  # [B, D + 1]
     first_rank: jax.Array  # [B, K + 1]
+    error: jax.Array  # [B]
 
 
 def bucket_length(length: int, min_bucket: int) -> int:
@@ -125,8 +138,10 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
         cycles=jnp.zeros((batch,), jnp.int32),
         accepted=jnp.zeros((batch, shape.max_depth + 1), jnp.int32),
         first_rank=jnp.zeros((batch, shape.children.shape[1] + 1), jnp.int32),
+        error=_faults(first[:, None], out.logits, cfg.model.vocab_size),
     )
-    state = _append(state, first[:, None], jnp.ones((batch,), jnp.int32), cfg)
+    state = _append(state.replace(done=state.error > 0), first[:, None],
+                    jnp.ones((batch,), jnp.int32), cfg)
     tree_positions = jnp.asarray(shape.depth)[None]
     width = shape.children.shape[1]
     tree_mask = jnp.asarray(shape.ancestor_mask)
@@ -138,6 +153,9 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
             draft_params, state.draft_state, state.sequence, state.seq_len, draft_key, cfg)
         out = model.apply(params, tree.tokens, state.cache.length[:, None] + tree_positions,
                           state.cache, tree_mask)
+        error = state.error | jnp.where(active, _faults(tree.tokens, out.logits,
+                                                        cfg.model.vocab_size), 0)
+        state = state.replace(done=state.done | (error > 0), error=error)
         result = verifier(out.logits, tree.tokens, tree.probs, shape, verify_key, cfg)
         num = result.num_accepted
         drafted = jnp.take_along_axis(tree.tokens, result.path[:, 1:], axis=1)
@@ -164,7 +182,8 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
     steps = jnp.arange(cfg.max_new_tokens)
     tokens = jnp.take_along_axis(state.sequence, state.prompt_len[:, None] + steps, axis=1)
     tokens = jnp.where(steps[None] < num_tokens[:, None], tokens, cfg.pad_token_id)
-    return DecodeResult(tokens, num_tokens, state.cycles, state.accepted, state.first_rank)
+    return DecodeResult(tokens, num_tokens, state.cycles, state.accepted, state.first_rank,
+                        state.error)
 
 
 # ------------------------------------------------------------------- host-side API
@@ -248,7 +267,15 @@ def _check_drafter(cfg: SpecConfig, draft_params) -> None:
         raise ValueError(f"{type(cfg.drafter).__name__} needs draft_params")
 
 
+def _raise_faults(error: np.ndarray) -> None:
+    for bit, (kind, message) in ERRORS.items():
+        rows = np.flatnonzero(error & bit)
+        if rows.size:
+            raise kind(f"{message} (batch rows {rows.tolist()})")
+
+
 def _output(result: DecodeResult, real_batch: int, tokenizer, stats: dict) -> GenerateOutput:
+    _raise_faults(np.asarray(result.error)[:real_batch])
     tokens = np.asarray(result.tokens)[:real_batch]
     num_tokens = np.asarray(result.num_tokens)[:real_batch]
     accepted = np.asarray(result.accepted)[:real_batch]

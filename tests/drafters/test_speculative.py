@@ -220,3 +220,22 @@ def test_sequence_check_rejects_the_draft_models_own_distribution():
     empirical = np.bincount(out.tokens @ np.array([16, 4, 1]), minlength=64) / SAMPLES
     bound = math.sqrt((64 * math.log(2) + math.log(1e6)) / (2 * SAMPLES))
     assert 0.5 * np.abs(empirical - exact).sum() > bound
+
+
+def test_out_of_range_draft_ids_and_nan_logits_raise():
+    import dataclasses
+    from sdjax.drafters import DraftTree
+
+    @dataclasses.dataclass(frozen=True)
+    class Broken(PromptLookup):
+        def propose(self, draft_params, state, sequence, seq_len, key, cfg):
+            tree, state = super().propose(draft_params, state, sequence, seq_len, key, cfg)
+            return DraftTree(tree.tokens.at[1:, 1].set(TARGET.vocab_size + 5)), state
+
+    with pytest.raises(ValueError, match=r"outside the vocabulary \(batch rows \[1, 2\]\)"):
+        sdjax.generate(PARAMS, PROMPTS, spec(Broken(num_draft=2), max_new_tokens=8))
+    poisoned = jax.tree.map(lambda x: x, PARAMS)
+    poisoned["params"]["lm_head"]["kernel"] = PARAMS["params"]["lm_head"]["kernel"].at[0, 3].set(
+        jnp.nan)
+    with pytest.raises(FloatingPointError, match="non-finite logits"):
+        sdjax.generate(poisoned, PROMPTS, spec(max_new_tokens=8))
