@@ -27,7 +27,7 @@ from sdjax.drafters import Autoregressive
 from sdjax.models.cache import KVCache
 from sdjax.models.transformer import Transformer
 from sdjax.sampling import sample_tokens
-from sdjax.verify import RejectionSampling
+from sdjax.verify import RejectionSampling, VerifyResult
 
 Prompt = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], np.ndarray]
 
@@ -108,6 +108,19 @@ def _append(state: DecodeState, new: jax.Array, count: jax.Array, cfg: SpecConfi
     return state.replace(sequence=sequence, seq_len=seq_len, done=done)
 
 
+def _truncate(result: VerifyResult, tokens: jax.Array, limit: jax.Array) -> VerifyResult:
+    """Keeps at most `limit` accepted drafts per row. Every emitted token (accepted or
+    drawn) follows the target given the ones before it, so cutting the emitted run at
+    a length fixed before the cycle stays lossless: the first dropped draft becomes
+    the next token."""
+    num = jnp.minimum(result.num_accepted, limit)
+    after = jnp.minimum(num + 1, result.path.shape[1] - 1)[:, None]
+    cut_token = jnp.take_along_axis(tokens, jnp.take_along_axis(result.path, after, 1), 1)[:, 0]
+    return result.replace(
+        num_accepted=num,
+        next_token=jnp.where(result.num_accepted > limit, cut_token, result.next_token))
+
+
 def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
                 cfg: SpecConfig, mesh: Optional[Mesh] = None) -> DecodeResult:
     """The jittable decode: prefill, then draft -> tree forward -> verify -> commit
@@ -157,6 +170,8 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
                                                         cfg.model.vocab_size), 0)
         state = state.replace(done=state.done | (error > 0), error=error)
         result = verifier(out.logits, tree.tokens, tree.probs, shape, verify_key, cfg)
+        if tree.limit is not None:
+            result = _truncate(result, tree.tokens, tree.limit)
         num = result.num_accepted
         drafted = jnp.take_along_axis(tree.tokens, result.path[:, 1:], axis=1)
         new = jnp.concatenate([drafted, result.next_token[:, None]], axis=1)

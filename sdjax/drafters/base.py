@@ -17,6 +17,7 @@ from sdjax.trees import TreeShape, chain
 class DraftTree:
     tokens: jax.Array  # [B, N] node 0 = the root
     probs: Optional[jax.Array] = None  # [B, N, V] what each node was drawn from (sampling)
+    limit: Optional[jax.Array] = None  # [B] most drafts a row may accept (adaptive length)
 
 
 def roots(sequence: jax.Array, seq_len: jax.Array) -> jax.Array:

@@ -17,6 +17,7 @@ needs no catch-up step. The pending region is [prev, node 0, node 1, ...].
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional
 
 import jax
@@ -49,15 +50,23 @@ def choose_children(logits: jax.Array, width: int, key: jax.Array, cfg: SpecConf
 
 @dataclasses.dataclass(frozen=True)
 class DraftModel:
+    """`num_draft`: chain length (the static maximum when adaptive), unless `tree` is
+    given. `adaptive=True` (chains only) follows `transformers`' heuristic per row:
+    after a fully accepted chain draft two more tokens next time, otherwise one
+    fewer (at least one); levels no row needs are skipped (`lax.cond`)."""
+
     config: ModelConfig
-    num_draft: int = 4  # chain length, when no tree is given
+    num_draft: int = 4
     tree: Optional[TreeShape] = None
+    adaptive: bool = False
 
     def __post_init__(self):
         if self.tree is None and self.num_draft < 1:
             raise ValueError("num_draft must be >= 1")
         if self.tree is not None and list(self.tree.depth) != sorted(self.tree.depth):
             raise ValueError("a drafted tree must list its nodes level by level (BFS order)")
+        if self.adaptive and self.tree is not None:
+            raise ValueError("adaptive draft length applies to chains, not trees")
 
     @property
     def shape(self) -> TreeShape:
@@ -71,13 +80,16 @@ class DraftModel:
             )
 
     def init(self, draft_params, prompt_tokens, prompt_lengths, max_len):
+        """State: the draft's KV cache and each row's current draft length."""
         batch, bucket = prompt_tokens.shape
         positions = jnp.broadcast_to(jnp.arange(bucket), (batch, bucket))
         out = Transformer(self.config).apply(
             draft_params, prompt_tokens, positions, KVCache.init(self.config, batch, max_len + 1))
-        return out.cache.commit(prompt_lengths - 1)  # the last prompt token is "prev"
+        cache = out.cache.commit(prompt_lengths - 1)  # the last prompt token is "prev"
+        return cache, jnp.full((batch,), self.shape.max_depth, jnp.int32)
 
-    def propose(self, draft_params, cache, sequence, seq_len, key, cfg: SpecConfig):
+    def propose(self, draft_params, state, sequence, seq_len, key, cfg: SpecConfig):
+        cache, limit = state
         shape = self.shape
         model = Transformer(self.config)
         batch, nodes = seq_len.shape[0], shape.num_nodes
@@ -88,33 +100,51 @@ class DraftModel:
         depth = np.concatenate([[0], 1 + shape.depth])
         region_positions = cache.length[:, None] + jnp.asarray(depth)[None]
 
-        prev = jnp.take_along_axis(sequence, (seq_len - 2)[:, None], axis=1)[:, 0]
-        tokens = jnp.zeros((batch, nodes), jnp.int32).at[:, 0].set(roots(sequence, seq_len))
-        probs = None if cfg.temperature == 0.0 else jnp.zeros(
-            (batch, nodes, self.config.vocab_size), jnp.float32)
-        level_tokens = jnp.stack([prev, tokens[:, 0]], axis=1)
-        level = np.array([-1, 0])  # node indices fed at this level (-1 = prev)
-        for d in range(shape.max_depth):
-            slots = level + 1
+        def level(d, fed, carry):
+            """Feeds nodes `fed` (-1 = prev), drafts the children of those at depth d."""
+            cache, tokens, probs = carry
+            slots = fed + 1
+            fed_tokens = tokens[:, np.maximum(fed, 0)]
+            if fed[0] < 0:
+                fed_tokens = fed_tokens.at[:, 0].set(prev)
             out = model.apply(
-                draft_params, level_tokens, jnp.take(region_positions, slots, axis=1), cache,
+                draft_params, fed_tokens, jnp.take(region_positions, slots, axis=1), cache,
                 jnp.asarray(region_mask[slots]), write_offset=int(slots[0]),
                 pending_positions=region_positions)
-            cache = out.cache
-            parents = level[level >= 0]
-            logits = out.logits[:, len(level) - len(parents):]
+            parents = fed[fed >= 0]
             kids = shape.children[parents]  # [n, K], -1 padded
             width = int((kids >= 0).sum(axis=1).max())
-            chosen, dists = choose_children(logits, width, jax.random.fold_in(key, d), cfg)
+            chosen, dists = choose_children(out.logits[:, len(fed) - len(parents):], width,
+                                            jax.random.fold_in(key, d), cfg)
             has = kids[:, :width] >= 0
             tokens = tokens.at[:, kids[:, :width][has]].set(chosen[:, has])
             if probs is not None:
                 probs = probs.at[:, kids[:, :width][has]].set(dists[:, has])
-            level = np.flatnonzero(shape.depth == d + 1)
-            level_tokens = tokens[:, level]
-        return DraftTree(tokens, probs), cache
+            return out.cache, tokens, probs
 
-    def commit(self, cache, result, committed_length):
-        """Keeps prev and the accepted path but its last node (re-fed next cycle)."""
+        prev = jnp.take_along_axis(sequence, (seq_len - 2)[:, None], axis=1)[:, 0]
+        root = roots(sequence, seq_len)
+        tokens = jnp.broadcast_to(root[:, None], (batch, nodes))  # unreached nodes: the root
+        probs = None if cfg.temperature == 0.0 else jnp.zeros(
+            (batch, nodes, self.config.vocab_size), jnp.float32)
+        carry = (cache, tokens, probs)
+        for d in range(shape.max_depth):
+            fed = np.array([-1, 0]) if d == 0 else np.flatnonzero(shape.depth == d)
+            step = functools.partial(level, d, fed)
+            if self.adaptive and d > 0:
+                carry = jax.lax.cond(jnp.any(limit > d), step, lambda c: c, carry)
+            else:
+                carry = step(carry)
+        cache, tokens, probs = carry
+        return DraftTree(tokens, probs, limit if self.adaptive else None), (cache, limit)
+
+    def commit(self, state, result, committed_length):
+        """Keeps prev and the accepted path but its last node (re-fed next cycle), and
+        adapts the draft length."""
+        cache, limit = state
         path = jnp.concatenate([jnp.zeros_like(result.path[:, :1]), 1 + result.path], axis=1)
-        return cache.commit(committed_length - 1 - cache.length, path)
+        cache = cache.commit(committed_length - 1 - cache.length, path)
+        if self.adaptive:
+            grown = jnp.where(result.num_accepted >= limit, limit + 2, limit - 1)
+            limit = jnp.clip(grown, 1, self.shape.max_depth)
+        return cache, limit

@@ -37,6 +37,9 @@ DRAFTERS = {
     "target_copy_g4": (DraftModel(TARGET, num_draft=4), PARAMS),
     "never_agrees_g2": (DraftModel(TARGET, num_draft=2), WRONG),
     "draft_model_tree_2x2": (DraftModel(DRAFT, tree=trees.kary(2, 2)), DRAFT_PARAMS),
+    "target_copy_adaptive_g6": (DraftModel(TARGET, num_draft=6, adaptive=True), PARAMS),
+    "perturbed_adaptive_g5": (DraftModel(TARGET, num_draft=5, adaptive=True), jax.tree.map(
+        lambda x: x + 0.01 * jax.random.normal(jax.random.PRNGKey(7), x.shape), PARAMS)),
     "target_copy_medusa_tree": (DraftModel(TARGET, tree=trees.from_choices(
         [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0)])), PARAMS),
     "prompt_lookup": (PromptLookup(num_draft=5, max_ngram=3), None),
@@ -75,6 +78,28 @@ def test_tau_is_gamma_plus_one_for_a_perfect_draft_and_one_for_a_wrong_one():
     wrong = sdjax.generate(PARAMS, PROMPTS, cfg, draft_params=WRONG)
     assert wrong.stats["tau"] == 1.0
     np.testing.assert_array_equal(wrong.tokens, perfect.tokens)
+
+
+def test_adaptive_draft_length_follows_the_heuristic():
+    drafter = DraftModel(TARGET, num_draft=6, adaptive=True)
+    cfg = spec(drafter, max_new_tokens=40)
+    _, limit = drafter.init(PARAMS, jnp.zeros((1, 4), jnp.int32), jnp.asarray([4]), 64)
+    assert limit.tolist() == [6]
+    perfect = sdjax.generate(PARAMS, PROMPTS, cfg, draft_params=PARAMS)
+    assert perfect.stats["tau"] == 7.0  # starts at the maximum and stays there
+    wrong = sdjax.generate(PARAMS, PROMPTS, cfg, draft_params=WRONG)
+    assert wrong.stats["tau"] == 1.0
+    # Never accepted: the length shrinks 6 -> 5 -> ... -> 1 and stays at 1.
+    from sdjax.verify import VerifyResult
+    state = (None, jnp.asarray([6, 2, 1]))
+    result = VerifyResult(path=jnp.zeros((3, 7), jnp.int32), num_accepted=jnp.asarray([6, 0, 0]),
+                          next_token=jnp.zeros(3, jnp.int32))
+    cache = sdjax.KVCache.init(TARGET, 3, 16)
+    _, limit = drafter.commit((cache, state[1]), result, jnp.ones(3, jnp.int32))
+    assert limit.tolist() == [6, 1, 1]
+    result = result.replace(num_accepted=jnp.asarray([3, 1, 1]))
+    _, limit = drafter.commit((cache, jnp.asarray([4, 1, 1])), result, jnp.ones(3, jnp.int32))
+    assert limit.tolist() == [3, 3, 3]
 
 
 def test_prompt_lookup_proposes_what_followed_the_longest_recent_match():
@@ -191,11 +216,12 @@ def exact_sequence_probs(temperature):
     (DraftModel(TINY_DRAFT, num_draft=2), TINY_DRAFT_PARAMS, None),
     (DraftModel(TINY_DRAFT, num_draft=3), TINY_DRAFT_PARAMS, BlockVerification()),
     (DraftModel(TINY_DRAFT, tree=trees.kary(2, 2)), TINY_DRAFT_PARAMS, None),
+    (DraftModel(TINY_DRAFT, num_draft=3, adaptive=True), TINY_DRAFT_PARAMS, None),
     (PromptLookup(num_draft=2, max_ngram=2), None, None),
     (PromptLookup(num_draft=2, max_ngram=1, num_branches=3), None, None),
     (None, None, None),
 ], ids=["draft_model_chain", "draft_model_chain_block", "draft_model_tree_without_replacement",
-        "prompt_lookup", "prompt_lookup_branches", "autoregressive"])
+        "draft_model_adaptive", "prompt_lookup", "prompt_lookup_branches", "autoregressive"])
 def test_sampled_sequences_follow_the_target(drafter, draft_params, verifier):
     temperature = 0.9
     exact = exact_sequence_probs(temperature)
