@@ -9,10 +9,13 @@ and three pure methods, called inside the jitted loop:
 
 `sequence[B, L]` holds each row's prompt and generated tokens, `seq_len[B]` how many;
 the last one is the root of the tree (committed, its KV not yet in the cache).
+Drafters with models of their own also have `check(cfg, draft_params)`, which
+`generate` calls first to reject mismatched vocabularies or missing parameters.
 """
 
 from sdjax.drafters.base import Autoregressive, DraftTree
 from sdjax.drafters.draft_model import DraftModel
+from sdjax.drafters.ensemble import Ensemble
 from sdjax.drafters.prompt_lookup import PromptLookup
 
-__all__ = ["Autoregressive", "DraftModel", "DraftTree", "PromptLookup"]
+__all__ = ["Autoregressive", "DraftModel", "DraftTree", "Ensemble", "PromptLookup"]

@@ -7,11 +7,14 @@ replacement* (Gumbel-top-k) when sampling; each child records the distribution i
 was drawn from (q with its earlier siblings removed), which is what the lossless
 tree verifier needs. A chain is the tree with one child per node.
 
-KV bookkeeping, all static shapes: the draft cache holds one token fewer than the
-target's, and each cycle re-feeds that last committed token ("prev") together with
-the root, at the same slot and position, which rewrites identical KV. So the
-accepted path's last node, whose KV the draft never computed if it was a leaf,
-needs no catch-up step. The pending region is [prev, node 0, node 1, ...].
+KV bookkeeping, all static shapes: the draft cache holds `catch_up` (W) tokens
+fewer than the target's, and each cycle re-feeds those last W committed tokens (the
+"window") together with the root, at their own slots and positions, which rewrites
+identical KV. With W = 1 the accepted path (but its last node, whose KV the draft
+never computed if it was a leaf) is gathered into place after verification. With
+W = max depth + 1 the window alone covers every token a cycle can commit, whoever
+drafted it: that is how ensemble members stay in step (`Ensemble`). The pending
+region is [window (W slots), node 0, node 1, ...].
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class DraftModel:
     num_draft: int = 4
     tree: Optional[TreeShape] = None
     adaptive: bool = False
+    catch_up: int = 1
 
     def __post_init__(self):
         if self.tree is None and self.num_draft < 1:
@@ -72,7 +76,9 @@ class DraftModel:
     def shape(self) -> TreeShape:
         return self.tree if self.tree is not None else chain(self.num_draft)
 
-    def check(self, cfg: SpecConfig) -> None:
+    def check(self, cfg: SpecConfig, draft_params) -> None:
+        if draft_params is None:
+            raise ValueError("DraftModel needs draft_params")
         if self.config.vocab_size != cfg.model.vocab_size:
             raise ValueError(
                 f"draft model vocabulary ({self.config.vocab_size}) differs from the "
@@ -85,36 +91,46 @@ class DraftModel:
         positions = jnp.broadcast_to(jnp.arange(bucket), (batch, bucket))
         out = Transformer(self.config).apply(
             draft_params, prompt_tokens, positions, KVCache.init(self.config, batch, max_len + 1))
-        cache = out.cache.commit(prompt_lengths - 1)  # the last prompt token is "prev"
+        cache = out.cache.commit(jnp.maximum(prompt_lengths - self.catch_up, 0))
         return cache, jnp.full((batch,), self.shape.max_depth, jnp.int32)
 
     def propose(self, draft_params, state, sequence, seq_len, key, cfg: SpecConfig):
         cache, limit = state
         shape = self.shape
         model = Transformer(self.config)
-        batch, nodes = seq_len.shape[0], shape.num_nodes
-        # Pending region: slot 0 = prev, slot 1 + i = node i.
-        region_mask = np.ones((nodes + 1, nodes + 1), bool)
-        region_mask[1:, 1:] = shape.ancestor_mask
-        region_mask[0, 1:] = False
-        depth = np.concatenate([[0], 1 + shape.depth])
-        region_positions = cache.length[:, None] + jnp.asarray(depth)[None]
+        batch, nodes, window = seq_len.shape[0], shape.num_nodes, self.catch_up
+        # Pending region: slots 0..W-1 = the window, slot W + i = node i.
+        committed = seq_len - 1  # the target's cache length; the root is at this position
+        window_pos = cache.length[:, None] + jnp.arange(window)  # [B, W]
+        window_valid = window_pos < committed[:, None]  # short prompts leave gaps
+        region_mask = np.zeros((nodes + window, nodes + window), bool)
+        region_mask[:window, :window] = np.tril(np.ones((window, window), bool))
+        region_mask[window:, window:] = shape.ancestor_mask
+        region_mask[window:, :window] = True
+        region_mask = jnp.asarray(region_mask)[None] & jnp.concatenate(
+            [window_valid, jnp.ones((batch, nodes), bool)], axis=1)[:, None, :]
+        region_positions = jnp.concatenate(
+            [window_pos, committed[:, None] + jnp.asarray(shape.depth)[None]], axis=1)
+        window_tokens = jnp.take_along_axis(
+            sequence, jnp.minimum(window_pos, sequence.shape[1] - 1), axis=1)
 
         def level(d, fed, carry):
-            """Feeds nodes `fed` (-1 = prev), drafts the children of those at depth d."""
+            """Feeds nodes `fed` (level 0: the window and the root), drafts the children
+            of the nodes fed at depth d."""
             cache, tokens, probs = carry
-            slots = fed + 1
-            fed_tokens = tokens[:, np.maximum(fed, 0)]
-            if fed[0] < 0:
-                fed_tokens = fed_tokens.at[:, 0].set(prev)
+            if d == 0:
+                slots = np.arange(window + 1)
+                fed_tokens = jnp.concatenate([window_tokens, tokens[:, :1]], axis=1)
+            else:
+                slots = fed + window
+                fed_tokens = tokens[:, fed]
             out = model.apply(
                 draft_params, fed_tokens, jnp.take(region_positions, slots, axis=1), cache,
-                jnp.asarray(region_mask[slots]), write_offset=int(slots[0]),
+                region_mask[:, slots], write_offset=int(slots[0]),
                 pending_positions=region_positions)
-            parents = fed[fed >= 0]
-            kids = shape.children[parents]  # [n, K], -1 padded
+            kids = shape.children[fed]  # [n, K], -1 padded
             width = int((kids >= 0).sum(axis=1).max())
-            chosen, dists = choose_children(out.logits[:, len(fed) - len(parents):], width,
+            chosen, dists = choose_children(out.logits[:, len(slots) - len(fed):], width,
                                             jax.random.fold_in(key, d), cfg)
             has = kids[:, :width] >= 0
             tokens = tokens.at[:, kids[:, :width][has]].set(chosen[:, has])
@@ -122,14 +138,13 @@ class DraftModel:
                 probs = probs.at[:, kids[:, :width][has]].set(dists[:, has])
             return out.cache, tokens, probs
 
-        prev = jnp.take_along_axis(sequence, (seq_len - 2)[:, None], axis=1)[:, 0]
         root = roots(sequence, seq_len)
         tokens = jnp.broadcast_to(root[:, None], (batch, nodes))  # unreached nodes: the root
         probs = None if cfg.temperature == 0.0 else jnp.zeros(
             (batch, nodes, self.config.vocab_size), jnp.float32)
         carry = (cache, tokens, probs)
         for d in range(shape.max_depth):
-            fed = np.array([-1, 0]) if d == 0 else np.flatnonzero(shape.depth == d)
+            fed = np.flatnonzero(shape.depth == d)
             step = functools.partial(level, d, fed)
             if self.adaptive and d > 0:
                 carry = jax.lax.cond(jnp.any(limit > d), step, lambda c: c, carry)
@@ -139,11 +154,15 @@ class DraftModel:
         return DraftTree(tokens, probs, limit if self.adaptive else None), (cache, limit)
 
     def commit(self, state, result, committed_length):
-        """Keeps prev and the accepted path but its last node (re-fed next cycle), and
-        adapts the draft length."""
+        """Keeps the window and the accepted path up to W tokens short of the target
+        (the last ones are re-fed next cycle), and adapts the draft length."""
         cache, limit = state
-        path = jnp.concatenate([jnp.zeros_like(result.path[:, :1]), 1 + result.path], axis=1)
-        cache = cache.commit(committed_length - 1 - cache.length, path)
+        keep = jnp.maximum(committed_length - self.catch_up, 0) - cache.length
+        if self.catch_up == 1:  # gather the accepted path (all but its last node) into place
+            path = jnp.concatenate([jnp.zeros_like(result.path[:, :1]), 1 + result.path], 1)
+            cache = cache.commit(keep, path)
+        else:  # the window covered every committed token: nothing moves
+            cache = cache.commit(keep)
         if self.adaptive:
             grown = jnp.where(result.num_accepted >= limit, limit + 2, limit - 1)
             limit = jnp.clip(grown, 1, self.shape.max_depth)

@@ -11,7 +11,7 @@ import pytest
 
 import sdjax
 from sdjax import trees
-from sdjax.drafters import DraftModel, PromptLookup
+from sdjax.drafters import DraftModel, Ensemble, PromptLookup
 from sdjax.verify import BlockVerification, RejectionSampling, TypicalAcceptance
 from sdjax.models import KVCache, Transformer
 
@@ -42,6 +42,10 @@ DRAFTERS = {
         lambda x: x + 0.01 * jax.random.normal(jax.random.PRNGKey(7), x.shape), PARAMS)),
     "target_copy_medusa_tree": (DraftModel(TARGET, tree=trees.from_choices(
         [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0)])), PARAMS),
+    "ensemble_chain_and_tree": (Ensemble((DraftModel(DRAFT, 3), DraftModel(
+        TARGET, tree=trees.kary(2, 2)))), (DRAFT_PARAMS, WRONG)),
+    "ensemble_wide_catch_up": (Ensemble((DraftModel(DRAFT, 5), DraftModel(TARGET, 2))),
+                               (DRAFT_PARAMS, PARAMS)),
     "prompt_lookup": (PromptLookup(num_draft=5, max_ngram=3), None),
     "prompt_lookup_1gram": (PromptLookup(num_draft=2, max_ngram=1), None),
     "prompt_lookup_3_branches": (PromptLookup(num_draft=3, num_branches=3), None),
@@ -78,6 +82,15 @@ def test_tau_is_gamma_plus_one_for_a_perfect_draft_and_one_for_a_wrong_one():
     wrong = sdjax.generate(PARAMS, PROMPTS, cfg, draft_params=WRONG)
     assert wrong.stats["tau"] == 1.0
     np.testing.assert_array_equal(wrong.tokens, perfect.tokens)
+
+
+def test_ensemble_members_stay_in_step_with_tokens_others_proposed():
+    # Member 2 is the target itself: whatever member 1 got accepted before, member 2's
+    # cache must be right, or its chain of 2 would not be accepted in full every cycle.
+    cfg = spec(Ensemble((DraftModel(DRAFT, 5), DraftModel(TARGET, 2))), max_new_tokens=40)
+    out = sdjax.generate(PARAMS, PROMPTS, cfg, draft_params=(DRAFT_PARAMS, PARAMS))
+    assert out.stats["tau"] >= 3.0
+    assert out.stats["first_rank_hist"].sum(0)[-1] == 0  # some first draft always accepted
 
 
 def test_adaptive_draft_length_follows_the_heuristic():
@@ -173,6 +186,9 @@ def test_draft_vocabulary_and_params_are_checked():
         sdjax.generate(PARAMS, PROMPTS[0], spec(DraftModel(small)), draft_params=DRAFT_PARAMS)
     with pytest.raises(ValueError, match="needs draft_params"):
         sdjax.generate(PARAMS, PROMPTS[0], spec(DraftModel(DRAFT)))
+    pair = Ensemble((DraftModel(DRAFT), DraftModel(DRAFT)))
+    with pytest.raises(ValueError, match="tuple of 2 draft_params"):
+        sdjax.generate(PARAMS, PROMPTS[0], spec(pair), draft_params=DRAFT_PARAMS)
 
 
 # ------------------------------------------------------- sampling through the loop
@@ -217,11 +233,13 @@ def exact_sequence_probs(temperature):
     (DraftModel(TINY_DRAFT, num_draft=3), TINY_DRAFT_PARAMS, BlockVerification()),
     (DraftModel(TINY_DRAFT, tree=trees.kary(2, 2)), TINY_DRAFT_PARAMS, None),
     (DraftModel(TINY_DRAFT, num_draft=3, adaptive=True), TINY_DRAFT_PARAMS, None),
+    (Ensemble((DraftModel(TINY_DRAFT, 2), DraftModel(TINY, tree=trees.kary(2, 1)))),
+     (TINY_DRAFT_PARAMS, sharpen(TINY_PARAMS, 0.5)), None),
     (PromptLookup(num_draft=2, max_ngram=2), None, None),
     (PromptLookup(num_draft=2, max_ngram=1, num_branches=3), None, None),
     (None, None, None),
 ], ids=["draft_model_chain", "draft_model_chain_block", "draft_model_tree_without_replacement",
-        "draft_model_adaptive", "prompt_lookup", "prompt_lookup_branches", "autoregressive"])
+        "draft_model_adaptive", "ensemble", "prompt_lookup", "prompt_lookup_branches", "autoregressive"])
 def test_sampled_sequences_follow_the_target(drafter, draft_params, verifier):
     temperature = 0.9
     exact = exact_sequence_probs(temperature)
