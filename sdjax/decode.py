@@ -10,6 +10,7 @@ apart from decode time.
 
 from __future__ import annotations
 
+import collections
 import functools
 import time
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
@@ -254,24 +255,41 @@ def prepare_prompts(prompt: Prompt, cfg: SpecConfig, tokenizer=None, batch_multi
     return tokens, lengths, len(rows)
 
 
-_COMPILED: Dict[Tuple, Any] = {}
+# Compiled decodes by (config, batch, bucket, mesh), least recently used first. The
+# bound matters: every XLA:CPU executable holds hundreds of memory mappings, and a
+# process that keeps thousands alive hits the kernel's map limit and crashes.
+MAX_COMPILED = 32
+_COMPILED: "collections.OrderedDict[Tuple, Any]" = collections.OrderedDict()
+_compilations = 0
 
 
 def compiled_decode(cfg: SpecConfig, batch: int, bucket: int, mesh: Optional[Mesh], args):
     """The AOT-compiled decode for these static shapes: (executable, compile seconds)."""
+    global _compilations
     cache_key = (cfg, batch, bucket, mesh)
     if cache_key in _COMPILED:
+        _COMPILED.move_to_end(cache_key)
         return _COMPILED[cache_key], 0.0
     start = time.perf_counter()
     fn = jax.jit(functools.partial(decode_loop, cfg=cfg, mesh=mesh))
     executable = fn.lower(*args).compile()
+    _compilations += 1
     _COMPILED[cache_key] = executable
+    if len(_COMPILED) > MAX_COMPILED:
+        _COMPILED.popitem(last=False)
     return executable, time.perf_counter() - start
 
 
 def compile_count() -> int:
     """How many decode executables have been compiled in this process."""
-    return len(_COMPILED)
+    return _compilations
+
+
+def clear_compiled() -> None:
+    """Drops every kept executable (and JAX's own caches)."""
+    _COMPILED.clear()
+    _pmapped_decode.cache_clear()
+    jax.clear_caches()
 
 
 def _check_drafter(cfg: SpecConfig, draft_params) -> None:
@@ -300,9 +318,12 @@ def _output(result: DecodeResult, real_batch: int, tokenizer, stats: dict) -> Ge
     stats = dict(stats, cycles=cycles, target_calls=cycles + 1, accepted_hist=accepted,
                  first_rank_hist=np.asarray(result.first_rank)[:real_batch],
                  new_tokens=int(num_tokens.sum()))
-    total_cycles = max(int(accepted.sum()), 1)
+    per_depth = accepted.sum(axis=0)  # cycles that accepted exactly d drafts
+    total_cycles = max(int(per_depth.sum()), 1)
     # tau: mean tokens per cycle (accepted drafts + 1), over all rows and cycles.
-    stats["tau"] = float((accepted * np.arange(1, accepted.shape[1] + 1)).sum() / total_cycles)
+    stats["tau"] = float((per_depth * np.arange(1, len(per_depth) + 1)).sum() / total_cycles)
+    # acceptance_by_depth[d]: fraction of cycles that accepted at least d + 1 drafts.
+    stats["acceptance_by_depth"] = per_depth[::-1].cumsum()[::-1][1:] / total_cycles
     stats["tokens_per_second"] = stats["new_tokens"] / max(stats["decode_seconds"], 1e-9)
     return GenerateOutput(tokens, num_tokens, text, stats)
 
@@ -341,7 +362,7 @@ def generate(
     return _output(result, real_batch, tokenizer, stats)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=8)
 def _pmapped_decode(cfg: SpecConfig, devices: Tuple):
     return jax.pmap(functools.partial(decode_loop, cfg=cfg),
                     in_axes=(None, None, 0, 0, 0), devices=list(devices))

@@ -16,6 +16,21 @@ import pytest  # noqa: E402
 from tests import hf_models  # noqa: E402
 
 
+_cleared_at = [0]
+
+
+@pytest.fixture(autouse=True)
+def _drop_executables():
+    """Every XLA:CPU executable holds hundreds of memory mappings; a suite that keeps
+    a few hundred alive crashes on the kernel's map limit (vm.max_map_count). So
+    every 24 decode compilations, all executables (JAX's caches too) are dropped."""
+    yield
+    from sdjax import decode
+    if decode.compile_count() - _cleared_at[0] >= 24:
+        decode.clear_compiled()
+        _cleared_at[0] = decode.compile_count()
+
+
 @pytest.fixture(scope="session")
 def hf_checkpoints(tmp_path_factory):
     """Tiny random-weight checkpoints written by `transformers` itself, by name."""

@@ -33,7 +33,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gamma", type=int, default=4, help="draft-model chain length")
-    parser.add_argument("--lookup-draft", type=int, default=8, help="prompt-lookup tokens")
+    parser.add_argument("--lookup-draft", type=int, default=8,
+                        help="prompt-lookup tokens (4 is always measured too)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     add_model_args(parser)
     args = parser.parse_args(argv)
@@ -53,21 +54,24 @@ def main(argv=None) -> dict:
     prompt = block + rng.integers(0, args.vocab, 8).tolist() + block[:8]
     base = sdjax.SpecConfig(model=model.config, max_new_tokens=args.new_tokens,
                             eos_token_id=())
-    sdjax_methods = {
-        "autoregressive": (base, None),
-        f"prompt lookup (n<=3, {args.lookup_draft} tokens)":
-            (base.replace(drafter=PromptLookup(args.lookup_draft)), None),
-        f"draft model = target (gamma {args.gamma})":
-            (base.replace(drafter=DraftModel(model.config, args.gamma)), model.params),
-    }
     torch_assistant.generation_config.num_assistant_tokens = args.gamma
     torch_assistant.generation_config.num_assistant_tokens_schedule = "constant"
-    torch_kwargs = {
-        "autoregressive": {},
-        f"prompt lookup (n<=3, {args.lookup_draft} tokens)":
-            {"prompt_lookup_num_tokens": args.lookup_draft, "max_matching_ngram_size": 3},
-        f"draft model = target (gamma {args.gamma})": {"assistant_model": torch_assistant},
+    lookup = lambda n: {"prompt_lookup_num_tokens": n, "max_matching_ngram_size": 3}
+    # name -> (sdjax config, draft params, transformers generate kwargs or None)
+    methods = {
+        "autoregressive": (base, None, {}),
+        f"prompt lookup ({args.lookup_draft} tokens)":
+            (base.replace(drafter=PromptLookup(args.lookup_draft)), None,
+             lookup(args.lookup_draft)),
+        "prompt lookup (4 tokens)": (base.replace(drafter=PromptLookup(4)), None, lookup(4)),
+        "prompt lookup (3 branches x 4 tokens)":
+            (base.replace(drafter=PromptLookup(4, num_branches=3)), None, None),
+        f"draft model = target (gamma {args.gamma})":
+            (base.replace(drafter=DraftModel(model.config, args.gamma)), model.params,
+             {"assistant_model": torch_assistant}),
     }
+    sdjax_methods = {name: m[:2] for name, m in methods.items()}
+    torch_kwargs = {name: m[2] for name, m in methods.items() if m[2] is not None}
 
     def run_sdjax(name):
         cfg, draft_params = sdjax_methods[name]
@@ -85,27 +89,30 @@ def main(argv=None) -> dict:
     first = {name: run_sdjax(name) for name in sdjax_methods}  # compiles
     reference = first["autoregressive"][0]
     torch_tokens = {name: run_torch(name)[0] for name in torch_kwargs}  # warm-up
-    times = {(lib, name): [] for lib in ("sdjax", "transformers") for name in sdjax_methods}
+    times = {("sdjax", name): [] for name in sdjax_methods}
+    times.update({("transformers", name): [] for name in torch_kwargs})
     for _ in tqdm(range(args.repeats), desc="timing (alternating)", unit="round"):
         for name in sdjax_methods:
             times["sdjax", name].append(run_sdjax(name)[1])
-            times["transformers", name].append(run_torch(name)[1])
+            if name in torch_kwargs:
+                times["transformers", name].append(run_torch(name)[1])
 
     rate = {k: args.new_tokens / statistics.median(v) for k, v in times.items()}
     rows = []
     for name in sdjax_methods:
         stats = first[name][2]
         speedup = rate["sdjax", name] / rate["sdjax", "autoregressive"]
+        theirs = rate.get(("transformers", name), float("nan"))
         rows.append({
             "method": name, "sdjax_tokens_per_s": rate["sdjax", name], "tau": stats["tau"],
             "speedup_vs_ar": speedup, "efficiency": speedup / stats["tau"],
-            "transformers_tokens_per_s": rate["transformers", name],
-            "transformers_speedup_vs_ar":
-                rate["transformers", name] / rate["transformers", "autoregressive"],
-            "vs_transformers": rate["sdjax", name] / rate["transformers", name],
+            "transformers_tokens_per_s": theirs,
+            "transformers_speedup_vs_ar": theirs / rate["transformers", "autoregressive"],
+            "vs_transformers": rate["sdjax", name] / theirs,
             "compile_s": stats["compile_seconds"],
             "sdjax_equals_greedy": bool((first[name][0] == reference).all()),
-            "transformers_equals_greedy": bool((torch_tokens[name] == reference).all()),
+            "transformers_equals_greedy": bool((torch_tokens[name] == reference).all())
+            if name in torch_tokens else None,
         })
     print(f"\nLlama {num_params / 1e6:.1f}M params (random weights), float32, batch 1, "
           f"prompt {len(prompt)} (copy-heavy), {args.new_tokens} new tokens, "
@@ -113,12 +120,13 @@ def main(argv=None) -> dict:
     print("| method | sdjax tok/s | tau | speedup vs AR | efficiency | transformers tok/s "
           "| its speedup vs AR | sdjax vs transformers | same tokens (sdjax/hf) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    show = lambda x, unit="": "—" if x != x else f"{x:.2f}{unit}"  # NaN: no counterpart
     for r in rows:
         print(f"| {r['method']} | {r['sdjax_tokens_per_s']:.1f} | {r['tau']:.2f} | "
               f"{r['speedup_vs_ar']:.2f}x | {r['efficiency']:.2f} | "
-              f"{r['transformers_tokens_per_s']:.1f} | {r['transformers_speedup_vs_ar']:.2f}x | "
-              f"{r['vs_transformers']:.2f}x | {r['sdjax_equals_greedy']}/"
-              f"{r['transformers_equals_greedy']} |")
+              f"{show(r['transformers_tokens_per_s'])} | "
+              f"{show(r['transformers_speedup_vs_ar'], 'x')} | {show(r['vs_transformers'], 'x')} "
+              f"| {r['sdjax_equals_greedy']}/{r['transformers_equals_greedy']} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -14,6 +14,7 @@ from sdjax import trees
 from sdjax.drafters import DraftModel, Ensemble, PromptLookup
 from sdjax.verify import BlockVerification, RejectionSampling, TypicalAcceptance
 from sdjax.models import KVCache, Transformer
+from sdjax.sampling import warp_logits
 
 TARGET = sdjax.ModelConfig(arch="llama", vocab_size=320, hidden_size=64, num_layers=2,
                            num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=128,
@@ -78,9 +79,11 @@ def test_tau_is_gamma_plus_one_for_a_perfect_draft_and_one_for_a_wrong_one():
     cfg = spec(DraftModel(TARGET, num_draft=4), max_new_tokens=1 + 5 * 6)
     perfect = sdjax.generate(PARAMS, PROMPTS, cfg, draft_params=PARAMS)
     assert perfect.stats["tau"] == 5.0
+    np.testing.assert_array_equal(perfect.stats["acceptance_by_depth"], [1, 1, 1, 1])
     np.testing.assert_array_equal(perfect.stats["cycles"], [6, 6, 6])
     wrong = sdjax.generate(PARAMS, PROMPTS, cfg, draft_params=WRONG)
     assert wrong.stats["tau"] == 1.0
+    np.testing.assert_array_equal(wrong.stats["acceptance_by_depth"], [0, 0, 0, 0])
     np.testing.assert_array_equal(wrong.tokens, perfect.tokens)
 
 
@@ -212,20 +215,29 @@ PROMPT, NEW = [1, 2, 3, 1], 3
 SAMPLES = 200_000
 
 
-def exact_sequence_probs(temperature):
-    """P(x1 x2 x3 | prompt) under the target, for all 64 continuations."""
+def exact_sequence_probs(temperature, top_k=0, top_p=1.0):
+    """P(x1 x2 x3 | prompt) under the warped target, for all 64 continuations."""
     seqs = np.array(list(itertools.product(range(4), repeat=NEW)))
     full = np.concatenate([np.tile(PROMPT, (len(seqs), 1)), seqs], axis=1)
     length = full.shape[1]
     logits = Transformer(TINY).apply(
         TINY_PARAMS, jnp.asarray(full), jnp.broadcast_to(jnp.arange(length), full.shape),
         KVCache.init(TINY, len(seqs), length)).logits
-    logp = jax.nn.log_softmax(logits / temperature, -1)
+    logp = jax.nn.log_softmax(warp_logits(logits, temperature, top_k, top_p), -1)
     prob = np.ones(len(seqs))
     for t in range(NEW):
         pos = len(PROMPT) - 1 + t
         prob *= np.exp(np.asarray(logp[np.arange(len(seqs)), pos, seqs[:, t]]))
     return prob
+
+
+BOUND = math.sqrt((64 * math.log(2) + math.log(1e6)) / (2 * SAMPLES))  # TV, delta = 1e-6
+
+
+def sequence_tv(out, exact):
+    """TV distance between the sampled 3-token continuations and the exact law."""
+    empirical = np.bincount(out.tokens @ np.array([16, 4, 1]), minlength=64) / SAMPLES
+    return 0.5 * np.abs(empirical - exact).sum()
 
 
 @pytest.mark.parametrize("drafter,draft_params,verifier", [
@@ -247,12 +259,21 @@ def test_sampled_sequences_follow_the_target(drafter, draft_params, verifier):
     cfg = sdjax.SpecConfig(model=TINY, drafter=drafter, verifier=verifier, max_new_tokens=NEW,
                            temperature=temperature, eos_token_id=(), min_prompt_bucket=4)
     out = sdjax.generate(TINY_PARAMS, [PROMPT] * SAMPLES, cfg, draft_params=draft_params)
-    index = out.tokens @ np.array([16, 4, 1])
-    empirical = np.bincount(index, minlength=64) / SAMPLES
-    bound = math.sqrt((64 * math.log(2) + math.log(1e6)) / (2 * SAMPLES))
-    assert 0.5 * np.abs(empirical - exact).sum() < bound
+    assert sequence_tv(out, exact) < BOUND
     if drafter is not None:
         assert out.stats["tau"] > 1.1  # the drafts were really used
+
+
+@pytest.mark.parametrize("top_k,top_p", [(3, 1.0), (0, 0.8)])
+def test_sampled_sequences_follow_the_warped_target(top_k, top_p):
+    """top-k / top-p warp target and draft alike; the output follows the warped target."""
+    exact = exact_sequence_probs(0.9, top_k, top_p)
+    assert 0.5 * np.abs(exact - exact_sequence_probs(0.9)).sum() > 0.05  # the warp matters
+    cfg = sdjax.SpecConfig(model=TINY, drafter=DraftModel(TINY_DRAFT, tree=trees.kary(2, 2)),
+                           max_new_tokens=NEW, temperature=0.9, top_k=top_k, top_p=top_p,
+                           eos_token_id=(), min_prompt_bucket=4)
+    out = sdjax.generate(TINY_PARAMS, [PROMPT] * SAMPLES, cfg, draft_params=TINY_DRAFT_PARAMS)
+    assert sequence_tv(out, exact) < BOUND
 
 
 def test_sequence_check_rejects_the_draft_models_own_distribution():
@@ -261,9 +282,7 @@ def test_sequence_check_rejects_the_draft_models_own_distribution():
     cfg = sdjax.SpecConfig(model=TINY_DRAFT, max_new_tokens=NEW, temperature=0.9,
                            eos_token_id=(), min_prompt_bucket=4)
     out = sdjax.generate(TINY_DRAFT_PARAMS, [PROMPT] * SAMPLES, cfg)
-    empirical = np.bincount(out.tokens @ np.array([16, 4, 1]), minlength=64) / SAMPLES
-    bound = math.sqrt((64 * math.log(2) + math.log(1e6)) / (2 * SAMPLES))
-    assert 0.5 * np.abs(empirical - exact).sum() > bound
+    assert sequence_tv(out, exact) > BOUND
 
 
 def test_out_of_range_draft_ids_and_nan_logits_raise():
