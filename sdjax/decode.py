@@ -181,7 +181,8 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
         cache = out.cache.commit(jnp.where(active, num + 1, 0),
                                  None if shape.is_chain else result.path)
         state = _append(state, new, num + 1, cfg)
-        first_rank = jnp.where(num > 0, jnp.asarray(shape.rank)[result.path[:, 1]], width)
+        first_node = result.path[:, min(1, shape.max_depth)]  # the root's accepted child
+        first_rank = jnp.where(num > 0, jnp.asarray(shape.rank)[first_node], width)
         return state.replace(
             cache=cache,
             draft_state=drafter.commit(draft_state, result, cache.length),
