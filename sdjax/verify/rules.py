@@ -185,9 +185,8 @@ def target_probs(logits: jax.Array, cfg: SpecConfig) -> jax.Array:
     return jax.nn.softmax(warp_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p), -1)
 
 
-@dataclasses.dataclass(frozen=True)
-class RejectionSampling:
-    """Lossless (recursive) rejection sampling over chains and trees. The default."""
+class _Verifier:
+    """Greedy verification at temperature 0; otherwise `sampled` on the warped target."""
 
     lossless = True
 
@@ -195,25 +194,29 @@ class RejectionSampling:
         if cfg.temperature == 0.0:
             return verify_greedy(logits, tokens, shape)
         probs = target_probs(logits, cfg)
-        if draft_probs is None:  # nothing drafted: only the root's successor
+        if draft_probs is None:  # nothing drafted: only the root's successor matters
             draft_probs = jnp.zeros_like(probs)
+        return self.sampled(probs, draft_probs, tokens, shape, key)
+
+
+@dataclasses.dataclass(frozen=True)
+class RejectionSampling(_Verifier):
+    """Lossless (recursive) rejection sampling over chains and trees. The default."""
+
+    def sampled(self, probs, draft_probs, tokens, shape, key) -> VerifyResult:
         return verify_rejection(probs, draft_probs, tokens, shape, key)
 
 
 @dataclasses.dataclass(frozen=True)
-class BlockVerification:
+class BlockVerification(_Verifier):
     """Lossless block verification of chains (Sun et al., 2024)."""
 
-    lossless = True
-
-    def __call__(self, logits, tokens, draft_probs, shape, key, cfg) -> VerifyResult:
-        if cfg.temperature == 0.0:
-            return verify_greedy(logits, tokens, shape)
-        return verify_block(target_probs(logits, cfg), draft_probs, tokens, shape, key)
+    def sampled(self, probs, draft_probs, tokens, shape, key) -> VerifyResult:
+        return verify_block(probs, draft_probs, tokens, shape, key)
 
 
 @dataclasses.dataclass(frozen=True)
-class TypicalAcceptance:
+class TypicalAcceptance(_Verifier):
     """Medusa's typical acceptance: faster, but *not* lossless under sampling (it
     accepts any token the target finds plausible enough). Greedy at temperature 0."""
 
@@ -221,8 +224,5 @@ class TypicalAcceptance:
     delta: float = 0.3
     lossless = False
 
-    def __call__(self, logits, tokens, draft_probs, shape, key, cfg) -> VerifyResult:
-        if cfg.temperature == 0.0:
-            return verify_greedy(logits, tokens, shape)
-        return verify_typical(target_probs(logits, cfg), tokens, shape, key,
-                              self.epsilon, self.delta)
+    def sampled(self, probs, draft_probs, tokens, shape, key) -> VerifyResult:
+        return verify_typical(probs, tokens, shape, key, self.epsilon, self.delta)
