@@ -49,8 +49,7 @@ class DecodeState:
     cache: KVCache  # target KV of sequence[:, :seq_len - 1]
     draft_state: Any
     key: jax.Array
-    cycles: jax.Array  # [B] draft-verify cycles this row took part in
-    accepted: jax.Array  # [B, D + 1] histogram of accepted drafts per cycle
+    accepted: jax.Array  # [B, D + 1] accepted drafts per cycle (sums to the cycles)
     first_rank: jax.Array  # [B, K + 1] rank of the accepted first draft (K: none)
     error: jax.Array  # [B] int32 bit set of ERRORS that stopped the row
 
@@ -69,7 +68,6 @@ def _faults(tokens: jax.Array, logits: jax.Array, vocab: int) -> jax.Array:
 class DecodeResult(NamedTuple):
     tokens: jax.Array  # [B, max_new_tokens]
     num_tokens: jax.Array  # [B]
-    cycles: jax.Array  # [B]
     accepted: jax.Array  # [B, D + 1]
     first_rank: jax.Array  # [B, K + 1]
     error: jax.Array  # [B]
@@ -149,7 +147,6 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
         cache=out.cache.commit(prompt_lengths),
         draft_state=drafter.init(draft_params, prompt_tokens, prompt_lengths, max_len),
         key=key,
-        cycles=jnp.zeros((batch,), jnp.int32),
         accepted=jnp.zeros((batch, shape.max_depth + 1), jnp.int32),
         first_rank=jnp.zeros((batch, shape.children.shape[1] + 1), jnp.int32),
         error=_faults(first[:, None], out.logits, cfg.model.vocab_size),
@@ -187,7 +184,6 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
             cache=cache,
             draft_state=drafter.commit(draft_state, result, cache.length),
             key=key,
-            cycles=state.cycles + active,
             accepted=state.accepted + jax.nn.one_hot(num, shape.max_depth + 1,
                                                      dtype=jnp.int32) * active[:, None],
             first_rank=state.first_rank + jax.nn.one_hot(first_rank, width + 1,
@@ -199,7 +195,7 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
     steps = jnp.arange(cfg.max_new_tokens)
     tokens = jnp.take_along_axis(state.sequence, state.prompt_len[:, None] + steps, axis=1)
     tokens = jnp.where(steps[None] < num_tokens[:, None], tokens, cfg.pad_token_id)
-    return DecodeResult(tokens, num_tokens, state.cycles, state.accepted, state.first_rank,
+    return DecodeResult(tokens, num_tokens, state.accepted, state.first_rank,
                         state.error)
 
 
@@ -315,7 +311,7 @@ def _output(result: DecodeResult, real_batch: int, tokenizer, stats: dict) -> Ge
     if tokenizer is not None:
         text = [tokenizer.decode(row[:n].tolist(), skip_special_tokens=True)
                 for row, n in zip(tokens, num_tokens)]
-    cycles = np.asarray(result.cycles)[:real_batch]
+    cycles = accepted.sum(axis=1)  # draft-verify cycles each row took part in
     stats = dict(stats, cycles=cycles, target_calls=cycles + 1, accepted_hist=accepted,
                  first_rank_hist=np.asarray(result.first_rank)[:real_batch],
                  new_tokens=int(num_tokens.sum()))

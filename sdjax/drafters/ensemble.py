@@ -16,7 +16,6 @@ from typing import Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sdjax.drafters.base import DraftTree
 from sdjax.drafters.draft_model import DraftModel

@@ -38,7 +38,7 @@ class PromptLookup:
     def init(self, draft_params, prompt_tokens, prompt_lengths, max_len):
         return ()
 
-    def match_starts(self, sequence, seq_len):
+    def continuations(self, sequence, seq_len):
         """[B, num_branches] index of the token after each chosen match (-1: none).
 
         Candidates are indexed by that following position, scored by the longest n
@@ -60,7 +60,7 @@ class PromptLookup:
         return jnp.where(best >= 0, best % length, -1)
 
     def propose(self, draft_params, state, sequence, seq_len, key, cfg):
-        follow = self.match_starts(sequence, seq_len)  # [B, branches]
+        follow = self.continuations(sequence, seq_len)  # [B, branches]
         steps = jnp.arange(self.num_draft)
         index = jnp.where(follow[:, :, None] >= 0, follow[:, :, None] + steps,
                           seq_len[:, None, None] - 1)

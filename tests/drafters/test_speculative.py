@@ -2,7 +2,6 @@
 distributed like the target through the whole jitted loop."""
 
 import itertools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +14,7 @@ from sdjax.drafters import DraftModel, Ensemble, PromptLookup
 from sdjax.verify import BlockVerification, RejectionSampling, TypicalAcceptance
 from sdjax.models import KVCache, Transformer
 from sdjax.sampling import warp_logits
+from tests.stats import tv, tv_bound
 
 TARGET = sdjax.ModelConfig(arch="llama", vocab_size=320, hidden_size=64, num_layers=2,
                            num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=128,
@@ -231,13 +231,12 @@ def exact_sequence_probs(temperature, top_k=0, top_p=1.0):
     return prob
 
 
-BOUND = math.sqrt((64 * math.log(2) + math.log(1e6)) / (2 * SAMPLES))  # TV, delta = 1e-6
+BOUND = tv_bound(SAMPLES, 64)
 
 
 def sequence_tv(out, exact):
     """TV distance between the sampled 3-token continuations and the exact law."""
-    empirical = np.bincount(out.tokens @ np.array([16, 4, 1]), minlength=64) / SAMPLES
-    return 0.5 * np.abs(empirical - exact).sum()
+    return tv(out.tokens @ np.array([16, 4, 1]), exact)
 
 
 @pytest.mark.parametrize("drafter,draft_params,verifier", [

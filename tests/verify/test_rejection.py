@@ -14,18 +14,15 @@ import pytest
 
 from sdjax import trees
 from sdjax.verify import verify_block, verify_greedy, verify_rejection, verify_typical
+from tests import stats
+from tests.stats import tv
 
 V = 16
 DRAWS = 200_000
-DELTA = 1e-6
 
 
 def tv_bound(n=DRAWS, v=V):
-    return math.sqrt((v * math.log(2) + math.log(1 / DELTA)) / (2 * n))
-
-
-def tv(samples, target):
-    return 0.5 * np.abs(np.bincount(samples, minlength=len(target)) / len(samples) - target).sum()
+    return stats.tv_bound(n, v)
 
 
 def peaked(seed, zeros=0):
