@@ -122,6 +122,13 @@ def cmd_demo(args) -> None:
               f"compile {compile_seconds:.1f} s; first tokens {out.tokens[0, :8].tolist()}")
 
 
+def cmd_train_lm(args) -> None:
+    from sdjax.training.lm import load_config, run_lm
+
+    cfg = load_config(args.config, steps=args.steps, output=args.output)
+    run_lm(cfg, stop_at=args.stop_at)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdjax", description="Speculative and multi-head decoding for JAX language models.")
@@ -147,6 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="decode with a built-in model, print tokens/s")
     demo.add_argument("--max-new-tokens", type=int, default=64)
     demo.set_defaults(func=cmd_demo)
+
+    train = commands.add_parser("train", help="train a language model (or draft heads)")
+    train_kinds = train.add_subparsers(dest="kind", required=True, metavar="KIND")
+    lm = train_kinds.add_parser(
+        "lm", help="train a language model on the stdlib corpus",
+        description="Train a Llama-architecture language model on the Python standard "
+                    "library's source (tokenizer, optax AdamW, orbax checkpoints with "
+                    "resume), then export it as a Hugging Face checkpoint to OUTPUT/hf.")
+    lm.add_argument("--config", required=True, help="YAML training config (configs/train/)")
+    lm.add_argument("--steps", type=int, help="override the config's total steps")
+    lm.add_argument("--output", help="override the config's run folder")
+    lm.add_argument("--stop-at", type=int, metavar="STEP",
+                    help="checkpoint and stop at this step (run again to resume)")
+    lm.set_defaults(func=cmd_train_lm)
     return parser
 
 

@@ -57,14 +57,7 @@ def stdlib_source(*modules: str) -> str:
 
 
 def train_tokenizer(path: str, vocab_size: int) -> None:
-    import tokenizers
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-    tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([stdlib_source("textwrap", "shlex")], trainer)
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    from sdjax.data import train_tokenizer as train
+
     os.makedirs(path, exist_ok=True)
-    fast.save_pretrained(path)
+    train([stdlib_source("textwrap", "shlex")], vocab_size).save_pretrained(path)

@@ -1,0 +1,126 @@
+"""Language-model training: loss goes down, resume is exact, sharding agrees, export loads."""
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from sdjax import data, load_hf
+from sdjax.models.transformer import init_params
+from sdjax.training import lm
+from tests.hf_models import stdlib_source
+
+MODEL = dict(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+             intermediate_size=64, tie_embeddings=True)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    tokenizer = data.train_tokenizer([stdlib_source("textwrap", "shlex")], 300)
+    train = data.encode_corpus(tokenizer, [stdlib_source("textwrap", "shlex", "string")])
+    val = data.encode_corpus(tokenizer, [stdlib_source("json.decoder")])
+    return tokenizer, train, val
+
+
+def _config(tmp_path, **changes):
+    values = dict(model=MODEL, output=str(tmp_path), seq_len=32, batch_size=8, steps=6,
+                  learning_rate=1e-2, warmup_steps=2, eval_every=3, eval_batches=2,
+                  checkpoint_every=3, data_parallel=1)
+    return lm.LMTrainConfig(**{**values, **changes})
+
+
+def _model(tokenizer):
+    return lm.model_config(MODEL, len(tokenizer), tokenizer.eos_token_id)
+
+
+def test_batches_are_a_function_of_seed_and_step():
+    stream = np.arange(1000, dtype=np.uint16)
+    a = lm.batch_at(stream, 5, 4, 16, seed=0)
+    assert a.shape == (4, 17) and a.dtype == np.int32
+    np.testing.assert_array_equal(a, lm.batch_at(stream, 5, 4, 16, seed=0))
+    assert not np.array_equal(a, lm.batch_at(stream, 6, 4, 16, seed=0))
+    np.testing.assert_array_equal(np.diff(a, axis=1), 1)  # contiguous windows
+    with pytest.raises(ValueError, match="too short"):
+        lm.batch_at(stream[:10], 0, 4, 16, seed=0)
+
+
+def test_a_few_steps_lower_the_loss(corpus, tmp_path):
+    tokenizer, train, val = corpus
+    cfg = _config(tmp_path, steps=30, eval_every=10, checkpoint_every=30)
+    result = lm.train_lm(cfg, _model(tokenizer), train, val, progress=False)
+    losses = [row["eval_loss"] for row in result.history]
+    assert result.step == 30 and len(losses) == 3
+    windows = lm.eval_windows(val, cfg.eval_batches * cfg.batch_size, cfg.seq_len)
+    untrained = float(lm.lm_loss(init_params(_model(tokenizer), jax.random.PRNGKey(0)),
+                                 _model(tokenizer), windows))
+    assert abs(untrained - np.log(len(tokenizer))) < 0.1  # uniform at initialisation
+    assert losses[-1] < untrained - 1.0, (untrained, losses)
+    assert losses == sorted(losses, reverse=True)
+
+
+def test_resume_reproduces_the_uninterrupted_run(corpus, tmp_path):
+    tokenizer, train, val = corpus
+    model = _model(tokenizer)
+    whole = lm.train_lm(_config(tmp_path / "whole"), model, train, val, progress=False)
+    cfg = _config(tmp_path / "split")
+    first = lm.train_lm(cfg, model, train, val, stop_at=3, progress=False)
+    assert first.step == 3
+    resumed = lm.train_lm(cfg, model, train, val, progress=False)
+    assert resumed.step == 6
+    jax.tree.map(np.testing.assert_array_equal, whole.params, resumed.params)
+    assert resumed.history[-1]["eval_loss"] == whole.history[-1]["eval_loss"]
+
+
+def test_sharded_training_matches_one_device(corpus, tmp_path):
+    tokenizer, train, val = corpus
+    model = _model(tokenizer)
+    one = lm.train_lm(_config(tmp_path / "one"), model, train, val, progress=False)
+    for data_parallel, model_parallel in ((8, 1), (4, 2)):
+        cfg = _config(tmp_path / f"{data_parallel}x{model_parallel}",
+                      data_parallel=data_parallel, model_parallel=model_parallel)
+        sharded = lm.train_lm(cfg, model, train, val, progress=False)
+        for a, b in zip(one.history, sharded.history):
+            np.testing.assert_allclose(a["loss"], b["loss"], rtol=2e-4)
+            np.testing.assert_allclose(a["eval_loss"], b["eval_loss"], rtol=2e-4)
+
+
+def test_batch_must_divide_over_data_devices(corpus, tmp_path):
+    tokenizer, train, val = corpus
+    with pytest.raises(ValueError, match="multiple of"):
+        lm.train_lm(_config(tmp_path, batch_size=6, data_parallel=4), _model(tokenizer),
+                    train, val, progress=False)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        lm.load_config(str(tmp_path / "missing.yaml"))
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: {}\noutput: x\nlearning_rat: 1\n")
+    with pytest.raises(ValueError, match="learning_rat"):
+        lm.load_config(str(path))
+
+
+def test_export_loads_in_transformers_with_matching_logits(corpus, tmp_path):
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    from sdjax.models.transformer import Transformer
+    from sdjax.models.cache import KVCache
+
+    tokenizer, train, val = corpus
+    cfg = _config(tmp_path, steps=3, export_dtype="float32")
+    result = lm.train_lm(cfg, _model(tokenizer), train, val, progress=False)
+    path = os.path.join(tmp_path, "hf")
+    from sdjax.models.hf import save_hf
+    save_hf(path, _model(tokenizer), result.params, tokenizer)
+    loaded = load_hf(path)
+    ids = np.asarray(val[:40], np.int32)[None]
+    ours = Transformer(loaded.config).apply(
+        loaded.params, ids, np.arange(40)[None], KVCache.init(loaded.config, 1, 40)).logits
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    with torch.no_grad():
+        theirs = hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4, rtol=1e-4)
+    assert len(transformers.AutoTokenizer.from_pretrained(path)) == len(tokenizer)
