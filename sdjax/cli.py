@@ -6,9 +6,9 @@ import argparse
 import dataclasses
 import json
 import sys
-import tempfile
 from typing import Optional, Sequence
 
+import jax
 import yaml
 
 import sdjax
@@ -91,35 +91,59 @@ def cmd_generate(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    """Round-trips a random-weight Llama through a checkpoint folder and decodes with it."""
-    import jax
+    """Completes a held-out stdlib function with the bundled testbed pair, autoregressively
+    and speculatively, and prints tokens/s, tau and the speedup."""
+    from tqdm import tqdm
 
-    config = sdjax.ModelConfig(
-        arch="llama", vocab_size=4096, hidden_size=256, num_layers=4, num_heads=8,
-        num_kv_heads=4, head_dim=32, intermediate_size=768, max_position_embeddings=1024)
-    params = sdjax.init_params(config, jax.random.PRNGKey(0))
-    size = sum(x.size for x in jax.tree.leaves(params)) / 1e6
-    print(f"sdjax demo: random-weight Llama, {size:.1f}M parameters (the trained testbed "
-          "pair is not bundled yet), saved and reloaded as a Hugging Face checkpoint",
-          file=sys.stderr)
-    with tempfile.TemporaryDirectory() as path:
-        sdjax.save_hf(path, config, params)
-        model = sdjax.load_hf(path)
-    prompt = [list(range(1, 17)), list(range(100, 140))]
-    base = SpecConfig(model=model.config, max_new_tokens=args.max_new_tokens, eos_token_id=())
-    runs = (
-        ("greedy", base),
-        ("greedy, prompt lookup (3 tokens)",
-         base.replace(drafter=sdjax.drafters.PromptLookup(3))),
-        ("sampled (T=0.8, top-p 0.95)", base.replace(temperature=0.8, top_p=0.95)),
-    )
-    for name, cfg in runs:
-        compile_seconds = sdjax.generate(model.params, prompt, cfg).stats["compile_seconds"]
-        out = max((sdjax.generate(model.params, prompt, cfg) for _ in range(3)),
-                  key=lambda o: o.stats["tokens_per_second"])  # best of 3: a noisy machine
-        print(f"{name}: {out.stats['new_tokens']} tokens for 2 prompts, "
-              f"{out.stats['tokens_per_second']:.0f} tokens/s, tau {out.stats['tau']:.2f}, "
-              f"compile {compile_seconds:.1f} s; first tokens {out.tokens[0, :8].tolist()}")
+    from sdjax import testbed
+    from sdjax.bench.suite import methods
+    from sdjax.bench.tasks import build_tasks
+
+    target = sdjax.load_hf(testbed.path("target"))
+    draft = sdjax.load_hf(testbed.path("draft"), load_tokenizer=False)
+    available = methods(draft, args.gamma, args.lookup)
+    unknown = sorted(set(args.method) - set(available))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {sorted(available)}")
+    count = lambda p: sum(x.size for x in jax.tree.leaves(p)) / 1e6
+    print(f"sdjax demo: bundled testbed target ({count(target.params):.1f}M parameters) and "
+          f"draft ({count(draft.params):.1f}M), trained on the Python stdlib; "
+          f"{jax.devices()[0].platform}", file=sys.stderr)
+    task = build_tasks(target.tokenizer, 1, categories=["function_body"])["function_body"][0]
+    base = SpecConfig(model=target.config, max_new_tokens=args.max_new_tokens, eos_token_id=())
+    results = {}
+    runs = ["autoregressive", *[m for m in args.method if m != "autoregressive"]]
+    with tqdm(total=len(runs) * 4, desc="compile + 3 timed runs per method",
+              file=sys.stderr) as bar:
+        for name in runs:
+            drafter, uses_draft = available[name]
+            decode = lambda: sdjax.generate(
+                target.params, task.prompt, base.replace(drafter=drafter),
+                draft_params=draft.params if uses_draft else None,
+                tokenizer=target.tokenizer)
+            compile_seconds = decode().stats["compile_seconds"]
+            bar.update()
+            outs = []
+            for _ in range(3):  # best of 3: a shared, noisy machine
+                outs.append(decode())
+                bar.update()
+            results[name] = (max(outs, key=lambda o: o.stats["tokens_per_second"]),
+                             compile_seconds)
+    prompt_text = target.tokenizer.decode(task.prompt)
+    reference = results["autoregressive"][0]
+    print(f"--- prompt ({task.source}, last lines) ---")
+    print("\n".join(prompt_text.splitlines()[-6:]))
+    print(f"--- completion ({args.max_new_tokens} tokens, greedy) ---")
+    print(reference.text[0])
+    print("---")
+    ar_rate = reference.stats["tokens_per_second"]
+    print(f"{'method':<16} {'tokens/s':>9} {'tau':>5} {'speedup':>8} {'compile s':>10} "
+          f"same tokens")
+    for name, (out, compile_seconds) in results.items():
+        rate = out.stats["tokens_per_second"]
+        same = bool((out.tokens == reference.tokens).all())
+        print(f"{name:<16} {rate:>9.1f} {out.stats['tau']:>5.2f} {rate / ar_rate:>7.2f}x "
+              f"{compile_seconds:>10.1f} {same}")
 
 
 def cmd_train_lm(args) -> None:
@@ -127,6 +151,19 @@ def cmd_train_lm(args) -> None:
 
     cfg = load_config(args.config, steps=args.steps, output=args.output)
     run_lm(cfg, stop_at=args.stop_at)
+
+
+def cmd_bench(args) -> None:
+    from sdjax.bench import suite
+
+    suite.main(args)
+
+
+def cmd_train_heads(args) -> None:
+    from sdjax.training.heads import load_config, run_heads
+
+    cfg = load_config(args.config, steps=args.steps, output=args.output)
+    run_heads(cfg, stop_at=args.stop_at)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,9 +188,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_flags(gen)
     gen.set_defaults(func=cmd_generate)
 
-    demo = commands.add_parser("demo", help="decode with a built-in model, print tokens/s")
-    demo.add_argument("--max-new-tokens", type=int, default=64)
+    demo = commands.add_parser(
+        "demo", help="complete code with the bundled testbed, print the speedup",
+        description="Complete a held-out standard-library function with the bundled "
+                    "testbed target, autoregressively and with speculative methods; print "
+                    "tokens/s, tau and the speedup.")
+    demo.add_argument("--max-new-tokens", type=int, default=128)
+    demo.add_argument("--method", nargs="+", default=["prompt_lookup", "draft_chain"],
+                      help="speculative methods to compare with autoregressive decoding: "
+                           "prompt_lookup draft_chain draft_adaptive draft_tree")
+    demo.add_argument("--gamma", type=int, default=4, help="draft-model chain length")
+    demo.add_argument("--lookup", type=int, default=4, help="prompt-lookup tokens")
     demo.set_defaults(func=cmd_demo)
+
+    from sdjax.bench import suite
+
+    bench = commands.add_parser(
+        "bench", help="Spec-Bench-style benchmark of every method on the testbed",
+        description=suite.__doc__.split("\n\n")[1].replace("\n", " "))
+    suite.add_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
 
     train = commands.add_parser("train", help="train a language model (or draft heads)")
     train_kinds = train.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -162,12 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a Llama-architecture language model on the Python standard "
                     "library's source (tokenizer, optax AdamW, orbax checkpoints with "
                     "resume), then export it as a Hugging Face checkpoint to OUTPUT/hf.")
-    lm.add_argument("--config", required=True, help="YAML training config (configs/train/)")
-    lm.add_argument("--steps", type=int, help="override the config's total steps")
-    lm.add_argument("--output", help="override the config's run folder")
-    lm.add_argument("--stop-at", type=int, metavar="STEP",
-                    help="checkpoint and stop at this step (run again to resume)")
     lm.set_defaults(func=cmd_train_lm)
+    heads = train_kinds.add_parser(
+        "heads", help="train Medusa draft heads on a frozen target",
+        description="Train Medusa draft heads on a frozen target checkpoint over the stdlib "
+                    "corpus (self-distillation, optax, orbax checkpoints with resume), then "
+                    "export them to OUTPUT/heads.")
+    for parser in (lm, heads):
+        parser.add_argument("--config", required=True,
+                            help="YAML training config (configs/train/)")
+        parser.add_argument("--steps", type=int, help="override the config's total steps")
+        parser.add_argument("--output", help="override the config's run folder")
+        parser.add_argument("--stop-at", type=int, metavar="STEP",
+                            help="checkpoint and stop at this step (run again to resume)")
+    heads.set_defaults(func=cmd_train_heads)
     return parser
 
 

@@ -145,7 +145,8 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
         prompt_len=prompt_lengths,
         done=jnp.zeros((batch,), bool),
         cache=out.cache.commit(prompt_lengths),
-        draft_state=drafter.init(draft_params, prompt_tokens, prompt_lengths, max_len),
+        draft_state=drafter.init(draft_params, prompt_tokens, prompt_lengths, max_len,
+                                  out.hidden),
         key=key,
         accepted=jnp.zeros((batch, shape.max_depth + 1), jnp.int32),
         first_rank=jnp.zeros((batch, shape.children.shape[1] + 1), jnp.int32),
@@ -182,7 +183,7 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
         first_rank = jnp.where(num > 0, jnp.asarray(shape.rank)[first_node], width)
         return state.replace(
             cache=cache,
-            draft_state=drafter.commit(draft_state, result, cache.length),
+            draft_state=drafter.commit(draft_state, result, cache.length, out.hidden),
             key=key,
             accepted=state.accepted + jax.nn.one_hot(num, shape.max_depth + 1,
                                                      dtype=jnp.int32) * active[:, None],
@@ -302,6 +303,27 @@ def _raise_faults(error: np.ndarray) -> None:
             raise kind(f"{message} (batch rows {rows.tolist()})")
 
 
+def acceptance_summary(accepted_hist: np.ndarray):
+    """(tau, acceptance_by_depth) from a histogram [..., D + 1] of accepted drafts.
+
+    tau: mean tokens per cycle (accepted drafts + 1) over all rows and cycles;
+    acceptance_by_depth[d]: the fraction of cycles that accepted at least d + 1 drafts.
+    """
+    per_depth = np.asarray(accepted_hist).reshape(-1, np.shape(accepted_hist)[-1]).sum(0)
+    total_cycles = max(int(per_depth.sum()), 1)
+    tau = float((per_depth * np.arange(1, len(per_depth) + 1)).sum() / total_cycles)
+    return tau, per_depth[::-1].cumsum()[::-1][1:] / total_cycles
+
+
+def _memory_bytes(executable) -> int:
+    """XLA's own account of the decode's peak footprint: arguments + outputs + temps."""
+    stats = executable.memory_analysis()
+    if stats is None:
+        return 0
+    return (stats.argument_size_in_bytes + stats.output_size_in_bytes
+            + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+
 def _output(result: DecodeResult, real_batch: int, tokenizer, stats: dict) -> GenerateOutput:
     _raise_faults(np.asarray(result.error)[:real_batch])
     tokens = np.asarray(result.tokens)[:real_batch]
@@ -315,12 +337,7 @@ def _output(result: DecodeResult, real_batch: int, tokenizer, stats: dict) -> Ge
     stats = dict(stats, cycles=cycles, target_calls=cycles + 1, accepted_hist=accepted,
                  first_rank_hist=np.asarray(result.first_rank)[:real_batch],
                  new_tokens=int(num_tokens.sum()))
-    per_depth = accepted.sum(axis=0)  # cycles that accepted exactly d drafts
-    total_cycles = max(int(per_depth.sum()), 1)
-    # tau: mean tokens per cycle (accepted drafts + 1), over all rows and cycles.
-    stats["tau"] = float((per_depth * np.arange(1, len(per_depth) + 1)).sum() / total_cycles)
-    # acceptance_by_depth[d]: fraction of cycles that accepted at least d + 1 drafts.
-    stats["acceptance_by_depth"] = per_depth[::-1].cumsum()[::-1][1:] / total_cycles
+    stats["tau"], stats["acceptance_by_depth"] = acceptance_summary(accepted)
     stats["tokens_per_second"] = stats["new_tokens"] / max(stats["decode_seconds"], 1e-9)
     return GenerateOutput(tokens, num_tokens, text, stats)
 
@@ -355,7 +372,8 @@ def generate(
     start = time.perf_counter()
     result = jax.block_until_ready(executable(*args))
     stats = {"compile_seconds": compile_seconds,
-             "decode_seconds": time.perf_counter() - start}
+             "decode_seconds": time.perf_counter() - start,
+             "memory_bytes": _memory_bytes(executable)}
     return _output(result, real_batch, tokenizer, stats)
 
 

@@ -27,7 +27,8 @@ def checkpoint(tmp_path_factory, tokenizer_dir):
 def test_help_lists_the_commands():
     result = subprocess.run([sys.executable, "-m", "sdjax.cli", "--help"],
                             capture_output=True, text=True, check=True)
-    assert "generate" in result.stdout and "demo" in result.stdout
+    for command in ("generate", "demo", "bench", "train"):
+        assert command in result.stdout
 
 
 def test_generate_matches_the_library(checkpoint, capsys):
@@ -88,9 +89,25 @@ def test_presets_in_configs_are_valid():
 
 
 def test_demo_runs_end_to_end(capsys):
-    assert cli.main(["demo", "--max-new-tokens", "8"]) == 0
+    assert cli.main(["demo", "--max-new-tokens", "8", "--method", "prompt_lookup",
+                     "draft_tree"]) == 0
     out = capsys.readouterr().out
-    assert "greedy" in out and "tokens/s" in out
+    assert "--- completion (8 tokens, greedy) ---" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[-3:]}
+    assert set(rows) == {"autoregressive", "prompt_lookup", "draft_tree"}
+    assert all(row[-1] == "True" for row in rows.values())  # lossless
+
+
+def test_demo_rejects_unknown_methods(capsys):
+    assert cli.main(["demo", "--method", "medusa"]) == 2
+    assert "unknown methods ['medusa']" in capsys.readouterr().err
+
+
+def test_help_of_every_command():
+    for command in (["generate"], ["demo"], ["bench"], ["train", "lm"]):
+        result = subprocess.run([sys.executable, "-m", "sdjax.cli", *command, "--help"],
+                                capture_output=True, text=True, check=True)
+        assert "usage: sdjax" in result.stdout
 
 
 @pytest.mark.parametrize("flags", [["--prompt-lookup", "4"], ["--draft-model", "SELF", "--gamma", "3"]])

@@ -30,3 +30,17 @@ def build_checkpoint(args, path: str) -> int:
     model.save_pretrained(path)
     return sum(p.numel() for p in model.parameters())
 
+
+
+def torch_generate(model, prompt, new_tokens: int, **kwargs):
+    """Greedy `transformers` generate of exactly `new_tokens`: (new token ids, seconds)."""
+    import time
+
+    import torch
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(torch.as_tensor([prompt]), do_sample=False,
+                             max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             pad_token_id=0, **kwargs)
+    return out[0, len(prompt):].numpy(), time.perf_counter() - start

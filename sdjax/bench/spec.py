@@ -17,13 +17,12 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 
 import numpy as np
 from tqdm import tqdm
 
 import sdjax
-from sdjax.bench.common import add_model_args, build_checkpoint
+from sdjax.bench.common import add_model_args, build_checkpoint, torch_generate
 from sdjax.drafters import DraftModel, PromptLookup
 
 
@@ -79,12 +78,7 @@ def main(argv=None) -> dict:
         return out.tokens[0], out.stats["decode_seconds"], out.stats
 
     def run_torch(name):
-        start = time.perf_counter()
-        with torch.no_grad():
-            out = torch_model.generate(
-                torch.as_tensor([prompt]), do_sample=False, max_new_tokens=args.new_tokens,
-                min_new_tokens=args.new_tokens, pad_token_id=0, **torch_kwargs[name])
-        return out[0, len(prompt):].numpy(), time.perf_counter() - start
+        return torch_generate(torch_model, prompt, args.new_tokens, **torch_kwargs[name])
 
     first = {name: run_sdjax(name) for name in sdjax_methods}  # compiles
     reference = first["autoregressive"][0]

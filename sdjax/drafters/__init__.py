@@ -3,9 +3,13 @@
 Every drafter is a frozen (hashable) dataclass with a static `shape` (TreeShape)
 and three pure methods, called inside the jitted loop:
 
-- `init(draft_params, prompt_tokens, prompt_lengths, max_len) -> state`
+- `init(draft_params, prompt_tokens, prompt_lengths, max_len, features) -> state`
 - `propose(draft_params, state, sequence, seq_len, key, cfg) -> (DraftTree, state)`
-- `commit(state, result, committed_length) -> state`
+- `commit(state, result, committed_length, features) -> state`
+
+`features` are the target's final hidden states [B, T, D] of the forward that
+precedes the call (the prefill's, then each verification's over the tree nodes):
+what self-drafting heads (Medusa, Hydra) draft from; other drafters ignore them.
 
 `sequence[B, L]` holds each row's prompt and generated tokens, `seq_len[B]` how many;
 the last one is the root of the tree (committed, its KV not yet in the cache).

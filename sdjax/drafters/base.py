@@ -8,8 +8,10 @@ from typing import Optional
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sdjax.config import SpecConfig
+from sdjax.sampling import warp_logits
 from sdjax.trees import TreeShape, chain
 
 
@@ -23,6 +25,36 @@ class DraftTree:
 def roots(sequence: jax.Array, seq_len: jax.Array) -> jax.Array:
     """[B] the last committed token of each row."""
     return jnp.take_along_axis(sequence, (seq_len - 1)[:, None], axis=1)[:, 0]
+
+
+def choose_children(logits: jax.Array, width: int, key: jax.Array, cfg: SpecConfig):
+    """Children tokens [B, n, width] of n nodes with draft logits [B, n, V], and the
+    distribution each child was drawn from ([B, n, width, V], None when greedy)."""
+    if cfg.temperature == 0.0:
+        return jax.lax.top_k(logits, width)[1].astype(jnp.int32), None
+    warped = warp_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p)
+    gumbel = jax.random.gumbel(key, warped.shape)
+    tokens = jax.lax.top_k(warped + gumbel, width)[1].astype(jnp.int32)
+    q = jax.nn.softmax(warped, axis=-1)
+    taken = jax.nn.one_hot(tokens, q.shape[-1], dtype=q.dtype)  # [B, n, width, V]
+    earlier = jnp.cumsum(taken, axis=2) - taken  # siblings drawn before each child
+    remaining = q[:, :, None, :] * (1.0 - earlier)
+    total = remaining.sum(-1, keepdims=True)
+    return tokens, remaining / jnp.where(total > 0, total, 1.0)
+
+
+def add_children(shape: TreeShape, fed: np.ndarray, logits: jax.Array, tokens: jax.Array,
+                 probs: Optional[jax.Array], key: jax.Array, cfg: SpecConfig):
+    """Fills in the children of tree nodes `fed` (one level) from their draft logits
+    [B, len(fed), V]: tokens [B, N] and, when sampling, probs [B, N, V]."""
+    kids = shape.children[fed]  # [n, K], -1 padded
+    width = int((kids >= 0).sum(axis=1).max())
+    chosen, dists = choose_children(logits, width, key, cfg)
+    has = kids[:, :width] >= 0
+    tokens = tokens.at[:, kids[:, :width][has]].set(chosen[:, has])
+    if probs is not None:
+        probs = probs.at[:, kids[:, :width][has]].set(dists[:, has])
+    return tokens, probs
 
 
 def one_hot_probs(tokens: jax.Array, cfg: SpecConfig) -> Optional[jax.Array]:
@@ -40,11 +72,11 @@ class Autoregressive:
     def shape(self) -> TreeShape:
         return chain(0)
 
-    def init(self, draft_params, prompt_tokens, prompt_lengths, max_len):
+    def init(self, draft_params, prompt_tokens, prompt_lengths, max_len, features=None):
         return ()
 
     def propose(self, draft_params, state, sequence, seq_len, key, cfg):
         return DraftTree(roots(sequence, seq_len)[:, None]), state
 
-    def commit(self, state, result, committed_length):
+    def commit(self, state, result, committed_length, features=None):
         return state

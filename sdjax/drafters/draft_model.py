@@ -28,27 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdjax.config import ModelConfig, SpecConfig
-from sdjax.drafters.base import DraftTree, roots
+from sdjax.drafters.base import DraftTree, add_children, roots
 from sdjax.models.cache import KVCache
 from sdjax.models.transformer import Transformer
-from sdjax.sampling import warp_logits
 from sdjax.trees import TreeShape, chain
-
-
-def choose_children(logits: jax.Array, width: int, key: jax.Array, cfg: SpecConfig):
-    """Children tokens [B, n, width] of n nodes with draft logits [B, n, V], and the
-    distribution each child was drawn from ([B, n, width, V], None when greedy)."""
-    if cfg.temperature == 0.0:
-        return jax.lax.top_k(logits, width)[1].astype(jnp.int32), None
-    warped = warp_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p)
-    gumbel = jax.random.gumbel(key, warped.shape)
-    tokens = jax.lax.top_k(warped + gumbel, width)[1].astype(jnp.int32)
-    q = jax.nn.softmax(warped, axis=-1)
-    taken = jax.nn.one_hot(tokens, q.shape[-1], dtype=q.dtype)  # [B, n, width, V]
-    earlier = jnp.cumsum(taken, axis=2) - taken  # siblings drawn before each child
-    remaining = q[:, :, None, :] * (1.0 - earlier)
-    total = remaining.sum(-1, keepdims=True)
-    return tokens, remaining / jnp.where(total > 0, total, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +68,7 @@ class DraftModel:
                 f"target's ({cfg.model.vocab_size}); they must share a tokenizer"
             )
 
-    def init(self, draft_params, prompt_tokens, prompt_lengths, max_len):
+    def init(self, draft_params, prompt_tokens, prompt_lengths, max_len, features=None):
         """State: the draft's KV cache and each row's current draft length."""
         batch, bucket = prompt_tokens.shape
         positions = jnp.broadcast_to(jnp.arange(bucket), (batch, bucket))
@@ -128,14 +111,8 @@ class DraftModel:
                 draft_params, fed_tokens, jnp.take(region_positions, slots, axis=1), cache,
                 region_mask[:, slots], write_offset=int(slots[0]),
                 pending_positions=region_positions)
-            kids = shape.children[fed]  # [n, K], -1 padded
-            width = int((kids >= 0).sum(axis=1).max())
-            chosen, dists = choose_children(out.logits[:, len(slots) - len(fed):], width,
-                                            jax.random.fold_in(key, d), cfg)
-            has = kids[:, :width] >= 0
-            tokens = tokens.at[:, kids[:, :width][has]].set(chosen[:, has])
-            if probs is not None:
-                probs = probs.at[:, kids[:, :width][has]].set(dists[:, has])
+            tokens, probs = add_children(shape, fed, out.logits[:, len(slots) - len(fed):],
+                                         tokens, probs, jax.random.fold_in(key, d), cfg)
             return out.cache, tokens, probs
 
         root = roots(sequence, seq_len)
@@ -153,7 +130,7 @@ class DraftModel:
         cache, tokens, probs = carry
         return DraftTree(tokens, probs, limit if self.adaptive else None), (cache, limit)
 
-    def commit(self, state, result, committed_length):
+    def commit(self, state, result, committed_length, features=None):
         """Keeps the window and the accepted path up to W tokens short of the target
         (the last ones are re-fed next cycle), and adapts the draft length."""
         cache, limit = state

@@ -49,8 +49,8 @@ class Ensemble:
         for member, params in zip(self.members, draft_params):
             member.check(cfg, params)
 
-    def init(self, draft_params, prompt_tokens, prompt_lengths, max_len):
-        return tuple(m.init(p, prompt_tokens, prompt_lengths, max_len)
+    def init(self, draft_params, prompt_tokens, prompt_lengths, max_len, features=None):
+        return tuple(m.init(p, prompt_tokens, prompt_lengths, max_len, features)
                      for m, p in zip(self.members, draft_params))
 
     def propose(self, draft_params, state, sequence, seq_len, key, cfg):
@@ -67,5 +67,5 @@ class Ensemble:
             probs = jnp.concatenate([trees[0].probs[:, :1]] + [t.probs[:, 1:] for t in trees], 1)
         return DraftTree(tokens, probs), tuple(states)
 
-    def commit(self, state, result, committed_length):
-        return tuple(m.commit(s, result, committed_length) for m, s in zip(self.members, state))
+    def commit(self, state, result, committed_length, features=None):
+        return tuple(m.commit(s, result, committed_length, features) for m, s in zip(self.members, state))

@@ -35,7 +35,7 @@ class PromptLookup:
     def shape(self) -> TreeShape:
         return branches(self.num_branches, self.num_draft)
 
-    def init(self, draft_params, prompt_tokens, prompt_lengths, max_len):
+    def init(self, draft_params, prompt_tokens, prompt_lengths, max_len, features=None):
         return ()
 
     def continuations(self, sequence, seq_len):
@@ -71,5 +71,5 @@ class PromptLookup:
         tokens = jnp.concatenate([roots(sequence, seq_len)[:, None], drafts], axis=1)
         return DraftTree(tokens, one_hot_probs(tokens, cfg)), state
 
-    def commit(self, state, result, committed_length):
+    def commit(self, state, result, committed_length, features=None):
         return state

@@ -11,6 +11,7 @@ import pytest
 import sdjax
 from sdjax import trees
 from sdjax.drafters import DraftModel, Ensemble, PromptLookup
+from sdjax.heads import HeadsConfig, Medusa, init_heads
 from sdjax.verify import BlockVerification, RejectionSampling, TypicalAcceptance
 from sdjax.models import KVCache, Transformer
 from sdjax.sampling import warp_logits
@@ -27,6 +28,11 @@ DRAFT_PARAMS = sdjax.init_params(DRAFT, jax.random.PRNGKey(1))
 # The target itself with its LM head rolled by one: always proposes argmax + 1.
 WRONG = jax.tree.map(lambda x: x, PARAMS)
 WRONG["params"]["lm_head"]["kernel"] = jnp.roll(PARAMS["params"]["lm_head"]["kernel"], 1, 1)
+
+HEADS = HeadsConfig(num_heads=3, hidden_size=64, vocab_size=320)
+HEAD_PARAMS = init_heads(HEADS, PARAMS, jax.random.PRNGKey(3))  # each head = the target's
+NOISY_HEADS = jax.tree.map(
+    lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(4), x.shape), HEAD_PARAMS)
 
 RNG = np.random.default_rng(5)
 BLOCK = RNG.integers(0, 320, size=12).tolist()
@@ -47,6 +53,9 @@ DRAFTERS = {
         TARGET, tree=trees.kary(2, 2)))), (DRAFT_PARAMS, WRONG)),
     "ensemble_wide_catch_up": (Ensemble((DraftModel(DRAFT, 5), DraftModel(TARGET, 2))),
                                (DRAFT_PARAMS, PARAMS)),
+    "medusa_chain": (Medusa(HEADS, trees.chain(3)), HEAD_PARAMS),
+    "medusa_tree_noisy": (Medusa(HEADS, trees.from_choices(
+        [(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)])), NOISY_HEADS),
     "prompt_lookup": (PromptLookup(num_draft=5, max_ngram=3), None),
     "prompt_lookup_1gram": (PromptLookup(num_draft=2, max_ngram=1), None),
     "prompt_lookup_3_branches": (PromptLookup(num_draft=3, num_branches=3), None),
@@ -211,6 +220,10 @@ def sharpen(params, factor):
 
 TINY_PARAMS = sharpen(sdjax.init_params(TINY, jax.random.PRNGKey(10)), 12)
 TINY_DRAFT_PARAMS = sharpen(sdjax.init_params(TINY_DRAFT, jax.random.PRNGKey(11)), 12)
+TINY_HEADS = HeadsConfig(num_heads=2, hidden_size=TINY.hidden_size, vocab_size=TINY.vocab_size)
+TINY_HEAD_PARAMS = jax.tree.map(  # heads that differ from the target's next-token law
+    lambda x: x + 0.5 * jax.random.normal(jax.random.PRNGKey(12), x.shape),
+    init_heads(TINY_HEADS, TINY_PARAMS, jax.random.PRNGKey(12)))
 PROMPT, NEW = [1, 2, 3, 1], 3
 SAMPLES = 200_000
 
@@ -248,9 +261,11 @@ def sequence_tv(out, exact):
      (TINY_DRAFT_PARAMS, sharpen(TINY_PARAMS, 0.5)), None),
     (PromptLookup(num_draft=2, max_ngram=2), None, None),
     (PromptLookup(num_draft=2, max_ngram=1, num_branches=3), None, None),
+    (Medusa(TINY_HEADS, trees.kary(2, 2)), TINY_HEAD_PARAMS, None),
     (None, None, None),
 ], ids=["draft_model_chain", "draft_model_chain_block", "draft_model_tree_without_replacement",
-        "draft_model_adaptive", "ensemble", "prompt_lookup", "prompt_lookup_branches", "autoregressive"])
+        "draft_model_adaptive", "ensemble", "prompt_lookup", "prompt_lookup_branches",
+        "medusa_tree", "autoregressive"])
 def test_sampled_sequences_follow_the_target(drafter, draft_params, verifier):
     temperature = 0.9
     exact = exact_sequence_probs(temperature)

@@ -1,6 +1,5 @@
 """Language-model training: loss goes down, resume is exact, sharding agrees, export loads."""
 
-import dataclasses
 import os
 
 import jax
@@ -9,7 +8,7 @@ import pytest
 
 from sdjax import data, load_hf
 from sdjax.models.transformer import init_params
-from sdjax.training import lm
+from sdjax.training import lm, loop
 from tests.hf_models import stdlib_source
 
 MODEL = dict(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
@@ -37,13 +36,13 @@ def _model(tokenizer):
 
 def test_batches_are_a_function_of_seed_and_step():
     stream = np.arange(1000, dtype=np.uint16)
-    a = lm.batch_at(stream, 5, 4, 16, seed=0)
+    a = loop.batch_at(stream, 5, 4, 16, seed=0)
     assert a.shape == (4, 17) and a.dtype == np.int32
-    np.testing.assert_array_equal(a, lm.batch_at(stream, 5, 4, 16, seed=0))
-    assert not np.array_equal(a, lm.batch_at(stream, 6, 4, 16, seed=0))
+    np.testing.assert_array_equal(a, loop.batch_at(stream, 5, 4, 16, seed=0))
+    assert not np.array_equal(a, loop.batch_at(stream, 6, 4, 16, seed=0))
     np.testing.assert_array_equal(np.diff(a, axis=1), 1)  # contiguous windows
     with pytest.raises(ValueError, match="too short"):
-        lm.batch_at(stream[:10], 0, 4, 16, seed=0)
+        loop.batch_at(stream[:10], 0, 4, 16, seed=0)
 
 
 def test_a_few_steps_lower_the_loss(corpus, tmp_path):
@@ -52,7 +51,7 @@ def test_a_few_steps_lower_the_loss(corpus, tmp_path):
     result = lm.train_lm(cfg, _model(tokenizer), train, val, progress=False)
     losses = [row["eval_loss"] for row in result.history]
     assert result.step == 30 and len(losses) == 3
-    windows = lm.eval_windows(val, cfg.eval_batches * cfg.batch_size, cfg.seq_len)
+    windows = loop.eval_windows(val, cfg.eval_batches * cfg.batch_size, cfg.seq_len)
     untrained = float(lm.lm_loss(init_params(_model(tokenizer), jax.random.PRNGKey(0)),
                                  _model(tokenizer), windows))
     assert abs(untrained - np.log(len(tokenizer))) < 0.1  # uniform at initialisation

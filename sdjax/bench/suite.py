@@ -1,0 +1,273 @@
+"""`sdjax bench`: Spec-Bench's method on the testbed.
+
+For each task category (sdjax.bench.tasks) and method, at batch 1 and the same
+prompts: tau (mean tokens per draft-verify cycle), acceptance by depth, tokens/s,
+walltime speedup over autoregressive decoding measured in the same run, compile
+time (reported apart), XLA's peak-memory account, and whether the tokens equal
+plain greedy decoding. Methods run in alternating rounds (a shared, noisy machine);
+each prompt's time is the median over rounds. `--vs-transformers` runs the
+matching `transformers` configurations (greedy, assisted generation with the same
+draft, prompt lookup) on the same checkpoints and prompts.
+
+Writes results.json, results.md, speedup.png and acceptance.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from typing import Dict, List
+
+import numpy as np
+from tqdm import tqdm
+
+import sdjax
+from sdjax import testbed, trees
+from sdjax.bench.tasks import CATEGORIES, build_tasks
+from sdjax.decode import acceptance_summary
+from sdjax.drafters import DraftModel, PromptLookup
+
+# A static draft tree for the draft model: two candidates at the first two levels,
+# then the best path goes two levels deeper (8 nodes).
+DRAFT_TREE = trees.from_choices([[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 1, 0],
+                                 [0, 0, 0, 0]])
+
+# sdjax method -> the `transformers` configuration that does the same thing.
+TORCH_COUNTERPART = {"autoregressive": "greedy", "draft_chain": "assisted",
+                     "prompt_lookup": "prompt_lookup"}
+
+
+def methods(draft: sdjax.LoadedModel, gamma: int, lookup: int) -> Dict[str, tuple]:
+    """name -> (drafter, needs the draft's params)."""
+    return {
+        "autoregressive": (None, False),
+        "prompt_lookup": (PromptLookup(num_draft=lookup), False),
+        "draft_chain": (DraftModel(draft.config, num_draft=gamma), True),
+        "draft_adaptive": (DraftModel(draft.config, num_draft=gamma + 2, adaptive=True), True),
+        "draft_tree": (DraftModel(draft.config, tree=DRAFT_TREE), True),
+    }
+
+
+def _torch_kwargs(name: str, assistant, gamma: int, lookup: int) -> dict:
+    if name == "assisted":
+        assistant.generation_config.num_assistant_tokens = gamma
+        assistant.generation_config.num_assistant_tokens_schedule = "constant"
+        return {"assistant_model": assistant}
+    if name == "prompt_lookup":
+        return {"prompt_lookup_num_tokens": lookup, "max_matching_ngram_size": 3}
+    return {}
+
+
+def run(args) -> dict:
+    target = sdjax.load_hf(args.target, dtype=args.dtype)
+    draft = sdjax.load_hf(args.draft, dtype=args.dtype, load_tokenizer=False)
+    if target.tokenizer is None:
+        raise ValueError(f"{args.target} has no tokenizer; the benchmark tasks need one")
+    tasks = build_tasks(target.tokenizer, args.prompts, args.seed, args.categories)
+    base = sdjax.SpecConfig(model=target.config, max_new_tokens=args.new_tokens,
+                            eos_token_id=(), temperature=args.temperature, seed=args.seed)
+    chosen = {name: m for name, m in methods(draft, args.gamma, args.lookup).items()
+              if name in args.methods}
+    prompts = [(c, i, t.prompt) for c, ts in tasks.items() for i, t in enumerate(ts)]
+
+    def decode(name, prompt):
+        drafter, uses_draft = chosen[name]
+        return sdjax.generate(target.params, prompt, base.replace(drafter=drafter),
+                              draft_params=draft.params if uses_draft else None)
+
+    first, seconds = {}, {}
+    for name in tqdm(chosen, desc="compile + first pass", unit="method"):
+        first[name] = [decode(name, p) for _, _, p in prompts]
+        seconds[name] = [[] for _ in prompts]
+    for _ in tqdm(range(args.repeats), desc="timed rounds", unit="round"):
+        for name in chosen:
+            for k, (_, _, prompt) in enumerate(prompts):
+                seconds[name][k].append(decode(name, prompt).stats["decode_seconds"])
+
+    torch_seconds, torch_same = {}, {}
+    if args.vs_transformers:
+        torch_seconds, torch_same = _run_transformers(args, prompts, first)
+
+    rows = []
+    for category in tasks:
+        index = [k for k, (c, _, _) in enumerate(prompts) if c == category]
+        rate = lambda secs: args.new_tokens * len(index) / sum(
+            statistics.median(secs[k]) for k in index)
+        ar_rate = rate(seconds["autoregressive"]) if "autoregressive" in chosen else np.nan
+        torch_ar = rate(torch_seconds["greedy"]) if torch_seconds else np.nan
+        for name in chosen:
+            outs = [first[name][k] for k in index]
+            tau, by_depth = acceptance_summary(
+                np.concatenate([o.stats["accepted_hist"] for o in outs]))
+            row = {
+                "category": category, "method": name, "tokens_per_second": rate(seconds[name]),
+                "speedup": rate(seconds[name]) / ar_rate, "tau": tau,
+                "acceptance_by_depth": [float(a) for a in by_depth],
+                "compile_seconds": sum(o.stats["compile_seconds"] for o in outs),
+                "memory_mb": max(o.stats["memory_bytes"] for o in outs) / 2**20,
+                "same_as_greedy": None if args.temperature else all(
+                    np.array_equal(o.tokens, a.tokens)
+                    for o, a in zip(outs, [first["autoregressive"][k] for k in index]))
+                if "autoregressive" in chosen else None,
+            }
+            counterpart = TORCH_COUNTERPART.get(name)
+            if torch_seconds and counterpart:
+                theirs = rate(torch_seconds[counterpart])
+                row.update(transformers_tokens_per_second=theirs,
+                           transformers_speedup=theirs / torch_ar,
+                           vs_transformers=row["tokens_per_second"] / theirs,
+                           transformers_same_as_greedy=all(torch_same[counterpart][k]
+                                                           for k in index))
+            rows.append(row)
+    return {
+        "target": args.target, "draft": args.draft, "dtype": args.dtype,
+        "new_tokens": args.new_tokens, "prompts_per_category": args.prompts,
+        "repeats": args.repeats, "temperature": args.temperature,
+        "gamma": args.gamma, "lookup": args.lookup, "rows": rows,
+        "prompt_sources": {c: [t.source for t in ts] for c, ts in tasks.items()},
+    }
+
+
+def _run_transformers(args, prompts, first):
+    """Median seconds per prompt for each `transformers` configuration, and whether its
+    tokens equal sdjax's greedy ones."""
+    import torch
+    import transformers
+
+    from sdjax.bench.common import torch_generate
+
+    load = lambda path: transformers.AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32 if args.dtype == "float32" else torch.bfloat16).eval()
+    model, assistant = load(args.target), load(args.draft)
+    names = sorted(set(TORCH_COUNTERPART[m] for m in args.methods if m in TORCH_COUNTERPART))
+    seconds = {n: [[] for _ in prompts] for n in names}
+    same = {n: [] for n in names}
+    for name in names:  # warm-up, and the tokens
+        kwargs = _torch_kwargs(name, assistant, args.gamma, args.lookup)
+        for k, (_, _, prompt) in enumerate(prompts):
+            tokens, _ = torch_generate(model, prompt, args.new_tokens, **kwargs)
+            reference = first["autoregressive"][k].tokens[0] if "autoregressive" in first \
+                else tokens
+            same[name].append(bool(np.array_equal(tokens, reference[:len(tokens)])))
+    for _ in tqdm(range(args.repeats), desc="transformers rounds", unit="round"):
+        for name in names:
+            kwargs = _torch_kwargs(name, assistant, args.gamma, args.lookup)
+            for k, (_, _, prompt) in enumerate(prompts):
+                seconds[name][k].append(torch_generate(model, prompt, args.new_tokens,
+                                                       **kwargs)[1])
+    return seconds, same
+
+
+def markdown(report: dict) -> str:
+    """The results table: one row per category and method."""
+    torch = any("transformers_tokens_per_second" in r for r in report["rows"])
+    head = ("| category | method | tok/s | speedup vs AR | tau | acceptance by depth "
+            "| compile s | memory MB | = greedy |")
+    rule = "|---|---|---:|---:|---:|---|---:|---:|---|"
+    if torch:
+        head += " transformers tok/s | its speedup | sdjax / transformers |"
+        rule += "---:|---:|---:|"
+    lines = [head, rule]
+    for r in report["rows"]:
+        depth = " ".join(f"{a:.2f}" for a in r["acceptance_by_depth"]) or "—"
+        line = (f"| {r['category']} | {r['method']} | {r['tokens_per_second']:.1f} | "
+                f"{r['speedup']:.2f}x | {r['tau']:.2f} | {depth} | {r['compile_seconds']:.1f} "
+                f"| {r['memory_mb']:.0f} | {r['same_as_greedy']} |")
+        if torch:
+            if "transformers_tokens_per_second" in r:
+                line += (f" {r['transformers_tokens_per_second']:.1f} | "
+                         f"{r['transformers_speedup']:.2f}x | {r['vs_transformers']:.2f}x |")
+            else:
+                line += " — | — | — |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def plot(report: dict, out: str) -> List[str]:
+    """speedup.png (per method and category) and acceptance.png (by depth, per method)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    categories = list(dict.fromkeys(r["category"] for r in rows))
+    names = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "autoregressive"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        values = [next(r["speedup"] for r in rows if r["method"] == name and r["category"] == c)
+                  for c in categories]
+        ax.bar(np.arange(len(categories)) + i * width, values, width, label=name)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(np.arange(len(categories)) + width * (len(names) - 1) / 2, categories)
+    ax.set_ylabel("walltime speedup over autoregressive")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths = [os.path.join(out, "speedup.png"), os.path.join(out, "acceptance.png")]
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in names:
+        method_rows = [r for r in rows if r["method"] == name]
+        depth = max(len(r["acceptance_by_depth"]) for r in method_rows)
+        mean = np.mean([np.pad(r["acceptance_by_depth"], (0, depth - len(r["acceptance_by_depth"])))
+                        for r in method_rows], axis=0)
+        ax.plot(np.arange(1, depth + 1), mean, marker="o", label=name)
+    ax.set_xlabel("draft depth d")
+    ax.set_ylabel("fraction of cycles accepting >= d drafts")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", help="target checkpoint folder (default: bundled testbed)")
+    parser.add_argument("--draft", help="draft checkpoint folder (default: bundled testbed)")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per category")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (median)")
+    parser.add_argument("--categories", nargs="+", default=list(CATEGORIES),
+                        choices=CATEGORIES)
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="subset of: autoregressive prompt_lookup draft_chain "
+                             "draft_adaptive draft_tree (default: all)")
+    parser.add_argument("--gamma", type=int, default=4, help="draft-model chain length")
+    parser.add_argument("--lookup", type=int, default=4, help="prompt-lookup tokens")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vs-transformers", action="store_true",
+                        help="also time the matching transformers configurations")
+    parser.add_argument("--out", default="bench_out", help="folder for the report files")
+
+
+def main(args) -> dict:
+    """Runs the benchmark from parsed arguments and writes the report files."""
+    args.target = args.target or testbed.path("target")
+    args.draft = args.draft or testbed.path("draft")
+    known = ("autoregressive", "prompt_lookup", "draft_chain", "draft_adaptive", "draft_tree")
+    args.methods = args.methods or list(known)
+    unknown = sorted(set(args.methods) - set(known))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {list(known)}")
+    if "autoregressive" not in args.methods:
+        args.methods = ["autoregressive", *args.methods]  # the baseline of every ratio
+    report = run(args)
+    os.makedirs(args.out, exist_ok=True)
+    table = markdown(report)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(table + "\n")
+    paths = plot(report, args.out)
+    print(table)
+    print(f"\nwrote {args.out}/results.json, results.md, " + ", ".join(
+        os.path.basename(p) for p in paths))
+    return report

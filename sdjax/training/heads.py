@@ -1,0 +1,98 @@
+"""Draft-head training on a frozen target: Medusa heads, by self-distillation.
+
+    sdjax train heads --config configs/train/testbed_medusa.yaml
+
+The target runs inside the jitted step (frozen: no gradients, sharded over the
+`model` axis like the heads, data over `data`); each step reads its final hidden
+states over corpus windows. Head k (0-based) at position t learns the token at
+t + k + 2: with `distill` (default) the target's own distribution for that token
+(Medusa-2's self-distillation, so the heads learn what the target will accept),
+otherwise the corpus token. Head k's loss is weighted by head_decay**k (Medusa's
+0.8). Evaluation reports each head's top-1 agreement with the target's greedy
+token: the greedy acceptance rate of a chain at that depth, given the earlier
+depths were right.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import jax
+import numpy as np
+import optax
+
+from sdjax.config import ModelConfig
+from sdjax.heads import HeadsConfig, MedusaHeads, init_heads, save_heads
+from sdjax.models.hf import load_hf
+from sdjax.training.lm import forward, prepare_corpus
+from sdjax.training.loop import LoopConfig, fit, load_yaml_config
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HeadsTrainConfig(LoopConfig):
+    target: str  # target checkpoint folder (with its tokenizer)
+    kind: str = "medusa"
+    num_heads: int = 4
+    head_decay: float = 0.8  # loss weight of head k is head_decay**k
+    distill: bool = True  # labels: the target's distribution (True) or corpus tokens
+
+
+def medusa_loss(heads_params, target_params, windows, *, target_cfg: ModelConfig,
+                heads_cfg: HeadsConfig, head_decay: float, distill: bool):
+    """(weighted mean CE over heads, {top1_head{k}: agreement with the target})."""
+    out = forward(jax.lax.stop_gradient(target_params), target_cfg, windows[:, :-1])
+    hidden, target_logits = jax.lax.stop_gradient((out.hidden, out.logits))
+    logits = MedusaHeads(heads_cfg).apply(heads_params, hidden)  # [B, T, K, V]
+    length = hidden.shape[1]
+    total, weights, metrics = 0.0, 0.0, {}
+    for k in range(heads_cfg.num_heads):
+        pred = logits[:, : length - k - 1, k]  # at t: the token at t + k + 2
+        teacher = target_logits[:, k + 1:]  # the target's prediction of that token
+        if distill:
+            ce = optax.softmax_cross_entropy(pred, jax.nn.softmax(teacher)).mean()
+        else:
+            ce = optax.softmax_cross_entropy_with_integer_labels(pred, windows[:, k + 2:]).mean()
+        total += head_decay**k * ce
+        weights += head_decay**k
+        metrics[f"top1_head{k}"] = (pred.argmax(-1) == teacher.argmax(-1)).mean()
+    return total / weights, metrics
+
+
+def train_heads(cfg: HeadsTrainConfig, target, train_stream: np.ndarray,
+                val_stream: Optional[np.ndarray] = None, stop_at: Optional[int] = None,
+                progress: bool = True):
+    """(HeadsConfig, TrainResult) for heads on `target` (a LoadedModel)."""
+    heads_cfg = HeadsConfig(num_heads=cfg.num_heads, hidden_size=target.config.hidden_size,
+                            vocab_size=target.config.vocab_size, kind=cfg.kind)
+    params = init_heads(heads_cfg, target.params, jax.random.PRNGKey(cfg.seed))
+    loss_fn = lambda p, frozen, windows: medusa_loss(
+        p, frozen, windows, target_cfg=target.config, heads_cfg=heads_cfg,
+        head_decay=cfg.head_decay, distill=cfg.distill)
+    result = fit(cfg, params, loss_fn, train_stream, val_stream, frozen=target.params,
+                 stop_at=stop_at, progress=progress)
+    return heads_cfg, result
+
+
+def run_heads(cfg: HeadsTrainConfig, stop_at: Optional[int] = None) -> str:
+    """Data, training (resumable) and export to `output`/heads; returns that path."""
+    os.makedirs(cfg.output, exist_ok=True)
+    target = load_hf(cfg.target)
+    if target.tokenizer is None:
+        raise ValueError(f"{cfg.target} has no tokenizer; head training reads the corpus")
+    _, streams = prepare_corpus(cfg.target, 0, cfg.output)
+    heads_cfg, result = train_heads(cfg, target, streams["train"], streams["validation"],
+                                    stop_at)
+    export = os.path.join(cfg.output, "heads")
+    save_heads(export, heads_cfg, jax.tree.map(np.asarray, result.params))
+    summary = {"steps": result.step, **(result.history[-1] if result.history else {})}
+    with open(os.path.join(cfg.output, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"exported {export}: {json.dumps(summary)}")
+    return export
+
+
+def load_config(path: str, **overrides) -> HeadsTrainConfig:
+    return load_yaml_config(HeadsTrainConfig, path, **overrides)

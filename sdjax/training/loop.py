@@ -1,0 +1,192 @@
+"""The training loop every sdjax trainer shares: optax AdamW (warmup + cosine), a
+jitted step over a (data, model) mesh, orbax checkpoints with exact resume, a fixed
+evaluation set, a progress bar and a metrics.jsonl log.
+
+The data order is a pure function of (seed, step): the batch of step s is a set
+of random windows of the token stream drawn from `np.random.default_rng([seed, s])`.
+A resumed run therefore sees exactly the batches the uninterrupted run would have,
+and resuming restores params, optimizer state and step: the result is the same
+parameters, bit for bit on one machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from tqdm import tqdm
+
+from sdjax import sharding
+
+# loss_fn(params, frozen, windows [B, T + 1]) -> (loss, {metric name: value})
+LossFn = Callable[[Any, Any, jax.Array], tuple]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoopConfig:
+    """Optimisation and bookkeeping settings shared by every trainer."""
+
+    output: str  # run folder: checkpoints/, metrics.jsonl, exports
+    seq_len: int = 512
+    batch_size: int = 16
+    steps: int = 1000
+    learning_rate: float = 3e-3
+    warmup_steps: int = 100
+    end_lr_ratio: float = 0.1  # cosine decays to learning_rate * end_lr_ratio
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    eval_batches: int = 8
+    checkpoint_every: int = 250
+    seed: int = 0
+    data_parallel: int = 0  # devices on the `data` axis; 0 = all of them / model_parallel
+    model_parallel: int = 1  # devices on the `model` axis (parameter sharding)
+
+
+class TrainResult(NamedTuple):
+    params: Any
+    step: int
+    history: List[Dict[str, float]]  # one row per logged step: step, loss, lr, eval_*
+
+
+def batch_at(stream: np.ndarray, step: int, batch_size: int, seq_len: int,
+             seed: int) -> np.ndarray:
+    """[batch_size, seq_len + 1] int32 windows of the stream for this step."""
+    if len(stream) <= seq_len + 1:
+        raise ValueError(f"token stream of {len(stream)} tokens is too short for "
+                         f"seq_len={seq_len}")
+    starts = np.random.default_rng([seed, step]).integers(0, len(stream) - seq_len - 1,
+                                                          batch_size)
+    return stream[starts[:, None] + np.arange(seq_len + 1)].astype(np.int32)
+
+
+def eval_windows(stream: np.ndarray, count: int, seq_len: int) -> np.ndarray:
+    """[count, seq_len + 1] evenly spaced windows: the fixed evaluation set."""
+    starts = np.linspace(0, len(stream) - seq_len - 1, count).astype(np.int64)
+    return stream[starts[:, None] + np.arange(seq_len + 1)].astype(np.int32)
+
+
+def learning_rate_schedule(cfg: LoopConfig) -> optax.Schedule:
+    """Linear warmup from 0, then cosine decay to learning_rate * end_lr_ratio."""
+    return optax.warmup_cosine_decay_schedule(
+        0.0, cfg.learning_rate, cfg.warmup_steps, max(cfg.steps, cfg.warmup_steps + 1),
+        end_value=cfg.learning_rate * cfg.end_lr_ratio)
+
+
+def make_optimizer(cfg: LoopConfig) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                       optax.adamw(learning_rate_schedule(cfg), b1=0.9, b2=0.95,
+                                   weight_decay=cfg.weight_decay))
+
+
+def make_mesh(cfg: LoopConfig):
+    model = cfg.model_parallel
+    data = cfg.data_parallel or max(1, jax.device_count() // model)
+    if cfg.batch_size % data:
+        raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the "
+                         f"{data} data-parallel devices")
+    return sharding.make_mesh(data, model, jax.devices()[: data * model])
+
+
+def _train_step(loss_fn: LossFn, tx: optax.GradientTransformation):
+    def step(state, frozen, windows):
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"], frozen, windows)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, loss
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def fit(cfg: LoopConfig, params, loss_fn: LossFn, train_stream: np.ndarray,
+        val_stream: Optional[np.ndarray] = None, frozen=None, stop_at: Optional[int] = None,
+        progress: bool = True) -> TrainResult:
+    """Trains `params` (or resumes) to `cfg.steps`, or only up to `stop_at`.
+
+    `frozen` (e.g. a target model's params) enters the loss but is never updated;
+    both are sharded by the rules of `sdjax.sharding`. Checkpoints go to
+    `cfg.output`/checkpoints every `cfg.checkpoint_every` steps and at the end; an
+    existing checkpoint there is resumed from. Evaluation logs eval_loss and the
+    loss function's metrics, averaged over the fixed validation windows.
+    """
+    mesh = make_mesh(cfg)
+    tx = make_optimizer(cfg)
+    params = sharding.shard_params(params, mesh)
+    frozen = None if frozen is None else sharding.shard_params(frozen, mesh)
+    state = {"params": params, "opt_state": jax.jit(tx.init)(params),
+             "step": jnp.zeros((), jnp.int32)}
+    manager = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(cfg.output, "checkpoints")),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+    if manager.latest_step() is not None:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
+    start = int(state["step"])
+    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    train_step = _train_step(loss_fn, tx)
+    eval_fn = jax.jit(loss_fn)
+    val = None if val_stream is None else eval_windows(
+        val_stream, cfg.eval_batches * cfg.batch_size, cfg.seq_len)
+    history: List[Dict[str, float]] = []
+    schedule = learning_rate_schedule(cfg)
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not progress,
+               desc="train", unit="step", dynamic_ncols=True)
+    started = time.perf_counter()
+    for step in bar:
+        windows = sharding.shard_batch(
+            batch_at(train_stream, step, cfg.batch_size, cfg.seq_len, cfg.seed), mesh)
+        state, loss = train_step(state, frozen, windows)
+        done = step + 1
+        row = None
+        if done % cfg.eval_every == 0 or done == end:
+            row = {"step": done, "loss": float(loss), "lr": float(schedule(step)),
+                   "seconds": time.perf_counter() - started}
+            if val is not None:
+                row.update(_evaluate(eval_fn, state["params"], frozen, val, cfg.batch_size,
+                                     mesh))
+            history.append(row)
+            with open(os.path.join(cfg.output, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(row) + "\n")
+        if done % 10 == 0 or row:
+            bar.set_postfix(loss=f"{float(loss):.3f}",
+                            **({"eval": f"{row['eval_loss']:.3f}"} if row and val is not None
+                               else {}))
+        if done % cfg.checkpoint_every == 0 or done == end:
+            manager.save(done, args=ocp.args.StandardSave(state))
+    manager.wait_until_finished()
+    manager.close()
+    return TrainResult(state["params"], int(state["step"]), history)
+
+
+def _evaluate(eval_fn, params, frozen, windows, batch_size, mesh) -> Dict[str, float]:
+    rows = []
+    for i in range(0, len(windows), batch_size):
+        loss, metrics = eval_fn(params, frozen, sharding.shard_batch(
+            windows[i:i + batch_size], mesh))
+        rows.append({"eval_loss": loss, **{f"eval_{k}": v for k, v in metrics.items()}})
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def load_yaml_config(cls, path: str, **overrides):
+    """A config dataclass from a YAML file; `overrides` (not None) win."""
+    import yaml
+
+    from sdjax.config import from_dict
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"training config {path!r} does not exist")
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of {cls.__name__} fields")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(cls, values)

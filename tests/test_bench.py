@@ -1,0 +1,62 @@
+"""`sdjax bench` on tiny random-weight checkpoints: a well-formed report, end to end."""
+
+import json
+import os
+
+import jax
+import pytest
+
+import sdjax
+from sdjax.cli import main
+from sdjax.training.lm import model_config
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, tokenizer_dir):
+    tokenizer = sdjax.data.load_tokenizer(tokenizer_dir)
+    root = tmp_path_factory.mktemp("pair")
+    sizes = {"target": dict(hidden_size=64, num_layers=2, intermediate_size=128),
+             "draft": dict(hidden_size=32, num_layers=1, intermediate_size=64)}
+    for seed, (name, size) in enumerate(sizes.items()):
+        cfg = model_config(dict(num_heads=4, num_kv_heads=2, head_dim=16, **size),
+                           len(tokenizer), tokenizer.eos_token_id)
+        sdjax.save_hf(str(root / name), cfg, sdjax.init_params(cfg, jax.random.PRNGKey(seed)),
+                      tokenizer)
+    return str(root / "target"), str(root / "draft")
+
+
+def test_bench_writes_a_well_formed_report(pair, tmp_path, capsys):
+    target, draft = pair
+    out = tmp_path / "report"
+    code = main(["bench", "--target", target, "--draft", draft, "--prompts", "1",
+                 "--new-tokens", "6", "--repeats", "1", "--categories", "completion",
+                 "copy_edit", "--vs-transformers", "--out", str(out)])
+    assert code == 0
+    assert sorted(os.listdir(out)) == ["acceptance.png", "results.json", "results.md",
+                                       "speedup.png"]
+    report = json.loads((out / "results.json").read_text())
+    methods = ["autoregressive", "prompt_lookup", "draft_chain", "draft_adaptive", "draft_tree"]
+    assert [(r["category"], r["method"]) for r in report["rows"]] == [
+        (c, m) for c in ("completion", "copy_edit") for m in methods]
+    for row in report["rows"]:
+        assert row["same_as_greedy"] is True, row  # every method is lossless
+        assert row["tokens_per_second"] > 0 and 1.0 <= row["tau"] <= 9
+        assert row["memory_mb"] > 0
+        if row["method"] == "autoregressive":
+            assert row["speedup"] == 1.0 and row["acceptance_by_depth"] == []
+        if row["method"] in ("autoregressive", "draft_chain", "prompt_lookup"):
+            assert row["vs_transformers"] > 0
+            assert row["transformers_same_as_greedy"] is True
+    table = (out / "results.md").read_text().splitlines()
+    assert len(table) == 2 + len(report["rows"])
+    assert "transformers tok/s" in table[0]
+    assert "results.json" in capsys.readouterr().out
+
+
+def test_bench_rejects_unknown_methods(pair, tmp_path, capsys):
+    target, draft = pair
+    assert main(["bench", "--target", target, "--draft", draft,
+                 "--methods", "medusa", "--out", str(tmp_path)]) == 2
+    assert "unknown methods ['medusa']" in capsys.readouterr().err
