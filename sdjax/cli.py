@@ -61,9 +61,14 @@ def _print_result(out: sdjax.GenerateOutput, as_json: bool) -> None:
 
 
 def _drafter_from_args(args, target: sdjax.LoadedModel):
-    """(drafter, draft params) chosen by --prompt-lookup / --draft-model."""
-    if args.prompt_lookup and args.draft_model:
-        raise ValueError("choose one of --prompt-lookup and --draft-model")
+    """(drafter, draft params) chosen by --prompt-lookup / --draft-model / --heads."""
+    if sum(bool(x) for x in (args.prompt_lookup, args.draft_model, args.heads)) > 1:
+        raise ValueError("choose one of --prompt-lookup, --draft-model and --heads")
+    if args.heads:
+        from sdjax.heads import load_heads, make_drafter
+
+        heads, params = load_heads(args.heads)
+        return make_drafter(heads), params
     if args.prompt_lookup:
         return sdjax.drafters.PromptLookup(num_draft=args.prompt_lookup), None
     if args.draft_model:
@@ -96,12 +101,12 @@ def cmd_demo(args) -> None:
     from tqdm import tqdm
 
     from sdjax import testbed
-    from sdjax.bench.suite import methods
+    from sdjax.bench.suite import bundled_heads, load_pair, methods
     from sdjax.bench.tasks import build_tasks
 
-    target = sdjax.load_hf(testbed.path("target"))
-    draft = sdjax.load_hf(testbed.path("draft"), load_tokenizer=False)
-    available = methods(draft, args.gamma, args.lookup)
+    target, draft, heads = load_pair(testbed.path("target"), testbed.path("draft"),
+                                     bundled_heads())
+    available = methods(draft, args.gamma, args.lookup, heads)
     unknown = sorted(set(args.method) - set(available))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {sorted(available)}")
@@ -116,11 +121,10 @@ def cmd_demo(args) -> None:
     with tqdm(total=len(runs) * 4, desc="compile + 3 timed runs per method",
               file=sys.stderr) as bar:
         for name in runs:
-            drafter, uses_draft = available[name]
+            drafter, draft_params = available[name]
             decode = lambda: sdjax.generate(
                 target.params, task.prompt, base.replace(drafter=drafter),
-                draft_params=draft.params if uses_draft else None,
-                tokenizer=target.tokenizer)
+                draft_params=draft_params, tokenizer=target.tokenizer)
             compile_seconds = decode().stats["compile_seconds"]
             bar.update()
             outs = []
@@ -185,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--draft-model", metavar="DIR",
                      help="speculate with this checkpoint as draft model (same tokenizer)")
     gen.add_argument("--gamma", type=int, default=4, help="draft-model tokens per cycle")
+    gen.add_argument("--heads", metavar="DIR",
+                     help="speculate with Medusa or Hydra heads trained on this model "
+                          "(`sdjax train heads`)")
     _add_generation_flags(gen)
     gen.set_defaults(func=cmd_generate)
 
@@ -196,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-new-tokens", type=int, default=128)
     demo.add_argument("--method", nargs="+", default=["prompt_lookup", "draft_chain"],
                       help="speculative methods to compare with autoregressive decoding: "
-                           "prompt_lookup draft_chain draft_adaptive draft_tree")
+                           "prompt_lookup draft_chain draft_adaptive draft_tree medusa hydra")
     demo.add_argument("--gamma", type=int, default=4, help="draft-model chain length")
     demo.add_argument("--lookup", type=int, default=4, help="prompt-lookup tokens")
     demo.set_defaults(func=cmd_demo)
@@ -218,17 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "resume), then export it as a Hugging Face checkpoint to OUTPUT/hf.")
     lm.set_defaults(func=cmd_train_lm)
     heads = train_kinds.add_parser(
-        "heads", help="train Medusa draft heads on a frozen target",
-        description="Train Medusa draft heads on a frozen target checkpoint over the stdlib "
+        "heads", help="train Medusa or Hydra draft heads on a frozen target",
+        description="Train Medusa or Hydra draft heads on a frozen target checkpoint over "
+                    "the stdlib "
                     "corpus (self-distillation, optax, orbax checkpoints with resume), then "
                     "export them to OUTPUT/heads.")
-    for parser in (lm, heads):
-        parser.add_argument("--config", required=True,
-                            help="YAML training config (configs/train/)")
-        parser.add_argument("--steps", type=int, help="override the config's total steps")
-        parser.add_argument("--output", help="override the config's run folder")
-        parser.add_argument("--stop-at", type=int, metavar="STEP",
-                            help="checkpoint and stop at this step (run again to resume)")
+    for kind in (lm, heads):
+        kind.add_argument("--config", required=True, help="YAML training config (configs/train/)")
+        kind.add_argument("--steps", type=int, help="override the config's total steps")
+        kind.add_argument("--output", help="override the config's run folder")
+        kind.add_argument("--stop-at", type=int, metavar="STEP",
+                          help="checkpoint and stop at this step (run again to resume)")
     heads.set_defaults(func=cmd_train_heads)
     return parser
 

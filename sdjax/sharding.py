@@ -40,9 +40,9 @@ PARAM_AXES: Tuple[Tuple[str, Tuple[Optional[str], ...]], ...] = (
     (r"(gate_proj|up_proj)/bias$", ("mlp",)),
     (r"down_proj/kernel$", ("mlp", "embed")),
     (r"lm_head/kernel$", ("embed", "vocab")),
-    (r"head_\d+_lm/kernel$", ("embed", "vocab")),  # Medusa heads (sdjax.heads)
-    (r"head_\d+_res/kernel$", (None, None)),
-    (r"head_\d+_res/bias$", (None,)),
+    (r"head_\d+_lm/kernel$", ("embed", "vocab")),  # draft heads (sdjax.heads)
+    (r"head_\d+_(res|in)/kernel$", (None, None)),
+    (r"head_\d+_(res|in)/bias$", (None,)),
     (r"(norm/(scale|bias)|o_proj/bias|down_proj/bias)$", (None,)),
 )
 

@@ -127,3 +127,23 @@ def test_only_one_drafter_at_a_time(checkpoint, capsys):
     assert cli.main(["generate", "--model", checkpoint, "--prompt", "x", "--prompt-lookup", "2",
                      "--draft-model", checkpoint]) == 2
     assert "choose one" in capsys.readouterr().err
+
+
+def test_generate_with_draft_heads_gives_the_same_greedy_tokens(checkpoint, tmp_path, capsys):
+    from sdjax.heads import HeadsConfig, init_heads, save_heads
+
+    model = sdjax.load_hf(checkpoint)
+    for kind in ("medusa", "hydra"):
+        cfg = HeadsConfig(num_heads=3, hidden_size=model.config.hidden_size,
+                          vocab_size=model.config.vocab_size, kind=kind)
+        save_heads(str(tmp_path / kind), cfg, init_heads(cfg, model.params,
+                                                         jax.random.PRNGKey(0)))
+    common = ["generate", "--model", checkpoint, "--prompt", "def f(x):\n    return x",
+              "--max-new-tokens", "12", "--eos-token-id", "--json"]
+    assert cli.main(common) == 0
+    plain = json.loads(capsys.readouterr().out)
+    for kind in ("medusa", "hydra"):
+        assert cli.main(common + ["--heads", str(tmp_path / kind)]) == 0
+        assert json.loads(capsys.readouterr().out)["tokens"] == plain["tokens"]
+    assert cli.main(common + ["--heads", str(tmp_path / "medusa"), "--prompt-lookup", "3"]) == 2
+    assert "choose one of" in capsys.readouterr().err

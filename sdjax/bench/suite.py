@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 import statistics
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -28,26 +28,49 @@ from sdjax import testbed, trees
 from sdjax.bench.tasks import CATEGORIES, build_tasks
 from sdjax.decode import acceptance_summary
 from sdjax.drafters import DraftModel, PromptLookup
+from sdjax.heads import load_heads, make_drafter
 
 # A static draft tree for the draft model: two candidates at the first two levels,
 # then the best path goes two levels deeper (8 nodes).
 DRAFT_TREE = trees.from_choices([[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 1, 0],
                                  [0, 0, 0, 0]])
 
+HEAD_METHODS = testbed.HEADS  # one method per kind of draft head: medusa, hydra
+METHODS = ("autoregressive", "prompt_lookup", "draft_chain", "draft_adaptive", "draft_tree",
+           *HEAD_METHODS)
+
 # sdjax method -> the `transformers` configuration that does the same thing.
 TORCH_COUNTERPART = {"autoregressive": "greedy", "draft_chain": "assisted",
                      "prompt_lookup": "prompt_lookup"}
 
 
-def methods(draft: sdjax.LoadedModel, gamma: int, lookup: int) -> Dict[str, tuple]:
-    """name -> (drafter, needs the draft's params)."""
-    return {
-        "autoregressive": (None, False),
-        "prompt_lookup": (PromptLookup(num_draft=lookup), False),
-        "draft_chain": (DraftModel(draft.config, num_draft=gamma), True),
-        "draft_adaptive": (DraftModel(draft.config, num_draft=gamma + 2, adaptive=True), True),
-        "draft_tree": (DraftModel(draft.config, tree=DRAFT_TREE), True),
+def methods(draft: sdjax.LoadedModel, gamma: int, lookup: int,
+            heads: Sequence[tuple] = ()) -> Dict[str, tuple]:
+    """name -> (drafter, draft_params). `heads`: (HeadsConfig, params) pairs."""
+    found = {
+        "autoregressive": (None, None),
+        "prompt_lookup": (PromptLookup(num_draft=lookup), None),
+        "draft_chain": (DraftModel(draft.config, num_draft=gamma), draft.params),
+        "draft_adaptive": (DraftModel(draft.config, num_draft=gamma + 2, adaptive=True),
+                           draft.params),
+        "draft_tree": (DraftModel(draft.config, tree=DRAFT_TREE), draft.params),
     }
+    for cfg, params in heads:
+        found[cfg.kind] = (make_drafter(cfg), params)
+    return found
+
+
+def bundled_heads() -> List[str]:
+    """The folders of the draft heads bundled with the testbed target."""
+    folders = [os.path.join(testbed.ROOT, kind) for kind in testbed.HEADS]
+    return [f for f in folders if os.path.exists(os.path.join(f, "heads_config.json"))]
+
+
+def load_pair(target: str, draft: str, heads: Sequence[str] = (), dtype: str = "float32"):
+    """(target, draft, [(HeadsConfig, params), ...]) from their folders."""
+    return (sdjax.load_hf(target, dtype=dtype),
+            sdjax.load_hf(draft, dtype=dtype, load_tokenizer=False),
+            [load_heads(folder) for folder in heads])
 
 
 def _torch_kwargs(name: str, assistant, gamma: int, lookup: int) -> dict:
@@ -61,21 +84,23 @@ def _torch_kwargs(name: str, assistant, gamma: int, lookup: int) -> dict:
 
 
 def run(args) -> dict:
-    target = sdjax.load_hf(args.target, dtype=args.dtype)
-    draft = sdjax.load_hf(args.draft, dtype=args.dtype, load_tokenizer=False)
+    target, draft, heads = load_pair(args.target, args.draft, args.heads, args.dtype)
     if target.tokenizer is None:
         raise ValueError(f"{args.target} has no tokenizer; the benchmark tasks need one")
     tasks = build_tasks(target.tokenizer, args.prompts, args.seed, args.categories)
     base = sdjax.SpecConfig(model=target.config, max_new_tokens=args.new_tokens,
                             eos_token_id=(), temperature=args.temperature, seed=args.seed)
-    chosen = {name: m for name, m in methods(draft, args.gamma, args.lookup).items()
-              if name in args.methods}
+    available = methods(draft, args.gamma, args.lookup, heads)
+    missing = sorted(set(args.methods) - set(available))
+    if missing:
+        raise ValueError(f"methods {missing} need draft heads of that kind: give --heads DIR")
+    chosen = {name: m for name, m in available.items() if name in args.methods}
     prompts = [(c, i, t.prompt) for c, ts in tasks.items() for i, t in enumerate(ts)]
 
     def decode(name, prompt):
-        drafter, uses_draft = chosen[name]
+        drafter, draft_params = chosen[name]
         return sdjax.generate(target.params, prompt, base.replace(drafter=drafter),
-                              draft_params=draft.params if uses_draft else None)
+                              draft_params=draft_params)
 
     first, seconds = {}, {}
     for name in tqdm(chosen, desc="compile + first pass", unit="method"):
@@ -230,14 +255,16 @@ def plot(report: dict, out: str) -> List[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", help="target checkpoint folder (default: bundled testbed)")
     parser.add_argument("--draft", help="draft checkpoint folder (default: bundled testbed)")
+    parser.add_argument("--heads", nargs="+", default=None, metavar="DIR",
+                        help="draft-head folders (default: the bundled ones, with the "
+                             "bundled target)")
     parser.add_argument("--prompts", type=int, default=8, help="prompts per category")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (median)")
     parser.add_argument("--categories", nargs="+", default=list(CATEGORIES),
                         choices=CATEGORIES)
     parser.add_argument("--methods", nargs="+", default=None,
-                        help="subset of: autoregressive prompt_lookup draft_chain "
-                             "draft_adaptive draft_tree (default: all)")
+                        help=f"subset of: {' '.join(METHODS)} (default: all available)")
     parser.add_argument("--gamma", type=int, default=4, help="draft-model chain length")
     parser.add_argument("--lookup", type=int, default=4, help="prompt-lookup tokens")
     parser.add_argument("--temperature", type=float, default=0.0)
@@ -250,13 +277,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args) -> dict:
     """Runs the benchmark from parsed arguments and writes the report files."""
+    unknown = sorted(set(args.methods or ()) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    if args.heads is None:
+        args.heads = bundled_heads() if args.target is None else []
     args.target = args.target or testbed.path("target")
     args.draft = args.draft or testbed.path("draft")
-    known = ("autoregressive", "prompt_lookup", "draft_chain", "draft_adaptive", "draft_tree")
-    args.methods = args.methods or list(known)
-    unknown = sorted(set(args.methods) - set(known))
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {list(known)}")
+    if args.methods is None:
+        kinds = {load_heads(folder)[0].kind for folder in args.heads}
+        args.methods = [m for m in METHODS if m not in HEAD_METHODS or m in kinds]
     if "autoregressive" not in args.methods:
         args.methods = ["autoregressive", *args.methods]  # the baseline of every ratio
     report = run(args)

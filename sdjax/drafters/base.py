@@ -57,6 +57,17 @@ def add_children(shape: TreeShape, fed: np.ndarray, logits: jax.Array, tokens: j
     return tokens, probs
 
 
+def root_filled(sequence: jax.Array, seq_len: jax.Array, num_nodes: int, vocab_size: int,
+                cfg: SpecConfig):
+    """The (tokens [B, N], probs [B, N, V] or None when greedy) a tree drafted level by
+    level starts from: every node holds the root until its level is drafted."""
+    batch = seq_len.shape[0]
+    tokens = jnp.broadcast_to(roots(sequence, seq_len)[:, None], (batch, num_nodes))
+    probs = None if cfg.temperature == 0.0 else jnp.zeros((batch, num_nodes, vocab_size),
+                                                           jnp.float32)
+    return tokens, probs
+
+
 def one_hot_probs(tokens: jax.Array, cfg: SpecConfig) -> Optional[jax.Array]:
     """Draft distributions of a deterministic drafter (none needed when greedy)."""
     if cfg.temperature == 0.0:

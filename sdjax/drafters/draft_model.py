@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdjax.config import ModelConfig, SpecConfig
-from sdjax.drafters.base import DraftTree, add_children, roots
+from sdjax.drafters.base import DraftTree, add_children, root_filled
 from sdjax.models.cache import KVCache
 from sdjax.models.transformer import Transformer
 from sdjax.trees import TreeShape, chain
@@ -115,10 +115,7 @@ class DraftModel:
                                          tokens, probs, jax.random.fold_in(key, d), cfg)
             return out.cache, tokens, probs
 
-        root = roots(sequence, seq_len)
-        tokens = jnp.broadcast_to(root[:, None], (batch, nodes))  # unreached nodes: the root
-        probs = None if cfg.temperature == 0.0 else jnp.zeros(
-            (batch, nodes, self.config.vocab_size), jnp.float32)
+        tokens, probs = root_filled(sequence, seq_len, nodes, self.config.vocab_size, cfg)
         carry = (cache, tokens, probs)
         for d in range(shape.max_depth):
             fed = np.flatnonzero(shape.depth == d)

@@ -11,15 +11,19 @@ import os
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MODELS = ("target", "draft")
+HEADS = ("medusa", "hydra")  # draft heads trained on the target (sdjax.heads)
 
 
 def path(name: str) -> str:
-    """The checkpoint folder of a bundled model ('target' or 'draft')."""
-    if name not in MODELS:
-        raise ValueError(f"unknown testbed model {name!r}; choose one of {MODELS}")
+    """The folder of a bundled model ('target', 'draft') or heads ('medusa', 'hydra')."""
+    if name not in MODELS + HEADS:
+        raise ValueError(f"unknown testbed model {name!r}; choose one of {MODELS + HEADS}")
     folder = os.path.join(ROOT, name)
-    if not os.path.exists(os.path.join(folder, "config.json")):
+    marker = "config.json" if name in MODELS else "heads_config.json"
+    if not os.path.exists(os.path.join(folder, marker)):
+        command = "lm" if name in MODELS else "heads"
         raise FileNotFoundError(
             f"the bundled testbed {name} is missing from {folder}; reinstall sdjax or "
-            f"rebuild it with `sdjax train lm --config configs/train/testbed_{name}.yaml`")
+            f"rebuild it with `sdjax train {command} --config "
+            f"configs/train/testbed_{name}.yaml`")
     return folder

@@ -1,4 +1,4 @@
-"""Draft-head training on a frozen target: Medusa heads, by self-distillation.
+"""Draft-head training on a frozen target: Medusa and Hydra heads, by self-distillation.
 
     sdjax train heads --config configs/train/testbed_medusa.yaml
 
@@ -7,8 +7,9 @@ The target runs inside the jitted step (frozen: no gradients, sharded over the
 states over corpus windows. Head k (0-based) at position t learns the token at
 t + k + 2: with `distill` (default) the target's own distribution for that token
 (Medusa-2's self-distillation, so the heads learn what the target will accept),
-otherwise the corpus token. Head k's loss is weighted by head_decay**k (Medusa's
-0.8). Evaluation reports each head's top-1 agreement with the target's greedy
+otherwise the corpus token. Hydra's head k also reads the corpus tokens t + 1 ..
+t + k + 1 (teacher forcing; at decode time, the drafted path). Head k's loss is
+weighted by head_decay**k (Medusa's 0.8). Evaluation reports each head's top-1 agreement with the target's greedy
 token: the greedy acceptance rate of a chain at that depth, given the earlier
 depths were right.
 """
@@ -21,11 +22,12 @@ import os
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 from sdjax.config import ModelConfig
-from sdjax.heads import HeadsConfig, MedusaHeads, init_heads, save_heads
+from sdjax.heads import HeadsConfig, heads_module, init_heads, save_heads
 from sdjax.models.hf import load_hf
 from sdjax.training.lm import forward, prepare_corpus
 from sdjax.training.loop import LoopConfig, fit, load_yaml_config
@@ -40,13 +42,20 @@ class HeadsTrainConfig(LoopConfig):
     distill: bool = True  # labels: the target's distribution (True) or corpus tokens
 
 
-def medusa_loss(heads_params, target_params, windows, *, target_cfg: ModelConfig,
-                heads_cfg: HeadsConfig, head_decay: float, distill: bool):
+def heads_loss(heads_params, target_params, windows, *, target_cfg: ModelConfig,
+               heads_cfg: HeadsConfig, head_decay: float, distill: bool):
     """(weighted mean CE over heads, {top1_head{k}: agreement with the target})."""
     out = forward(jax.lax.stop_gradient(target_params), target_cfg, windows[:, :-1])
     hidden, target_logits = jax.lax.stop_gradient((out.hidden, out.logits))
-    logits = MedusaHeads(heads_cfg).apply(heads_params, hidden)  # [B, T, K, V]
     length = hidden.shape[1]
+    module = heads_module(heads_cfg)
+    if heads_cfg.kind == "hydra":  # at t: the tokens t + 1 .. t + K (zero past the end)
+        padded = jnp.pad(windows, ((0, 0), (0, heads_cfg.num_heads)))
+        following = jnp.stack([padded[:, 1 + j: 1 + j + length]
+                               for j in range(heads_cfg.num_heads)], axis=-1)
+        logits = module.apply(heads_params, hidden, following)  # [B, T, K, V]
+    else:
+        logits = module.apply(heads_params, hidden)
     total, weights, metrics = 0.0, 0.0, {}
     for k in range(heads_cfg.num_heads):
         pred = logits[:, : length - k - 1, k]  # at t: the token at t + k + 2
@@ -68,7 +77,7 @@ def train_heads(cfg: HeadsTrainConfig, target, train_stream: np.ndarray,
     heads_cfg = HeadsConfig(num_heads=cfg.num_heads, hidden_size=target.config.hidden_size,
                             vocab_size=target.config.vocab_size, kind=cfg.kind)
     params = init_heads(heads_cfg, target.params, jax.random.PRNGKey(cfg.seed))
-    loss_fn = lambda p, frozen, windows: medusa_loss(
+    loss_fn = lambda p, frozen, windows: heads_loss(
         p, frozen, windows, target_cfg=target.config, heads_cfg=heads_cfg,
         head_decay=cfg.head_decay, distill=cfg.distill)
     result = fit(cfg, params, loss_fn, train_stream, val_stream, frozen=target.params,

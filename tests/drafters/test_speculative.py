@@ -1,6 +1,7 @@
 """Speculative generate: greedy output identical to plain greedy; sampled output
 distributed like the target through the whole jitted loop."""
 
+import dataclasses
 import itertools
 
 import jax
@@ -11,7 +12,7 @@ import pytest
 import sdjax
 from sdjax import trees
 from sdjax.drafters import DraftModel, Ensemble, PromptLookup
-from sdjax.heads import HeadsConfig, Medusa, init_heads
+from sdjax.heads import HeadsConfig, Hydra, Medusa, init_heads
 from sdjax.verify import BlockVerification, RejectionSampling, TypicalAcceptance
 from sdjax.models import KVCache, Transformer
 from sdjax.sampling import warp_logits
@@ -33,6 +34,10 @@ HEADS = HeadsConfig(num_heads=3, hidden_size=64, vocab_size=320)
 HEAD_PARAMS = init_heads(HEADS, PARAMS, jax.random.PRNGKey(3))  # each head = the target's
 NOISY_HEADS = jax.tree.map(
     lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(4), x.shape), HEAD_PARAMS)
+HYDRA = HeadsConfig(num_heads=3, hidden_size=64, vocab_size=320, kind="hydra")
+NOISY_HYDRA = jax.tree.map(
+    lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(6), x.shape),
+    init_heads(HYDRA, PARAMS, jax.random.PRNGKey(6)))
 
 RNG = np.random.default_rng(5)
 BLOCK = RNG.integers(0, 320, size=12).tolist()
@@ -56,6 +61,8 @@ DRAFTERS = {
     "medusa_chain": (Medusa(HEADS, trees.chain(3)), HEAD_PARAMS),
     "medusa_tree_noisy": (Medusa(HEADS, trees.from_choices(
         [(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)])), NOISY_HEADS),
+    "hydra_tree_noisy": (Hydra(HYDRA, trees.from_choices(
+        [(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)])), NOISY_HYDRA),
     "prompt_lookup": (PromptLookup(num_draft=5, max_ngram=3), None),
     "prompt_lookup_1gram": (PromptLookup(num_draft=2, max_ngram=1), None),
     "prompt_lookup_3_branches": (PromptLookup(num_draft=3, num_branches=3), None),
@@ -224,6 +231,10 @@ TINY_HEADS = HeadsConfig(num_heads=2, hidden_size=TINY.hidden_size, vocab_size=T
 TINY_HEAD_PARAMS = jax.tree.map(  # heads that differ from the target's next-token law
     lambda x: x + 0.5 * jax.random.normal(jax.random.PRNGKey(12), x.shape),
     init_heads(TINY_HEADS, TINY_PARAMS, jax.random.PRNGKey(12)))
+TINY_HYDRA = dataclasses.replace(TINY_HEADS, kind="hydra")
+TINY_HYDRA_PARAMS = jax.tree.map(
+    lambda x: x + 0.5 * jax.random.normal(jax.random.PRNGKey(13), x.shape),
+    init_heads(TINY_HYDRA, TINY_PARAMS, jax.random.PRNGKey(13)))
 PROMPT, NEW = [1, 2, 3, 1], 3
 SAMPLES = 200_000
 
@@ -262,10 +273,11 @@ def sequence_tv(out, exact):
     (PromptLookup(num_draft=2, max_ngram=2), None, None),
     (PromptLookup(num_draft=2, max_ngram=1, num_branches=3), None, None),
     (Medusa(TINY_HEADS, trees.kary(2, 2)), TINY_HEAD_PARAMS, None),
+    (Hydra(TINY_HYDRA, trees.kary(2, 2)), TINY_HYDRA_PARAMS, None),
     (None, None, None),
 ], ids=["draft_model_chain", "draft_model_chain_block", "draft_model_tree_without_replacement",
         "draft_model_adaptive", "ensemble", "prompt_lookup", "prompt_lookup_branches",
-        "medusa_tree", "autoregressive"])
+        "medusa_tree", "hydra_tree", "autoregressive"])
 def test_sampled_sequences_follow_the_target(drafter, draft_params, verifier):
     temperature = 0.9
     exact = exact_sequence_probs(temperature)

@@ -1,4 +1,4 @@
-"""Medusa head training: losses fall, held-out agreement rises above untrained heads,
+"""Medusa and Hydra head training: losses fall, held-out agreement rises above untrained heads,
 resume is exact, sharded training matches one device, exported heads decode the same."""
 
 import jax
@@ -7,7 +7,7 @@ import pytest
 
 import sdjax
 from sdjax import data, trees
-from sdjax.heads import Medusa, init_heads, load_heads, save_heads
+from sdjax.heads import Hydra, Medusa, init_heads, load_heads, save_heads
 from sdjax.training import heads as heads_training
 from sdjax.training import lm, loop
 from tests.hf_models import stdlib_source
@@ -38,13 +38,14 @@ def _config(path, **changes):
     return heads_training.HeadsTrainConfig(**{**values, **changes})
 
 
-def test_training_lowers_the_loss_and_beats_untrained_heads(setup, tmp_path):
+@pytest.mark.parametrize("kind", ["medusa", "hydra"])
+def test_training_lowers_the_loss_and_beats_untrained_heads(setup, tmp_path, kind):
     target, train, val = setup
-    cfg = _config(tmp_path, steps=40, eval_every=20, checkpoint_every=40)
+    cfg = _config(tmp_path, steps=40, eval_every=20, checkpoint_every=40, kind=kind)
     heads_cfg, result = heads_training.train_heads(cfg, target, train, val, progress=False)
     untrained = init_heads(heads_cfg, target.params, jax.random.PRNGKey(0))
     windows = loop.eval_windows(val, cfg.eval_batches * cfg.batch_size, cfg.seq_len)
-    loss_fn = lambda p: heads_training.medusa_loss(
+    loss_fn = lambda p: heads_training.heads_loss(
         p, target.params, windows, target_cfg=target.config, heads_cfg=heads_cfg,
         head_decay=cfg.head_decay, distill=True)
     before, before_metrics = loss_fn(untrained)
@@ -58,9 +59,9 @@ def test_training_lowers_the_loss_and_beats_untrained_heads(setup, tmp_path):
 
 def test_resume_reproduces_the_uninterrupted_run(setup, tmp_path):
     target, train, val = setup
-    _, whole = heads_training.train_heads(_config(tmp_path / "whole"), target, train, val,
-                                          progress=False)
-    cfg = _config(tmp_path / "split")
+    _, whole = heads_training.train_heads(_config(tmp_path / "whole", kind="hydra"), target,
+                                          train, val, progress=False)
+    cfg = _config(tmp_path / "split", kind="hydra")
     _, first = heads_training.train_heads(cfg, target, train, val, stop_at=3, progress=False)
     assert first.step == 3
     _, resumed = heads_training.train_heads(cfg, target, train, val, progress=False)
@@ -69,20 +70,21 @@ def test_resume_reproduces_the_uninterrupted_run(setup, tmp_path):
 
 def test_sharded_training_matches_one_device(setup, tmp_path):
     target, train, val = setup
-    _, one = heads_training.train_heads(_config(tmp_path / "one"), target, train, val,
-                                        progress=False)
+    _, one = heads_training.train_heads(_config(tmp_path / "one", kind="hydra"), target, train,
+                                        val, progress=False)
     _, sharded = heads_training.train_heads(
-        _config(tmp_path / "4x2", data_parallel=4, model_parallel=2), target, train, val,
-        progress=False)
+        _config(tmp_path / "4x2", data_parallel=4, model_parallel=2, kind="hydra"), target,
+        train, val, progress=False)
     for a, b in zip(one.history, sharded.history):
         for key in ("loss", "eval_loss", "eval_top1_head0"):
             np.testing.assert_allclose(a[key], b[key], rtol=2e-4, atol=1e-6)
 
 
-def test_exported_heads_reload_and_decode_identically(setup, tmp_path):
+@pytest.mark.parametrize("kind,drafter", [("medusa", Medusa), ("hydra", Hydra)])
+def test_exported_heads_reload_and_decode_identically(setup, tmp_path, kind, drafter):
     target, train, val = setup
-    heads_cfg, result = heads_training.train_heads(_config(tmp_path), target, train, val,
-                                                   progress=False)
+    heads_cfg, result = heads_training.train_heads(_config(tmp_path, kind=kind), target, train,
+                                                   val, progress=False)
     save_heads(str(tmp_path / "heads"), heads_cfg, result.params)
     loaded_cfg, loaded = load_heads(str(tmp_path / "heads"))
     assert loaded_cfg == heads_cfg
@@ -90,7 +92,7 @@ def test_exported_heads_reload_and_decode_identically(setup, tmp_path):
     cfg = sdjax.SpecConfig(model=target.config, max_new_tokens=24, eos_token_id=())
     plain = sdjax.generate(target.params, prompt, cfg)
     tree = trees.from_choices([(0,), (1,), (0, 0), (0, 0, 0)])
-    outs = [sdjax.generate(target.params, prompt, cfg.replace(drafter=Medusa(c, tree)),
+    outs = [sdjax.generate(target.params, prompt, cfg.replace(drafter=drafter(c, tree)),
                            draft_params=p) for c, p in ((heads_cfg, result.params),
                                                         (loaded_cfg, loaded))]
     for out in outs:

@@ -1,0 +1,79 @@
+"""Hydra (Ankner et al. 2024): sequentially dependent draft heads.
+
+Head k (k = 1..K) sees the target's hidden state h and the embeddings of the tokens
+on the path before its own: the root (the target's own next token) and the tokens
+heads 1..k-1 drafted. An input layer maps [h; e(t_0); ...; e(t_{k-1})] to the
+hidden size (initialised to pass h through), then a residual SiLU block and an LM
+head (the target's). Because a node's candidates depend on its path, the tree
+is drafted level by level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sdjax.config import SpecConfig
+from sdjax.drafters.base import DraftTree, add_children, root_filled
+from sdjax.heads.common import HeadsConfig, HeadsDrafter
+
+
+def _pass_hidden(key, shape, dtype=jnp.float32):
+    """[D * (k + 2), D] kernel that starts as the projection onto h (the first D inputs)."""
+    eye = jnp.eye(shape[1], dtype=dtype)
+    return jnp.concatenate([eye, jnp.zeros((shape[0] - shape[1], shape[1]), dtype)], axis=0)
+
+
+class HydraHeads(nn.Module):
+    config: HeadsConfig
+
+    def setup(self):
+        cfg = self.config
+        self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, name="embed")
+        self.inputs = [nn.Dense(cfg.hidden_size, kernel_init=_pass_hidden, name=f"head_{k}_in")
+                       for k in range(cfg.num_heads)]
+        self.residuals = [nn.Dense(cfg.hidden_size, kernel_init=nn.initializers.zeros,
+                                   name=f"head_{k}_res") for k in range(cfg.num_heads)]
+        self.lm_heads = [nn.Dense(cfg.vocab_size, use_bias=False, name=f"head_{k}_lm")
+                         for k in range(cfg.num_heads)]
+
+    def example_inputs(self):
+        return (jnp.zeros((1, self.config.hidden_size)),
+                jnp.zeros((1, self.config.num_heads), jnp.int32))
+
+    def head(self, k: int, hidden: jax.Array, path_tokens: jax.Array) -> jax.Array:
+        """Head k (0-based): hidden [..., D] and path tokens [..., k + 1] -> logits [..., V]."""
+        embedded = self.embed(path_tokens)  # [..., k + 1, D]
+        x = jnp.concatenate([hidden.astype(jnp.float32),
+                             embedded.reshape(*embedded.shape[:-2], -1)], axis=-1)
+        x = self.inputs[k](x)
+        x = x + nn.silu(self.residuals[k](x))
+        return self.lm_heads[k](x)
+
+    def __call__(self, hidden: jax.Array, tokens: jax.Array) -> jax.Array:
+        """Teacher-forced: hidden [..., D], tokens [..., K] (t_0..t_{K-1}) -> [..., K, V]."""
+        return jnp.stack([self.head(k, hidden, tokens[..., : k + 1])
+                          for k in range(self.config.num_heads)], axis=-2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hydra(HeadsDrafter):
+    """Drafter: Hydra heads, level by level over a choice tree (depth <= heads)."""
+
+    def propose(self, draft_params, state, sequence, seq_len, key, cfg: SpecConfig):
+        module = HydraHeads(self.heads)
+        shape, batch = self.tree, seq_len.shape[0]
+        tokens, probs = root_filled(sequence, seq_len, shape.num_nodes, self.heads.vocab_size,
+                                    cfg)
+        for d in range(shape.max_depth):
+            fed = np.flatnonzero(shape.depth == d)
+            path_tokens = tokens[:, shape.paths[fed, : d + 1]]  # [B, n, d + 1]
+            hidden = jnp.broadcast_to(state[:, None], (batch, len(fed), state.shape[-1]))
+            logits = module.apply(draft_params, d, hidden, path_tokens, method=HydraHeads.head)
+            tokens, probs = add_children(shape, fed, logits, tokens, probs,
+                                         jax.random.fold_in(key, d), cfg)
+        return DraftTree(tokens, probs), state
