@@ -107,6 +107,8 @@ def cmd_demo(args) -> None:
     target, draft, heads = load_pair(testbed.path("target"), testbed.path("draft"),
                                      bundled_heads())
     available = methods(draft, args.gamma, args.lookup, heads)
+    if args.method is None:
+        args.method = [m for m in available if m != "draft_adaptive"]
     unknown = sorted(set(args.method) - set(available))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {sorted(available)}")
@@ -201,9 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "testbed target, autoregressively and with speculative methods; print "
                     "tokens/s, tau and the speedup.")
     demo.add_argument("--max-new-tokens", type=int, default=128)
-    demo.add_argument("--method", nargs="+", default=["prompt_lookup", "draft_chain"],
+    demo.add_argument("--method", nargs="+",
                       help="speculative methods to compare with autoregressive decoding: "
-                           "prompt_lookup draft_chain draft_adaptive draft_tree medusa hydra")
+                           "prompt_lookup draft_chain draft_adaptive draft_tree medusa hydra "
+                           "(default: all but draft_adaptive)")
     demo.add_argument("--gamma", type=int, default=4, help="draft-model chain length")
     demo.add_argument("--lookup", type=int, default=4, help="prompt-lookup tokens")
     demo.set_defaults(func=cmd_demo)
