@@ -55,8 +55,13 @@ def test_bench_writes_a_well_formed_report(pair, tmp_path, capsys):
     assert "results.json" in capsys.readouterr().out
 
 
-def test_bench_rejects_unknown_methods(pair, tmp_path, capsys):
+def test_bench_rejects_unknown_methods_and_heads_it_lacks(pair, tmp_path, capsys):
     target, draft = pair
     assert main(["bench", "--target", target, "--draft", draft,
-                 "--methods", "medusa", "--out", str(tmp_path)]) == 2
-    assert "unknown methods ['medusa']" in capsys.readouterr().err
+                 "--methods", "eagle9", "--out", str(tmp_path)]) == 2
+    assert "unknown methods ['eagle9']" in capsys.readouterr().err
+    # Another target than the bundled one gets no bundled heads: Medusa needs --heads.
+    assert main(["bench", "--target", target, "--draft", draft, "--prompts", "1",
+                 "--categories", "completion", "--methods", "medusa",
+                 "--out", str(tmp_path)]) == 2
+    assert "need draft heads" in capsys.readouterr().err

@@ -99,8 +99,8 @@ def test_demo_runs_end_to_end(capsys):
 
 
 def test_demo_rejects_unknown_methods(capsys):
-    assert cli.main(["demo", "--method", "medusa"]) == 2
-    assert "unknown methods ['medusa']" in capsys.readouterr().err
+    assert cli.main(["demo", "--method", "eagle9"]) == 2
+    assert "unknown methods ['eagle9']" in capsys.readouterr().err
 
 
 def test_help_of_every_command():

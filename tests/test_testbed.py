@@ -46,4 +46,20 @@ def test_the_pair_shares_the_tokenizer_and_fits_the_budget():
 
 def test_unknown_model_is_refused():
     with pytest.raises(ValueError, match="unknown testbed model"):
-        testbed.path("medusa")
+        testbed.path("eagle")
+
+
+@pytest.mark.parametrize("kind", testbed.HEADS)
+def test_bundled_heads_fit_the_target_and_decode_losslessly(kind):
+    from sdjax.heads import load_heads, make_drafter
+
+    target = sdjax.load_hf(testbed.path("target"))
+    heads, params = load_heads(testbed.path(kind))
+    assert heads.kind == kind and heads.hidden_size == target.config.hidden_size
+    prompt = target.tokenizer(stdlib_source("json.decoder")[:1200])["input_ids"]
+    cfg = sdjax.SpecConfig(model=target.config, max_new_tokens=32, eos_token_id=())
+    plain = sdjax.generate(target.params, prompt, cfg)
+    out = sdjax.generate(target.params, prompt, cfg.replace(drafter=make_drafter(heads)),
+                         draft_params=params)
+    np.testing.assert_array_equal(out.tokens, plain.tokens)
+    assert out.stats["tau"] > 1.5  # trained heads: drafts are really accepted

@@ -2,10 +2,10 @@
 
     python -m sdjax.bench.spec [--new-tokens 128] [--repeats 3]
 
-Until the trained testbed pair exists this uses a random-weight Llama (as
-`sdjax.bench.ar`) on a copy-heavy prompt, and the target itself as its own draft
-model (the sanity pair: every draft is accepted, so tau = gamma + 1 and the
-figure measures the engine's overhead, not a draft's quality). Prompt lookup
+This measures the engine, not a draft's quality (that is `sdjax bench`, on the
+trained testbed): a random-weight Llama (as `sdjax.bench.ar`) on a copy-heavy
+prompt, and the target itself as its own draft model (the sanity pair: every draft
+is accepted, so tau = gamma + 1 and the figure is the engine's overhead). Prompt lookup
 profits from the loops random-weight models fall into. Prints, per method:
 tokens/s, tau, walltime speedup over the same library's autoregressive decode,
 engine efficiency (speedup / tau) and the ratio to the `transformers` counterpart.
