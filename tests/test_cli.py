@@ -7,6 +7,7 @@ import sys
 
 import jax
 import pytest
+import yaml
 
 import sdjax
 from sdjax import cli
@@ -147,3 +148,27 @@ def test_generate_with_draft_heads_gives_the_same_greedy_tokens(checkpoint, tmp_
         assert json.loads(capsys.readouterr().out)["tokens"] == plain["tokens"]
     assert cli.main(common + ["--heads", str(tmp_path / "medusa"), "--prompt-lookup", "3"]) == 2
     assert "choose one of" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # 90 s: encodes the whole stdlib twice; the pieces have fast tests
+def test_train_lm_then_heads_commands_run_end_to_end(tmp_path, capsys):
+    """`sdjax train lm` (tokenizer, corpus, training, export) then `sdjax train heads` on
+    its export, with tiny settings; the exports load and decode together."""
+    lm_config = tmp_path / "lm.yaml"
+    lm_config.write_text(yaml.safe_dump(dict(
+        model=dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                   intermediate_size=64, tie_embeddings=True),
+        output=str(tmp_path / "lm"), vocab_size=300, seq_len=32, batch_size=4, steps=2,
+        eval_every=2, eval_batches=1, checkpoint_every=2, warmup_steps=1, data_parallel=1)))
+    assert cli.main(["train", "lm", "--config", str(lm_config)]) == 0
+    heads_config = tmp_path / "heads.yaml"
+    heads_config.write_text(yaml.safe_dump(dict(
+        target=str(tmp_path / "lm" / "hf"), output=str(tmp_path / "heads"), kind="hydra",
+        num_heads=2, seq_len=32, batch_size=4, steps=2, eval_every=2, eval_batches=1,
+        checkpoint_every=2, warmup_steps=1, data_parallel=1)))
+    assert cli.main(["train", "heads", "--config", str(heads_config)]) == 0
+    assert "exported" in capsys.readouterr().out
+    assert cli.main(["generate", "--model", str(tmp_path / "lm" / "hf"), "--prompt", "def f(",
+                     "--heads", str(tmp_path / "heads" / "heads"), "--max-new-tokens", "5",
+                     "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["tokens"][0]) >= 1

@@ -17,7 +17,6 @@ depths were right.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Optional
 
@@ -30,7 +29,7 @@ from sdjax.config import ModelConfig
 from sdjax.heads import HeadsConfig, heads_module, init_heads, save_heads
 from sdjax.models.hf import load_hf
 from sdjax.training.lm import forward, prepare_corpus
-from sdjax.training.loop import LoopConfig, fit, load_yaml_config
+from sdjax.training.loop import LoopConfig, fit, load_yaml_config, write_summary
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -96,10 +95,7 @@ def run_heads(cfg: HeadsTrainConfig, stop_at: Optional[int] = None) -> str:
                                     stop_at)
     export = os.path.join(cfg.output, "heads")
     save_heads(export, heads_cfg, jax.tree.map(np.asarray, result.params))
-    summary = {"steps": result.step, **(result.history[-1] if result.history else {})}
-    with open(os.path.join(cfg.output, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    print(f"exported {export}: {json.dumps(summary)}")
+    write_summary(cfg.output, result, export)
     return export
 
 

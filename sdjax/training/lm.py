@@ -8,7 +8,6 @@ The loop (optimizer, mesh, orbax resume, evaluation) is `sdjax.training.loop`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Dict, Optional
 
@@ -21,7 +20,7 @@ import optax
 from sdjax.config import ModelConfig, from_dict
 from sdjax.models.cache import KVCache
 from sdjax.models.transformer import Transformer, init_params
-from sdjax.training.loop import LoopConfig, TrainResult, fit, load_yaml_config
+from sdjax.training.loop import LoopConfig, TrainResult, fit, load_yaml_config, write_summary
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -107,11 +106,7 @@ def run_lm(cfg: LMTrainConfig, stop_at: Optional[int] = None) -> str:
     dtype = jnp.dtype(cfg.export_dtype)
     save_hf(export, model_cfg, jax.tree.map(lambda x: np.asarray(x).astype(dtype),
                                             result.params), tokenizer)
-    summary = {"parameters": n_params, "steps": result.step, **(result.history[-1]
-               if result.history else {})}
-    with open(os.path.join(cfg.output, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    print(f"exported {export}: {json.dumps(summary)}")
+    write_summary(cfg.output, result, export, parameters=n_params)
     return export
 
 

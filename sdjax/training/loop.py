@@ -190,3 +190,11 @@ def load_yaml_config(cls, path: str, **overrides):
         raise ValueError(f"{path} must hold a mapping of {cls.__name__} fields")
     values.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(cls, values)
+
+
+def write_summary(output: str, result: TrainResult, export: str, **extra) -> None:
+    """output/summary.json: the final logged row, the steps and `extra`; and a line."""
+    summary = {**extra, "steps": result.step, **(result.history[-1] if result.history else {})}
+    with open(os.path.join(output, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"exported {export}: {json.dumps(summary)}")

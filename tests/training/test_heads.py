@@ -6,22 +6,19 @@ import numpy as np
 import pytest
 
 import sdjax
-from sdjax import data, trees
+from sdjax import trees
 from sdjax.heads import Hydra, Medusa, init_heads, load_heads, save_heads
 from sdjax.training import heads as heads_training
 from sdjax.training import lm, loop
-from tests.hf_models import stdlib_source
+from tests.training.conftest import TINY_MODEL
 
-MODEL = dict(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
-             intermediate_size=64, tie_embeddings=True)
+MODEL = TINY_MODEL
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, corpus):
     """A tiny target trained briefly on real source, and the corpus streams."""
-    tokenizer = data.train_tokenizer([stdlib_source("textwrap", "shlex")], 300)
-    train = data.encode_corpus(tokenizer, [stdlib_source("textwrap", "shlex", "string")])
-    val = data.encode_corpus(tokenizer, [stdlib_source("json.decoder")])
+    tokenizer, train, val = corpus
     model_cfg = lm.model_config(MODEL, len(tokenizer), tokenizer.eos_token_id)
     cfg = lm.LMTrainConfig(model=MODEL, output=str(tmp_path_factory.mktemp("lm")), seq_len=64,
                            batch_size=16, steps=200, learning_rate=1e-2, warmup_steps=10,

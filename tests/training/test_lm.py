@@ -6,21 +6,12 @@ import jax
 import numpy as np
 import pytest
 
-from sdjax import data, load_hf
+from sdjax import load_hf
 from sdjax.models.transformer import init_params
 from sdjax.training import lm, loop
-from tests.hf_models import stdlib_source
+from tests.training.conftest import TINY_MODEL
 
-MODEL = dict(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
-             intermediate_size=64, tie_embeddings=True)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    tokenizer = data.train_tokenizer([stdlib_source("textwrap", "shlex")], 300)
-    train = data.encode_corpus(tokenizer, [stdlib_source("textwrap", "shlex", "string")])
-    val = data.encode_corpus(tokenizer, [stdlib_source("json.decoder")])
-    return tokenizer, train, val
+MODEL = TINY_MODEL
 
 
 def _config(tmp_path, **changes):
