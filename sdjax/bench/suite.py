@@ -147,12 +147,18 @@ def run(args) -> dict:
                                                            for k in index))
             rows.append(row)
     return {
-        "target": args.target, "draft": args.draft, "dtype": args.dtype,
+        "target": _name(args.target), "draft": _name(args.draft), "dtype": args.dtype,
         "new_tokens": args.new_tokens, "prompts_per_category": args.prompts,
         "repeats": args.repeats, "temperature": args.temperature,
         "gamma": args.gamma, "lookup": args.lookup, "rows": rows,
         "prompt_sources": {c: [t.source for t in ts] for c, ts in tasks.items()},
     }
+
+
+def _name(folder: str) -> str:
+    """A checkpoint folder as the report names it: bundled ones by name, not by path."""
+    inside = os.path.relpath(os.path.abspath(folder), testbed.ROOT)
+    return f"sdjax.testbed:{inside}" if not inside.startswith("..") else folder
 
 
 def _run_transformers(args, prompts, first):
