@@ -7,7 +7,7 @@ import pytest
 
 import sdjax
 from sdjax import testbed
-from sdjax.models.cache import KVCache
+from sdjax.training.lm import forward
 from tests.hf_models import stdlib_source
 
 torch = pytest.importorskip("torch")
@@ -19,9 +19,7 @@ def test_transformers_gives_the_same_logits_and_greedy_tokens(name):
     model = sdjax.load_hf(testbed.path(name), load_tokenizer=False)
     tokenizer = transformers.AutoTokenizer.from_pretrained(testbed.path("target"))
     ids = tokenizer(stdlib_source("json.decoder")[:1500])["input_ids"][:200]
-    ours = sdjax.Transformer(model.config).apply(
-        model.params, np.asarray([ids]), np.arange(len(ids))[None],
-        KVCache.init(model.config, 1, len(ids))).logits
+    ours = forward(model.params, model.config, np.asarray([ids])).logits
     hf = transformers.AutoModelForCausalLM.from_pretrained(testbed.path(name),
                                                            dtype=torch.float32).eval()
     with torch.no_grad():

@@ -120,7 +120,7 @@ def run(args) -> dict:
         index = [k for k, (c, _, _) in enumerate(prompts) if c == category]
         rate = lambda secs: args.new_tokens * len(index) / sum(
             statistics.median(secs[k]) for k in index)
-        ar_rate = rate(seconds["autoregressive"]) if "autoregressive" in chosen else np.nan
+        ar_rate = rate(seconds["autoregressive"])  # main() always runs the baseline
         torch_ar = rate(torch_seconds["greedy"]) if torch_seconds else np.nan
         for name in chosen:
             outs = [first[name][k] for k in index]
@@ -133,9 +133,8 @@ def run(args) -> dict:
                 "compile_seconds": sum(o.stats["compile_seconds"] for o in outs),
                 "memory_mb": max(o.stats["memory_bytes"] for o in outs) / 2**20,
                 "same_as_greedy": None if args.temperature else all(
-                    np.array_equal(o.tokens, a.tokens)
-                    for o, a in zip(outs, [first["autoregressive"][k] for k in index]))
-                if "autoregressive" in chosen else None,
+                    np.array_equal(first[name][k].tokens, first["autoregressive"][k].tokens)
+                    for k in index),
             }
             counterpart = TORCH_COUNTERPART.get(name)
             if torch_seconds and counterpart:
@@ -179,8 +178,7 @@ def _run_transformers(args, prompts, first):
         kwargs = _torch_kwargs(name, assistant, args.gamma, args.lookup)
         for k, (_, _, prompt) in enumerate(prompts):
             tokens, _ = torch_generate(model, prompt, args.new_tokens, **kwargs)
-            reference = first["autoregressive"][k].tokens[0] if "autoregressive" in first \
-                else tokens
+            reference = first["autoregressive"][k].tokens[0]
             same[name].append(bool(np.array_equal(tokens, reference[:len(tokens)])))
     for _ in tqdm(range(args.repeats), desc="transformers rounds", unit="round"):
         for name in names:

@@ -24,7 +24,7 @@ PROMPT_TOKENS = {"completion": 256, "function_body": 384, "copy_edit": 512, "lon
 
 class Task(NamedTuple):
     category: str
-    source: str  # file (relative to nothing: its basename and a line) the prompt comes from
+    source: str  # where the prompt comes from: "basename.py:line"
     prompt: List[int]
 
 

@@ -199,6 +199,18 @@ def test_one_compilation_across_prompts_in_a_bucket():
     assert decode.compile_count() == before + 1
 
 
+def test_head_drafters_check_their_params_and_tree():
+    cfg = spec(Medusa(HEADS, trees.chain(2)), max_new_tokens=4)
+    with pytest.raises(ValueError, match="needs the heads' params"):
+        sdjax.generate(PARAMS, PROMPTS[:1], cfg)
+    narrow = HeadsConfig(num_heads=3, hidden_size=32, vocab_size=320, kind="hydra")
+    with pytest.raises(ValueError, match="do not fit the target"):
+        sdjax.generate(PARAMS, PROMPTS[:1], spec(Hydra(narrow, trees.chain(2))),
+                       draft_params=NOISY_HYDRA)
+    with pytest.raises(ValueError, match="needs that many heads"):
+        Medusa(HEADS, trees.chain(4))
+
+
 def test_draft_vocabulary_and_params_are_checked():
     small = DRAFT.replace(vocab_size=100)
     with pytest.raises(ValueError, match="vocabulary"):

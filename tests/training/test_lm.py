@@ -96,9 +96,6 @@ def test_export_loads_in_transformers_with_matching_logits(corpus, tmp_path):
     torch = pytest.importorskip("torch")
     import transformers
 
-    from sdjax.models.transformer import Transformer
-    from sdjax.models.cache import KVCache
-
     tokenizer, train, val = corpus
     cfg = _config(tmp_path, steps=3, export_dtype="float32")
     result = lm.train_lm(cfg, _model(tokenizer), train, val, progress=False)
@@ -107,8 +104,7 @@ def test_export_loads_in_transformers_with_matching_logits(corpus, tmp_path):
     save_hf(path, _model(tokenizer), result.params, tokenizer)
     loaded = load_hf(path)
     ids = np.asarray(val[:40], np.int32)[None]
-    ours = Transformer(loaded.config).apply(
-        loaded.params, ids, np.arange(40)[None], KVCache.init(loaded.config, 1, 40)).logits
+    ours = lm.forward(loaded.params, loaded.config, ids).logits
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     with torch.no_grad():
         theirs = hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
