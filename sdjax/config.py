@@ -107,6 +107,16 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+def model_config_from_dict(values: Mapping[str, Any]) -> ModelConfig:
+    """A ModelConfig from its `dataclasses.asdict` form (e.g. read back from JSON)."""
+    values = dict(values)
+    values["rope_scaling"] = from_dict(RopeScaling, values.get("rope_scaling") or {})
+    for key in ("eos_token_id", "sliding_layers"):
+        if values.get(key) is not None:
+            values[key] = tuple(values[key])
+    return from_dict(ModelConfig, values)
+
+
 @dataclasses.dataclass(frozen=True)
 class SpecConfig:
     """What `generate` does: the model, the drafter, how many tokens, how to sample,

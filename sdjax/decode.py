@@ -28,6 +28,7 @@ from sdjax.drafters import Autoregressive
 from sdjax.models.cache import KVCache
 from sdjax.models.transformer import Transformer
 from sdjax.sampling import sample_tokens
+from sdjax.trees import TreeShape, static_topology
 from sdjax.verify import RejectionSampling, VerifyResult
 
 Prompt = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], np.ndarray]
@@ -120,6 +121,19 @@ def _truncate(result: VerifyResult, tokens: jax.Array, limit: jax.Array) -> Veri
         next_token=jnp.where(result.num_accepted > limit, cut_token, result.next_token))
 
 
+def bind_target(drafter, draft_params, target_params):
+    """The draft params a drafter runs on: its own, plus the target weights it shares
+    (EAGLE reads the target's embedding and LM head), joined inside the jit."""
+    bind = getattr(drafter, "bind", None)
+    return draft_params if bind is None else bind(draft_params, target_params)
+
+
+def _features(out) -> jax.Array:
+    """What drafters draft from: the target's final hidden states [B, T, D], or the
+    requested intermediate layers side by side [B, T, D * layers] (EAGLE-3)."""
+    return jnp.concatenate(out.intermediates, axis=-1) if out.intermediates else out.hidden
+
+
 def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
                 cfg: SpecConfig, mesh: Optional[Mesh] = None) -> DecodeResult:
     """The jittable decode: prefill, then draft -> tree forward -> verify -> commit
@@ -129,13 +143,15 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
     verifier = cfg.verifier or RejectionSampling()
     shape = drafter.shape
     model = Transformer(cfg.model)
+    draft_params = bind_target(drafter, draft_params, params)
+    feature_layers = getattr(drafter, "feature_layers", ())
     max_len = sequence_length(bucket, cfg)
     cache = KVCache.init(cfg.model, batch, max_len)
     if mesh is not None:
         cache = sharding.constrain_cache(cache, mesh)
 
     positions = jnp.broadcast_to(jnp.arange(bucket, dtype=jnp.int32), (batch, bucket))
-    out = model.apply(params, prompt_tokens, positions, cache)
+    out = model.apply(params, prompt_tokens, positions, cache, hidden_layers=feature_layers)
     key, first_key = jax.random.split(key)
     first = sample_tokens(out.logits[jnp.arange(batch), prompt_lengths - 1], first_key, cfg)
     sequence = jnp.zeros((batch, max_len), jnp.int32).at[:, :bucket].set(prompt_tokens)
@@ -146,29 +162,29 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
         done=jnp.zeros((batch,), bool),
         cache=out.cache.commit(prompt_lengths),
         draft_state=drafter.init(draft_params, prompt_tokens, prompt_lengths, max_len,
-                                  out.hidden),
+                                  _features(out)),
         key=key,
         accepted=jnp.zeros((batch, shape.max_depth + 1), jnp.int32),
-        first_rank=jnp.zeros((batch, shape.children.shape[1] + 1), jnp.int32),
+        first_rank=jnp.zeros((batch, shape.width + 1), jnp.int32),
         error=_faults(first[:, None], out.logits, cfg.model.vocab_size),
     )
     state = _append(state.replace(done=state.error > 0), first[:, None],
                     jnp.ones((batch,), jnp.int32), cfg)
-    tree_positions = jnp.asarray(shape.depth)[None]
-    width = shape.children.shape[1]
-    tree_mask = jnp.asarray(shape.ancestor_mask)
+    static = static_topology(shape, batch) if isinstance(shape, TreeShape) else None
+    width = shape.width
 
     def cycle(state: DecodeState) -> DecodeState:
         active = ~state.done
         key, draft_key, verify_key = jax.random.split(state.key, 3)
         tree, draft_state = drafter.propose(
             draft_params, state.draft_state, state.sequence, state.seq_len, draft_key, cfg)
-        out = model.apply(params, tree.tokens, state.cache.length[:, None] + tree_positions,
-                          state.cache, tree_mask)
+        topo = static if tree.topology is None else tree.topology
+        out = model.apply(params, tree.tokens, state.cache.length[:, None] + topo.depth,
+                          state.cache, topo.ancestor_mask, hidden_layers=feature_layers)
         error = state.error | jnp.where(active, _faults(tree.tokens, out.logits,
                                                         cfg.model.vocab_size), 0)
         state = state.replace(done=state.done | (error > 0), error=error)
-        result = verifier(out.logits, tree.tokens, tree.probs, shape, verify_key, cfg)
+        result = verifier(out.logits, tree.tokens, tree.probs, topo, verify_key, cfg)
         if tree.limit is not None:
             result = _truncate(result, tree.tokens, tree.limit)
         num = result.num_accepted
@@ -177,13 +193,14 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
         new = jnp.where(jnp.arange(new.shape[1])[None] == num[:, None],
                         result.next_token[:, None], new)
         cache = out.cache.commit(jnp.where(active, num + 1, 0),
-                                 None if shape.is_chain else result.path)
+                                 None if topo.is_chain else result.path)
         state = _append(state, new, num + 1, cfg)
         first_node = result.path[:, min(1, shape.max_depth)]  # the root's accepted child
-        first_rank = jnp.where(num > 0, jnp.asarray(shape.rank)[first_node], width)
+        first_rank = jnp.where(
+            num > 0, jnp.take_along_axis(topo.rank, first_node[:, None], 1)[:, 0], width)
         return state.replace(
             cache=cache,
-            draft_state=drafter.commit(draft_state, result, cache.length, out.hidden),
+            draft_state=drafter.commit(draft_state, result, cache.length, _features(out)),
             key=key,
             accepted=state.accepted + jax.nn.one_hot(num, shape.max_depth + 1,
                                                      dtype=jnp.int32) * active[:, None],

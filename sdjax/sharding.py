@@ -43,6 +43,8 @@ PARAM_AXES: Tuple[Tuple[str, Tuple[Optional[str], ...]], ...] = (
     (r"head_\d+_lm/kernel$", ("embed", "vocab")),  # draft heads (sdjax.heads)
     (r"head_\d+_(res|in)/kernel$", (None, None)),
     (r"head_\d+_(res|in)/bias$", (None,)),
+    (r"(combine|fuse)/kernel$", (None, None)),  # EAGLE drafts
+    (r"combine/bias$", (None,)),
     (r"(norm/(scale|bias)|o_proj/bias|down_proj/bias)$", (None,)),
 )
 

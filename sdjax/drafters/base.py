@@ -12,7 +12,7 @@ import numpy as np
 
 from sdjax.config import SpecConfig
 from sdjax.sampling import warp_logits
-from sdjax.trees import TreeShape, chain
+from sdjax.trees import Topology, TreeShape, chain
 
 
 @flax.struct.dataclass
@@ -20,6 +20,7 @@ class DraftTree:
     tokens: jax.Array  # [B, N] node 0 = the root
     probs: Optional[jax.Array] = None  # [B, N, V] what each node was drawn from (sampling)
     limit: Optional[jax.Array] = None  # [B] most drafts a row may accept (adaptive length)
+    topology: Optional[Topology] = None  # per-cycle structure (dynamic trees); None: `shape`
 
 
 def roots(sequence: jax.Array, seq_len: jax.Array) -> jax.Array:

@@ -79,52 +79,16 @@ class DraftModel:
 
     def propose(self, draft_params, state, sequence, seq_len, key, cfg: SpecConfig):
         cache, limit = state
-        shape = self.shape
         model = Transformer(self.config)
-        batch, nodes, window = seq_len.shape[0], shape.num_nodes, self.catch_up
-        # Pending region: slots 0..W-1 = the window, slot W + i = node i.
-        committed = seq_len - 1  # the target's cache length; the root is at this position
-        window_pos = cache.length[:, None] + jnp.arange(window)  # [B, W]
-        window_valid = window_pos < committed[:, None]  # short prompts leave gaps
-        region_mask = np.zeros((nodes + window, nodes + window), bool)
-        region_mask[:window, :window] = np.tril(np.ones((window, window), bool))
-        region_mask[window:, window:] = shape.ancestor_mask
-        region_mask[window:, :window] = True
-        region_mask = jnp.asarray(region_mask)[None] & jnp.concatenate(
-            [window_valid, jnp.ones((batch, nodes), bool)], axis=1)[:, None, :]
-        region_positions = jnp.concatenate(
-            [window_pos, committed[:, None] + jnp.asarray(shape.depth)[None]], axis=1)
-        window_tokens = jnp.take_along_axis(
-            sequence, jnp.minimum(window_pos, sequence.shape[1] - 1), axis=1)
 
-        def level(d, fed, carry):
-            """Feeds nodes `fed` (level 0: the window and the root), drafts the children
-            of the nodes fed at depth d."""
-            cache, tokens, probs = carry
-            if d == 0:
-                slots = np.arange(window + 1)
-                fed_tokens = jnp.concatenate([window_tokens, tokens[:, :1]], axis=1)
-            else:
-                slots = fed + window
-                fed_tokens = tokens[:, fed]
-            out = model.apply(
-                draft_params, fed_tokens, jnp.take(region_positions, slots, axis=1), cache,
-                region_mask[:, slots], write_offset=int(slots[0]),
-                pending_positions=region_positions)
-            tokens, probs = add_children(shape, fed, out.logits[:, len(slots) - len(fed):],
-                                         tokens, probs, jax.random.fold_in(key, d), cfg)
-            return out.cache, tokens, probs
+        def forward(tokens, features, positions, cache, mask, write_offset, pending_positions):
+            out = model.apply(draft_params, tokens, positions, cache, mask,
+                              write_offset=write_offset, pending_positions=pending_positions)
+            return out.logits, out.hidden, out.cache
 
-        tokens, probs = root_filled(sequence, seq_len, nodes, self.config.vocab_size, cfg)
-        carry = (cache, tokens, probs)
-        for d in range(shape.max_depth):
-            fed = np.flatnonzero(shape.depth == d)
-            step = functools.partial(level, d, fed)
-            if self.adaptive and d > 0:
-                carry = jax.lax.cond(jnp.any(limit > d), step, lambda c: c, carry)
-            else:
-                carry = step(carry)
-        cache, tokens, probs = carry
+        cache, tokens, probs = draft_levels(
+            forward, self.shape, self.catch_up, cache, sequence, seq_len, key, cfg,
+            self.config.vocab_size, skip_past=limit if self.adaptive else None)
         return DraftTree(tokens, probs, limit if self.adaptive else None), (cache, limit)
 
     def commit(self, state, result, committed_length, features=None):
@@ -141,3 +105,83 @@ class DraftModel:
             grown = jnp.where(result.num_accepted >= limit, limit + 2, limit - 1)
             limit = jnp.clip(grown, 1, self.shape.max_depth)
         return cache, limit
+
+
+def window_inputs(cache_length: jax.Array, committed: jax.Array, window: int,
+                  sequence: jax.Array):
+    """The last `window` committed tokens a draft re-feeds: positions [B, W] (from the
+    draft cache's length on), validity [B, W] (short prompts leave gaps), tokens [B, W]."""
+    positions = cache_length[:, None] + jnp.arange(window)
+    tokens = jnp.take_along_axis(sequence, jnp.minimum(positions, sequence.shape[1] - 1), 1)
+    return positions, positions < committed[:, None], tokens
+
+
+def region_mask(tree_mask: jax.Array, window_valid: jax.Array) -> jax.Array:
+    """[B, W + N, W + N] visibility in the pending region [window, tree nodes]: the window
+    is causal, every node sees the (valid) window and its ancestors (tree_mask
+    [N, N] or [B, N, N])."""
+    batch, window = window_valid.shape
+    nodes = tree_mask.shape[-1]
+    causal = jnp.tril(jnp.ones((window, window), bool))
+    top = jnp.broadcast_to(jnp.concatenate([causal, jnp.zeros((window, nodes), bool)], 1),
+                           (batch, window, window + nodes))
+    bottom = jnp.concatenate([jnp.ones((batch, nodes, window), bool),
+                              jnp.broadcast_to(tree_mask, (batch, nodes, nodes))], axis=2)
+    valid = jnp.concatenate([window_valid, jnp.ones((batch, nodes), bool)], axis=1)
+    return jnp.concatenate([top, bottom], axis=1) & valid[:, None, :]
+
+
+def draft_levels(forward, shape: TreeShape, window: int, cache, sequence, seq_len, key,
+                 cfg: SpecConfig, vocab_size: int, first_features=None, skip_past=None):
+    """Drafts the static tree `shape` one depth level per forward; returns (cache,
+    tokens [B, N], probs [B, N, V] or None).
+
+    forward(tokens, features, positions, cache, mask, write_offset, pending_positions)
+    -> (logits, hidden, cache) runs the draft network on some slots of the pending
+    region [window (W slots), node 0, node 1, ...]. Level 0 feeds the window and the
+    root with `first_features` [B, W + 1, F] (None: a network that reads tokens only),
+    level d the nodes at depth d, each with the hidden output of its parent (EAGLE).
+    With `skip_past` [B], levels no row needs (d >= skip_past) are skipped (lax.cond).
+    """
+    nodes = shape.num_nodes
+    committed = seq_len - 1  # the target's cache length; the root is at this position
+    window_pos, window_valid, window_tokens = window_inputs(cache.length, committed, window,
+                                                            sequence)
+    mask = region_mask(jnp.asarray(shape.ancestor_mask), window_valid)
+    region_positions = jnp.concatenate(
+        [window_pos, committed[:, None] + jnp.asarray(shape.depth)[None]], axis=1)
+    parents = np.maximum(np.asarray(shape.parents), 0)
+
+    def level(d, fed, carry):
+        """Feeds nodes `fed` (level 0: the window and the root), drafts the children
+        of the nodes fed at depth d."""
+        cache, tokens, probs, hidden = carry
+        if d == 0:
+            slots = np.arange(window + 1)
+            fed_tokens = jnp.concatenate([window_tokens, tokens[:, :1]], axis=1)
+            features = first_features
+        else:
+            slots = fed + window
+            fed_tokens = tokens[:, fed]
+            features = None if hidden is None else hidden[:, parents[fed]]
+        logits, out_hidden, cache = forward(
+            fed_tokens, features, jnp.take(region_positions, slots, axis=1), cache,
+            mask[:, slots], int(slots[0]), region_positions)
+        tokens, probs = add_children(shape, fed, logits[:, len(slots) - len(fed):],
+                                     tokens, probs, jax.random.fold_in(key, d), cfg)
+        if hidden is not None:
+            hidden = hidden.at[:, fed].set(out_hidden[:, len(slots) - len(fed):].astype(jnp.float32))
+        return cache, tokens, probs, hidden
+
+    tokens, probs = root_filled(sequence, seq_len, nodes, vocab_size, cfg)
+    hidden = None
+    if first_features is not None:
+        hidden = jnp.zeros((seq_len.shape[0], nodes, first_features.shape[-1]), jnp.float32)
+    carry = (cache, tokens, probs, hidden)
+    for d in range(shape.max_depth):
+        step = functools.partial(level, d, np.flatnonzero(shape.depth == d))
+        if skip_past is not None and d > 0:
+            carry = jax.lax.cond(jnp.any(skip_past > d), step, lambda c: c, carry)
+        else:
+            carry = step(carry)
+    return carry[:3]

@@ -1,6 +1,6 @@
 """What every kind of draft head shares: its config, initialisation from the target,
 the drafter's checks and state, and the folder format (`heads.safetensors` +
-`heads_config.json`)."""
+`heads_config.json`, which EAGLE drafts use too)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import safetensors.flax
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from sdjax.config import SpecConfig, from_dict
+from sdjax.config import SpecConfig, from_dict, model_config_from_dict
 from sdjax.trees import TreeShape
 
 KINDS = ("medusa", "hydra")
@@ -65,7 +65,8 @@ def init_heads(cfg: HeadsConfig, target_params, key: jax.Array) -> dict:
     return {"params": out}
 
 
-def save_heads(path: str, cfg: HeadsConfig, params) -> None:
+def save_heads(path: str, cfg, params) -> None:
+    """Writes heads (a HeadsConfig or an EagleConfig and the params) as a folder."""
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "heads_config.json"), "w") as f:
         json.dump(dataclasses.asdict(cfg), f, indent=1)
@@ -74,17 +75,29 @@ def save_heads(path: str, cfg: HeadsConfig, params) -> None:
     safetensors.flax.save_file(flat, os.path.join(path, "heads.safetensors"))
 
 
+def _read_config(values: dict):
+    from sdjax.heads.eagle import EAGLE_KINDS, EagleConfig, abstract_params
+
+    if values.get("kind") in EAGLE_KINDS:
+        cfg = EagleConfig(model_config_from_dict(values["layer"]), values["kind"],
+                          tuple(values.get("feature_layers", ())))
+        return cfg, abstract_params(cfg)
+    cfg = from_dict(HeadsConfig, values)
+    return cfg, _abstract(cfg)
+
+
 def load_heads(path: str):
-    """(HeadsConfig, params) from a folder written by `save_heads`."""
+    """(config, params) from a folder written by `save_heads`: a HeadsConfig (Medusa,
+    Hydra) or an EagleConfig (EAGLE, EAGLE-3)."""
     config_path = os.path.join(path, "heads_config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{path!r} has no heads_config.json")
     with open(config_path) as f:
-        cfg = from_dict(HeadsConfig, json.load(f))
+        cfg, abstract = _read_config(json.load(f))
     flat = safetensors.flax.load_file(os.path.join(path, "heads.safetensors"))
     params = {"params": unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})}
     shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
-    if shapes(_abstract(cfg)) != shapes(params):
+    if shapes(abstract) != shapes(params):
         raise ValueError(f"{path}: head weights do not match heads_config.json")
     return cfg, params
 

@@ -1,4 +1,5 @@
-"""Draft-head training on a frozen target: Medusa and Hydra heads, by self-distillation.
+"""Draft-head training on a frozen target: Medusa and Hydra heads by self-distillation,
+and EAGLE / EAGLE-3 drafts (losses in `sdjax.training.eagle`).
 
     sdjax train heads --config configs/train/testbed_medusa.yaml
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,10 @@ import numpy as np
 import optax
 
 from sdjax.config import ModelConfig
-from sdjax.heads import HeadsConfig, heads_module, init_heads, save_heads
+from sdjax.heads import HeadsConfig, eagle_config, heads_module, init_eagle, init_heads, save_heads
+from sdjax.heads.common import KINDS
+from sdjax.heads.eagle import EAGLE_KINDS
+from sdjax.training.eagle import eagle_loss
 from sdjax.models.hf import load_hf
 from sdjax.training.lm import forward, prepare_corpus
 from sdjax.training.loop import LoopConfig, fit, load_yaml_config, write_summary
@@ -37,8 +41,18 @@ class HeadsTrainConfig(LoopConfig):
     target: str  # target checkpoint folder (with its tokenizer)
     kind: str = "medusa"
     num_heads: int = 4
-    head_decay: float = 0.8  # loss weight of head k is head_decay**k
+    head_decay: float = 0.8  # loss weight of head k (EAGLE-3: unrolled step k) is this**k
     distill: bool = True  # labels: the target's distribution (True) or corpus tokens
+    # EAGLE only:
+    ttt_steps: int = 3  # unrolled draft steps (EAGLE-3's training-time test; eval depths)
+    feature_layers: Optional[Tuple[int, ...]] = None  # eagle3 (None: low / mid / high)
+    token_weight: float = 0.1  # eagle: weight of the cross-entropy next to the regression
+    feature_noise: float = 0.1  # eagle: uniform noise on the input features
+
+    def __post_init__(self):
+        kinds = KINDS + EAGLE_KINDS
+        if self.kind not in kinds:
+            raise ValueError(f"unknown head kind {self.kind!r}; supported: {kinds}")
 
 
 def heads_loss(heads_params, target_params, windows, *, target_cfg: ModelConfig,
@@ -69,16 +83,31 @@ def heads_loss(heads_params, target_params, windows, *, target_cfg: ModelConfig,
     return total / weights, metrics
 
 
+def make_loss(cfg: HeadsTrainConfig, target_cfg: ModelConfig, heads_cfg):
+    """loss_fn(params, target_params, windows) -> (loss, metrics) of the run's kind."""
+    if cfg.kind in EAGLE_KINDS:
+        return lambda p, frozen, windows: eagle_loss(
+            p, frozen, windows, target_cfg=target_cfg, eagle_cfg=heads_cfg,
+            ttt_steps=cfg.ttt_steps, head_decay=cfg.head_decay,
+            token_weight=cfg.token_weight, feature_noise=cfg.feature_noise)
+    return lambda p, frozen, windows: heads_loss(
+        p, frozen, windows, target_cfg=target_cfg, heads_cfg=heads_cfg,
+        head_decay=cfg.head_decay, distill=cfg.distill)
+
+
 def train_heads(cfg: HeadsTrainConfig, target, train_stream: np.ndarray,
                 val_stream: Optional[np.ndarray] = None, stop_at: Optional[int] = None,
                 progress: bool = True):
-    """(HeadsConfig, TrainResult) for heads on `target` (a LoadedModel)."""
-    heads_cfg = HeadsConfig(num_heads=cfg.num_heads, hidden_size=target.config.hidden_size,
-                            vocab_size=target.config.vocab_size, kind=cfg.kind)
-    params = init_heads(heads_cfg, target.params, jax.random.PRNGKey(cfg.seed))
-    loss_fn = lambda p, frozen, windows: heads_loss(
-        p, frozen, windows, target_cfg=target.config, heads_cfg=heads_cfg,
-        head_decay=cfg.head_decay, distill=cfg.distill)
+    """(HeadsConfig or EagleConfig, TrainResult) for heads on `target` (a LoadedModel)."""
+    key = jax.random.PRNGKey(cfg.seed)
+    if cfg.kind in EAGLE_KINDS:
+        heads_cfg = eagle_config(target.config, cfg.kind, cfg.feature_layers)
+        params = init_eagle(heads_cfg, target.params, key)
+    else:
+        heads_cfg = HeadsConfig(num_heads=cfg.num_heads, hidden_size=target.config.hidden_size,
+                                vocab_size=target.config.vocab_size, kind=cfg.kind)
+        params = init_heads(heads_cfg, target.params, key)
+    loss_fn = make_loss(cfg, target.config, heads_cfg)
     result = fit(cfg, params, loss_fn, train_stream, val_stream, frozen=target.params,
                  stop_at=stop_at, progress=progress)
     return heads_cfg, result

@@ -75,6 +75,11 @@ class TreeShape:
         width = max(1, max(len(k) for k in kids))
         return np.array([k + [-1] * (width - len(k)) for k in kids], np.int32)
 
+    @property
+    def width(self) -> int:
+        """The most children any node has (at least 1)."""
+        return self.children.shape[1]
+
     @functools.cached_property
     def rank(self) -> np.ndarray:
         """[N] position of each node among its siblings (0 for the root)."""

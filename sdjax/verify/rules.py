@@ -10,6 +10,9 @@ distribution becomes the residual norm(max(0, p - q)). When no child is accepted
 the next token is drawn from the residual; after an accepted leaf it is a bonus
 token from the target.
 
+Each rule takes the tree's structure as a `Topology` (per-row arrays, so dynamic
+trees work) or a static `TreeShape`.
+
 `draft_probs[i]` is the distribution node i's token was actually drawn from, given
 its parent *and its earlier siblings*, which is what makes one rule cover every
 multi-draft scheme: i.i.d. siblings (SpecInfer, with replacement) all store the
@@ -22,6 +25,7 @@ chain is Leviathan et al. / Chen et al. speculative sampling.
 from __future__ import annotations
 
 import dataclasses
+from typing import Union
 
 import flax.struct
 import jax
@@ -29,7 +33,7 @@ import jax.numpy as jnp
 
 from sdjax.config import SpecConfig
 from sdjax.sampling import warp_logits
-from sdjax.trees import TreeShape
+from sdjax.trees import Topology, TreeShape, as_topology
 
 
 @flax.struct.dataclass
@@ -39,51 +43,62 @@ class VerifyResult:
     next_token: jax.Array  # [B] correction or bonus token from the target
 
 
-def _result(shape: TreeShape, node: jax.Array, next_token: jax.Array) -> VerifyResult:
+Tree = Union[TreeShape, Topology]
+
+
+def _at(values: jax.Array, node: jax.Array) -> jax.Array:
+    """values[b, node[b]] for every row."""
+    return jnp.take_along_axis(values, node.reshape(-1, *[1] * (values.ndim - 1)), axis=1)[:, 0]
+
+
+def _result(topo: Topology, node: jax.Array, next_token: jax.Array) -> VerifyResult:
     return VerifyResult(
-        path=jnp.asarray(shape.paths)[node],
-        num_accepted=jnp.asarray(shape.depth)[node],
+        path=_at(topo.paths, node),
+        num_accepted=_at(topo.depth, node),
         next_token=next_token.astype(jnp.int32),
     )
 
 
-def _deepest_accepted(accepted: jax.Array, shape: TreeShape) -> jax.Array:
+def _deepest_accepted(accepted: jax.Array, topo: Topology) -> jax.Array:
     """[B] the deepest node whose whole root path is accepted (the root always is);
     among equally deep ones the first, i.e. the best-ranked."""
     accepted = accepted.at[:, 0].set(True)
-    path_ok = jnp.all(~shape.ancestor_mask[None] | accepted[:, None, :], axis=-1)
-    return jnp.argmax(jnp.where(path_ok, shape.depth[None], -1), axis=-1)
+    path_ok = jnp.all(~topo.ancestor_mask | accepted[:, None, :], axis=-1)
+    return jnp.argmax(jnp.where(path_ok, topo.depth, -1), axis=-1)
 
 
-def _at_parents(values: jax.Array, shape: TreeShape) -> jax.Array:
+def _at_parents(values: jax.Array, topo: Topology) -> jax.Array:
     """values[:, parent(i)] for every node i ([B, N, ...]); the root maps to itself."""
-    return values[:, jnp.asarray(shape.parents).at[0].set(0)]
+    parents = jnp.maximum(topo.parents, 0)
+    return jnp.take_along_axis(values, parents.reshape(*parents.shape, *[1] * (values.ndim - 2)),
+                               axis=1)
 
 
-def verify_greedy(logits: jax.Array, tokens: jax.Array, shape: TreeShape) -> VerifyResult:
+def verify_greedy(logits: jax.Array, tokens: jax.Array, tree: Tree) -> VerifyResult:
     """Longest path of drafted tokens that all equal the target's argmax."""
+    topo = as_topology(tree, tokens.shape[0])
     target = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [B, N]: each node's successor
-    node = _deepest_accepted(tokens == _at_parents(target, shape), shape)
-    return _result(shape, node, jnp.take_along_axis(target, node[:, None], 1)[:, 0])
+    node = _deepest_accepted(tokens == _at_parents(target, topo), topo)
+    return _result(topo, node, _at(target, node))
 
 
-def verify_typical(target_probs: jax.Array, tokens: jax.Array, shape: TreeShape,
+def verify_typical(target_probs: jax.Array, tokens: jax.Array, tree: Tree,
                    key: jax.Array, epsilon: float, delta: float) -> VerifyResult:
     """Medusa's typical acceptance (lossy): node x is accepted when its parent's target
     distribution p gives p(x) > min(epsilon, delta * exp(-H(p))); the deepest fully
     accepted path wins and the next token is sampled from p at its end."""
     entropy = -jnp.sum(jnp.where(target_probs > 0, target_probs * jnp.log(target_probs), 0.0),
                        axis=-1)  # [B, N]
+    topo = as_topology(tree, tokens.shape[0])
     threshold = jnp.minimum(epsilon, delta * jnp.exp(-entropy))
-    parent_probs = _at_parents(target_probs, shape)
+    parent_probs = _at_parents(target_probs, topo)
     token_prob = jnp.take_along_axis(parent_probs, tokens[..., None], axis=-1)[..., 0]
-    node = _deepest_accepted(token_prob > _at_parents(threshold, shape), shape)
-    p = jnp.take_along_axis(target_probs, node[:, None, None], axis=1)[:, 0]
-    return _result(shape, node, jax.random.categorical(key, jnp.log(p)))
+    node = _deepest_accepted(token_prob > _at_parents(threshold, topo), topo)
+    return _result(topo, node, jax.random.categorical(key, jnp.log(_at(target_probs, node))))
 
 
 def verify_block(target_probs: jax.Array, draft_probs: jax.Array, tokens: jax.Array,
-                 shape: TreeShape, key: jax.Array) -> VerifyResult:
+                 tree: Tree, key: jax.Array) -> VerifyResult:
     """Block verification (Sun et al., 2024) of a chain X_1..X_g, lossless.
 
     With weights p_0 = 1, p_i = min(1, p_{i-1} * P_{i-1}(X_i) / Q_{i-1}(X_i)) and
@@ -93,11 +108,12 @@ def verify_block(target_probs: jax.Array, draft_probs: jax.Array, tokens: jax.Ar
     Here P_i is the target's distribution after X_i and Q_i the draft's (the one X_{i+1}
     was drawn from). Never accepts fewer tokens in expectation than token-wise.
     """
-    if not shape.is_chain:
+    topo = as_topology(tree, tokens.shape[0])
+    if not topo.is_chain:
         raise ValueError("block verification needs a chain, not a tree")
-    gamma = shape.num_nodes - 1
+    gamma = topo.num_nodes - 1
     if gamma == 0:
-        return _result(shape, jnp.zeros(tokens.shape[:1], jnp.int32),
+        return _result(topo, jnp.zeros(tokens.shape[:1], jnp.int32),
                        jax.random.categorical(key, jnp.log(target_probs[:, 0])))
     q_next = draft_probs[:, 1:]  # [B, g, V]: Q_0 .. Q_{g-1}
     drafted = tokens[:, 1:, None]
@@ -125,7 +141,7 @@ def verify_block(target_probs: jax.Array, draft_probs: jax.Array, tokens: jax.Ar
     full = jnp.take_along_axis(target_probs, tau[:, None, None], axis=1)[:, 0]
     p = jnp.where((tau < gamma)[:, None] & (cut.sum(-1, keepdims=True) > 0),
                   cut / jnp.maximum(cut.sum(-1, keepdims=True), 1e-30), full)
-    return _result(shape, tau, jax.random.categorical(token_key, jnp.log(p)))
+    return _result(topo, tau, jax.random.categorical(token_key, jnp.log(p)))
 
 
 def _normalise(x: jax.Array, fallback: jax.Array) -> jax.Array:
@@ -137,7 +153,7 @@ def verify_rejection(
     target_probs: jax.Array,
     draft_probs: jax.Array,
     tokens: jax.Array,
-    shape: TreeShape,
+    tree: Tree,
     key: jax.Array,
 ) -> VerifyResult:
     """Lossless tree verification by (recursive) rejection sampling.
@@ -146,16 +162,17 @@ def verify_rejection(
     draft_probs [B, N, V]: the distribution each node was drawn from (row 0 unused).
     tokens [B, N], node 0 being the root.
     """
-    children = jnp.asarray(shape.children)  # [N, K]
+    topo = as_topology(tree, tokens.shape[0])
+    width = topo.children.shape[2]
 
-    def row(p_all, q_all, toks, key):
+    def row(p_all, q_all, toks, children, key):
         def try_child(carry, k):
             node, accepted, p = carry
             child = children[node, k]
             x = toks[jnp.maximum(child, 0)]
             q = q_all[jnp.maximum(child, 0)]
             active = (child >= 0) & (accepted < 0)
-            u = jax.random.uniform(jax.random.fold_in(key, node * children.shape[1] + k))
+            u = jax.random.uniform(jax.random.fold_in(key, node * width + k))
             # u < p(x) / q(x) without dividing; a child its q could not produce (q(x) = 0,
             # e.g. fewer tokens in the warped support than siblings) is never taken.
             take = active & (q[x] > 0) & (u * q[x] < p[x])
@@ -166,18 +183,18 @@ def verify_rejection(
         def step(carry, _):
             node, alive, p = carry
             (_, accepted, p), _ = jax.lax.scan(
-                try_child, (node, jnp.where(alive, -1, 0), p), jnp.arange(children.shape[1]))
+                try_child, (node, jnp.where(alive, -1, 0), p), jnp.arange(width))
             moved = alive & (accepted >= 0)
             node = jnp.where(moved, accepted, node)
             return (node, moved, jnp.where(moved, p_all[node], p)), None
 
-        (node, _, p), _ = jax.lax.scan(step, (0, True, p_all[0]), None, length=shape.max_depth)
-        key = jax.random.fold_in(key, shape.num_nodes * children.shape[1] + 1)
+        (node, _, p), _ = jax.lax.scan(step, (0, True, p_all[0]), None, length=topo.max_depth)
+        key = jax.random.fold_in(key, topo.num_nodes * width + 1)
         return node, jax.random.categorical(key, jnp.log(p))
 
     keys = jax.random.split(key, tokens.shape[0])
-    node, next_token = jax.vmap(row)(target_probs, draft_probs, tokens, keys)
-    return _result(shape, node, next_token)
+    node, next_token = jax.vmap(row)(target_probs, draft_probs, tokens, topo.children, keys)
+    return _result(topo, node, next_token)
 
 
 def target_probs(logits: jax.Array, cfg: SpecConfig) -> jax.Array:
@@ -190,29 +207,29 @@ class _Verifier:
 
     lossless = True
 
-    def __call__(self, logits, tokens, draft_probs, shape, key, cfg) -> VerifyResult:
+    def __call__(self, logits, tokens, draft_probs, tree: Tree, key, cfg) -> VerifyResult:
         if cfg.temperature == 0.0:
-            return verify_greedy(logits, tokens, shape)
+            return verify_greedy(logits, tokens, tree)
         probs = target_probs(logits, cfg)
         if draft_probs is None:  # nothing drafted: only the root's successor matters
             draft_probs = jnp.zeros_like(probs)
-        return self.sampled(probs, draft_probs, tokens, shape, key)
+        return self.sampled(probs, draft_probs, tokens, tree, key)
 
 
 @dataclasses.dataclass(frozen=True)
 class RejectionSampling(_Verifier):
     """Lossless (recursive) rejection sampling over chains and trees. The default."""
 
-    def sampled(self, probs, draft_probs, tokens, shape, key) -> VerifyResult:
-        return verify_rejection(probs, draft_probs, tokens, shape, key)
+    def sampled(self, probs, draft_probs, tokens, tree, key) -> VerifyResult:
+        return verify_rejection(probs, draft_probs, tokens, tree, key)
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockVerification(_Verifier):
     """Lossless block verification of chains (Sun et al., 2024)."""
 
-    def sampled(self, probs, draft_probs, tokens, shape, key) -> VerifyResult:
-        return verify_block(probs, draft_probs, tokens, shape, key)
+    def sampled(self, probs, draft_probs, tokens, tree, key) -> VerifyResult:
+        return verify_block(probs, draft_probs, tokens, tree, key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,5 +241,5 @@ class TypicalAcceptance(_Verifier):
     delta: float = 0.3
     lossless = False
 
-    def sampled(self, probs, draft_probs, tokens, shape, key) -> VerifyResult:
-        return verify_typical(probs, tokens, shape, key, self.epsilon, self.delta)
+    def sampled(self, probs, draft_probs, tokens, tree, key) -> VerifyResult:
+        return verify_typical(probs, tokens, tree, key, self.epsilon, self.delta)

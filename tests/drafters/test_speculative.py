@@ -12,7 +12,8 @@ import pytest
 import sdjax
 from sdjax import trees
 from sdjax.drafters import DraftModel, Ensemble, PromptLookup
-from sdjax.heads import HeadsConfig, Hydra, Medusa, init_heads
+from sdjax.heads import (Eagle, Eagle2, HeadsConfig, Hydra, Medusa, eagle_config, init_eagle,
+                         init_heads)
 from sdjax.verify import BlockVerification, RejectionSampling, TypicalAcceptance
 from sdjax.models import KVCache, Transformer
 from sdjax.sampling import warp_logits
@@ -39,6 +40,11 @@ NOISY_HYDRA = jax.tree.map(
     lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(6), x.shape),
     init_heads(HYDRA, PARAMS, jax.random.PRNGKey(6)))
 
+EAGLE = eagle_config(TARGET)
+EAGLE_PARAMS = init_eagle(EAGLE, PARAMS, jax.random.PRNGKey(8))
+EAGLE3 = eagle_config(TARGET, "eagle3")
+EAGLE3_PARAMS = init_eagle(EAGLE3, PARAMS, jax.random.PRNGKey(9))
+
 RNG = np.random.default_rng(5)
 BLOCK = RNG.integers(0, 320, size=12).tolist()
 PROMPTS = [BLOCK + RNG.integers(0, 320, 5).tolist() + BLOCK[:4],  # copy-heavy
@@ -63,6 +69,11 @@ DRAFTERS = {
         [(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)])), NOISY_HEADS),
     "hydra_tree_noisy": (Hydra(HYDRA, trees.from_choices(
         [(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)])), NOISY_HYDRA),
+    "eagle_tree": (Eagle(EAGLE), EAGLE_PARAMS),
+    "eagle_chain": (Eagle(EAGLE, trees.chain(3)), EAGLE_PARAMS),
+    "eagle2_dynamic": (Eagle2(EAGLE, depth=3, top_k=3, num_nodes=8), EAGLE_PARAMS),
+    "eagle3_dynamic_adaptive": (Eagle2(EAGLE3, depth=4, top_k=2, num_nodes=7,
+                                       min_confidence=0.02), EAGLE3_PARAMS),
     "prompt_lookup": (PromptLookup(num_draft=5, max_ngram=3), None),
     "prompt_lookup_1gram": (PromptLookup(num_draft=2, max_ngram=1), None),
     "prompt_lookup_3_branches": (PromptLookup(num_draft=3, num_branches=3), None),
@@ -76,7 +87,9 @@ def spec(drafter=None, **kw):
 
 VERIFIERS = {"rejection": RejectionSampling(), "block": BlockVerification(),
              "typical": TypicalAcceptance()}
-COMBINATIONS = [(d, v) for d in sorted(DRAFTERS) for v in sorted(VERIFIERS)
+# Every verifier is the same greedy rule at temperature 0: the others are marked slow.
+COMBINATIONS = [pytest.param(d, v, marks=[] if v == "rejection" else pytest.mark.slow)
+                for d in sorted(DRAFTERS) for v in sorted(VERIFIERS)
                 if v != "block" or DRAFTERS[d][0].shape.is_chain]  # block takes chains
 
 
@@ -132,6 +145,56 @@ def test_adaptive_draft_length_follows_the_heuristic():
     result = result.replace(num_accepted=jnp.asarray([3, 1, 1]))
     _, limit = drafter.commit((cache, jnp.asarray([4, 1, 1])), result, jnp.ones(3, jnp.int32))
     assert limit.tolist() == [3, 3, 3]
+
+
+def perfect_eagle(target_cfg, params, kind):
+    """An EAGLE draft that *is* a one-layer target (with unit final-norm scales): it
+    reads the token, ignores the feature, runs the target's layer, and its LM head
+    sees the target's logits up to a positive factor (EAGLE-1) or exactly (EAGLE-3)."""
+    cfg = eagle_config(target_cfg, kind)
+    draft = jax.tree.map(lambda x: x, init_eagle(cfg, params, jax.random.PRNGKey(0)))
+    width = target_cfg.hidden_size
+    draft["params"]["combine"] = {"kernel": jnp.eye(2 * width, width),
+                                  "bias": jnp.zeros(width)}
+    draft["params"]["layer"] = params["params"]["layers_0"]
+    return cfg, draft
+
+
+@pytest.mark.parametrize("kind", ["eagle", "eagle3"])
+def test_a_perfect_eagle_draft_is_accepted_to_full_depth(kind):
+    target_cfg = TARGET.replace(num_layers=1)
+    params = sdjax.init_params(target_cfg, jax.random.PRNGKey(20))
+    params["params"]["lm_head"]["kernel"] *= 3000  # peaked (also unnormed): the best path
+    # outranks its siblings
+    eagle, draft = perfect_eagle(target_cfg, params, kind)
+    cfg = sdjax.SpecConfig(model=target_cfg, max_new_tokens=1 + 5 * 6, eos_token_id=())
+    plain = sdjax.generate(params, PROMPTS, cfg)
+    for drafter in (Eagle(eagle, trees.chain(4)), Eagle2(eagle, depth=4, top_k=1, num_nodes=5),
+                    Eagle2(eagle, depth=4, top_k=3, num_nodes=12)):
+        out = sdjax.generate(params, PROMPTS, cfg.replace(drafter=drafter), draft_params=draft)
+        np.testing.assert_array_equal(out.tokens, plain.tokens)
+        assert out.stats["tau"] == 5.0, (drafter, out.stats["tau"])
+
+
+def test_eagle2_keeps_the_most_probable_candidates_as_a_tree():
+    drafter = Eagle2(EAGLE, depth=3, top_k=2, num_nodes=5)
+    # candidates: root, depth 1 (a, b), depth 2 (children of a, then of b)
+    tokens = jnp.asarray([[9, 1, 2, 3, 4, 5, 6]])
+    scores = jnp.log(jnp.asarray([[1.0, 0.5, 0.4, 0.1, 0.3, 0.35, 0.05]]))
+    parents = jnp.asarray([[-1, 0, 0, 1, 1, 2, 2]])
+    kept, kept_parents = drafter._rerank(tokens, scores, parents)
+    assert kept.tolist() == [[9, 1, 2, 4, 5]]  # 0.5, 0.4, 0.35, 0.3 win
+    assert kept_parents.tolist() == [[-1, 0, 0, 1, 2]]
+
+
+def test_eagle_drafters_check_their_params():
+    with pytest.raises(ValueError, match="needs the EAGLE params"):
+        sdjax.generate(PARAMS, PROMPTS[:1], spec(Eagle(EAGLE), max_new_tokens=4))
+    narrow = eagle_config(TARGET.replace(hidden_size=32, head_dim=8))
+    with pytest.raises(ValueError, match="does not fit the target"):
+        sdjax.generate(PARAMS, PROMPTS[:1], spec(Eagle2(narrow)), draft_params=EAGLE_PARAMS)
+    with pytest.raises(ValueError, match="num_nodes"):
+        Eagle2(EAGLE, depth=2, top_k=2, num_nodes=8)
 
 
 def test_prompt_lookup_proposes_what_followed_the_longest_recent_match():
@@ -247,6 +310,8 @@ TINY_HYDRA = dataclasses.replace(TINY_HEADS, kind="hydra")
 TINY_HYDRA_PARAMS = jax.tree.map(
     lambda x: x + 0.5 * jax.random.normal(jax.random.PRNGKey(13), x.shape),
     init_heads(TINY_HYDRA, TINY_PARAMS, jax.random.PRNGKey(13)))
+TINY_EAGLE = eagle_config(TINY)
+TINY_EAGLE_PARAMS = init_eagle(TINY_EAGLE, TINY_PARAMS, jax.random.PRNGKey(14))
 PROMPT, NEW = [1, 2, 3, 1], 3
 SAMPLES = 200_000
 
@@ -286,10 +351,12 @@ def sequence_tv(out, exact):
     (PromptLookup(num_draft=2, max_ngram=1, num_branches=3), None, None),
     (Medusa(TINY_HEADS, trees.kary(2, 2)), TINY_HEAD_PARAMS, None),
     (Hydra(TINY_HYDRA, trees.kary(2, 2)), TINY_HYDRA_PARAMS, None),
+    (Eagle(TINY_EAGLE, trees.kary(2, 2)), TINY_EAGLE_PARAMS, None),
+    (Eagle2(TINY_EAGLE, depth=3, top_k=2, num_nodes=6), TINY_EAGLE_PARAMS, None),
     (None, None, None),
 ], ids=["draft_model_chain", "draft_model_chain_block", "draft_model_tree_without_replacement",
         "draft_model_adaptive", "ensemble", "prompt_lookup", "prompt_lookup_branches",
-        "medusa_tree", "hydra_tree", "autoregressive"])
+        "medusa_tree", "hydra_tree", "eagle_tree", "eagle2_dynamic", "autoregressive"])
 def test_sampled_sequences_follow_the_target(drafter, draft_params, verifier):
     temperature = 0.9
     exact = exact_sequence_probs(temperature)

@@ -1,5 +1,5 @@
-"""Medusa and Hydra head training: losses fall, held-out agreement rises above untrained heads,
-resume is exact, sharded training matches one device, exported heads decode the same."""
+"""Medusa, Hydra and EAGLE training: losses fall, held-out agreement rises above untrained
+heads, resume is exact, sharded training matches one device, exported heads decode the same."""
 
 import jax
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 
 import sdjax
 from sdjax import trees
-from sdjax.heads import Hydra, Medusa, init_heads, load_heads, save_heads
+from sdjax.heads import Eagle, Eagle2, Hydra, Medusa, init_eagle, init_heads, load_heads, save_heads
 from sdjax.training import heads as heads_training
 from sdjax.training import lm, loop
 from tests.training.conftest import TINY_MODEL
@@ -42,10 +42,8 @@ def test_training_lowers_the_loss_and_beats_untrained_heads(setup, tmp_path, kin
     heads_cfg, result = heads_training.train_heads(cfg, target, train, val, progress=False)
     untrained = init_heads(heads_cfg, target.params, jax.random.PRNGKey(0))
     windows = loop.eval_windows(val, cfg.eval_batches * cfg.batch_size, cfg.seq_len)
-    loss_fn = lambda p: heads_training.heads_loss(
-        p, target.params, windows, target_cfg=target.config, heads_cfg=heads_cfg,
-        head_decay=cfg.head_decay, distill=True)
-    before, before_metrics = loss_fn(untrained)
+    loss_fn = heads_training.make_loss(cfg, target.config, heads_cfg)
+    before, before_metrics = loss_fn(untrained, target.params, windows)
     after = result.history[-1]
     # Soft-label CE keeps the target's own entropy: only the KL part can fall.
     assert after["eval_loss"] < float(before) - 0.15, (float(before), after)
@@ -54,30 +52,67 @@ def test_training_lowers_the_loss_and_beats_untrained_heads(setup, tmp_path, kin
     assert min(gains) > 0.02 and np.mean(gains) > 0.05, gains
 
 
-def test_resume_reproduces_the_uninterrupted_run(setup, tmp_path):
+@pytest.mark.parametrize("kind", ["eagle", "eagle3"])
+def test_eagle_training_lowers_the_loss_and_raises_acceptance_by_depth(setup, tmp_path, kind):
     target, train, val = setup
-    _, whole = heads_training.train_heads(_config(tmp_path / "whole", kind="hydra"), target,
+    cfg = _config(tmp_path, steps=40, eval_every=20, checkpoint_every=40, kind=kind)
+    eagle_cfg, result = heads_training.train_heads(cfg, target, train, val, progress=False)
+    untrained = init_eagle(eagle_cfg, target.params, jax.random.PRNGKey(0))
+    windows = loop.eval_windows(val, cfg.eval_batches * cfg.batch_size, cfg.seq_len)
+    before, before_metrics = heads_training.make_loss(cfg, target.config, eagle_cfg)(
+        untrained, target.params, windows)
+    after = result.history[-1]
+    assert after["eval_loss"] < 0.8 * float(before), (float(before), after)
+    gains = [after[f"eval_top1_depth{d}"] - float(before_metrics[f"top1_depth{d}"])
+             for d in (1, 2, 3)]
+    assert min(gains) > 0.05, gains
+
+
+def test_unrolled_training_sees_what_a_tree_node_sees():
+    """Unrolled step s at position p stands for a depth-(s + 1) node whose root is at
+    p - s: it sees the committed entries up to the root (step 0) and its own path."""
+    from sdjax.training.eagle import unrolled_mask
+    length, steps = 6, 3
+    mask = unrolled_mask(length, 2, steps).reshape(length, steps, length)
+    p = 4
+    assert np.flatnonzero(mask[p, 0]).tolist() == [0, 1, 2]  # up to the root at p - 2
+    assert np.flatnonzero(mask[p, 1]).tolist() == [3]  # the depth-1 node
+    assert np.flatnonzero(mask[p, 2]).tolist() == [4]  # itself
+    causal = unrolled_mask(length, 0, steps).reshape(length, steps, length)
+    np.testing.assert_array_equal(causal[:, 0], np.tril(np.ones((length, length), bool)))
+    assert not causal[:, 1:].any()
+
+
+@pytest.mark.parametrize("kind", [pytest.param("hydra", marks=pytest.mark.slow), "eagle3"])
+def test_resume_reproduces_the_uninterrupted_run(setup, tmp_path, kind):
+    target, train, val = setup
+    _, whole = heads_training.train_heads(_config(tmp_path / "whole", kind=kind), target,
                                           train, val, progress=False)
-    cfg = _config(tmp_path / "split", kind="hydra")
+    cfg = _config(tmp_path / "split", kind=kind)
     _, first = heads_training.train_heads(cfg, target, train, val, stop_at=3, progress=False)
     assert first.step == 3
     _, resumed = heads_training.train_heads(cfg, target, train, val, progress=False)
     jax.tree.map(np.testing.assert_array_equal, whole.params, resumed.params)
 
 
-def test_sharded_training_matches_one_device(setup, tmp_path):
+@pytest.mark.parametrize("kind,metric", [
+    pytest.param("hydra", "eval_top1_head0", marks=pytest.mark.slow),
+    ("eagle3", "eval_top1_depth2")])
+def test_sharded_training_matches_one_device(setup, tmp_path, kind, metric):
     target, train, val = setup
-    _, one = heads_training.train_heads(_config(tmp_path / "one", kind="hydra"), target, train,
+    _, one = heads_training.train_heads(_config(tmp_path / "one", kind=kind), target, train,
                                         val, progress=False)
     _, sharded = heads_training.train_heads(
-        _config(tmp_path / "4x2", data_parallel=4, model_parallel=2, kind="hydra"), target,
+        _config(tmp_path / "4x2", data_parallel=4, model_parallel=2, kind=kind), target,
         train, val, progress=False)
     for a, b in zip(one.history, sharded.history):
-        for key in ("loss", "eval_loss", "eval_top1_head0"):
+        for key in ("loss", "eval_loss", metric):
             np.testing.assert_allclose(a[key], b[key], rtol=2e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind,drafter", [("medusa", Medusa), ("hydra", Hydra)])
+@pytest.mark.parametrize("kind,drafter", [
+    ("medusa", Medusa), ("hydra", Hydra), ("eagle", Eagle),
+    ("eagle3", lambda c, tree: Eagle2(c, depth=3, top_k=2, num_nodes=6))])
 def test_exported_heads_reload_and_decode_identically(setup, tmp_path, kind, drafter):
     target, train, val = setup
     heads_cfg, result = heads_training.train_heads(_config(tmp_path, kind=kind), target, train,

@@ -2,6 +2,8 @@
 
 import itertools
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from sdjax import trees
@@ -76,3 +78,16 @@ def test_sequoia_shapes_follow_the_acceptance():
         trees.sequoia([0.5, 0.3], 8, 2)
     with pytest.raises(ValueError, match="sum"):
         trees.sequoia([0.7, 0.6], 4, 2)
+
+
+@pytest.mark.parametrize("shape", [trees.chain(3), trees.kary(2, 2), trees.branches(3, 2),
+                                   trees.from_choices([(0,), (1,), (2,), (0, 0), (0, 1),
+                                                       (1, 0), (0, 0, 0)])])
+def test_topology_from_parents_matches_the_static_shape(shape):
+    """What a dynamic drafter builds per row equals the numpy topology of a fixed tree."""
+    parents = jnp.asarray(np.broadcast_to(np.asarray(shape.parents), (2, shape.num_nodes)))
+    built = trees.from_parents(parents, shape.max_depth + 1, shape.width)  # loose depth bound
+    static = trees.static_topology(shape, 2)
+    for field in ("parents", "depth", "ancestor_mask", "children", "rank"):
+        np.testing.assert_array_equal(getattr(built, field), getattr(static, field), field)
+    np.testing.assert_array_equal(built.paths[..., : shape.max_depth + 1], static.paths)

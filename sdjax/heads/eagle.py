@@ -1,0 +1,153 @@
+"""EAGLE's draft network (Li et al. 2024, 2025): one decoder layer that drafts in the
+target's feature space.
+
+The input at position p pairs the target's feature of position p - 1 with the
+token at p: x_p = combine([e(t_p); f_{p-1}]) (zeros before the first token). One
+decoder layer of the target's architecture turns it into h_p, the draft's guess of
+the feature at p, read as next-token logits:
+
+- `kind="eagle"` (EAGLE-1/2): f is the target's final hidden state (after its
+  final norm); h_p regresses f_p and the *target's* LM head reads it.
+- `kind="eagle3"` (EAGLE-3): f fuses low/mid/high target layers
+  (`feature_layers`, `transformers` numbering) through a linear `fuse`; h_p is read
+  by a norm and an LM head of the draft's own (no feature regression).
+
+While drafting deeper than one token the draft feeds its own h in place of f.
+The token embedding (and EAGLE-1's LM head) are the target's: the saved heads
+hold only what is trained, and `bind` joins the target's weights in at decode time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sdjax.config import ModelConfig
+from sdjax.models.cache import KVCache
+from sdjax.models.transformer import Block, _norm, attention_mask
+
+EAGLE_KINDS = ("eagle", "eagle3")
+
+
+@dataclasses.dataclass(frozen=True)
+class EagleConfig:
+    layer: ModelConfig  # the draft layer: the target's architecture, one layer
+    kind: str = "eagle"
+    feature_layers: Tuple[int, ...] = ()  # eagle3: the fused target layers
+
+    def __post_init__(self):
+        if self.kind not in EAGLE_KINDS:
+            raise ValueError(f"unknown EAGLE kind {self.kind!r}; supported: {EAGLE_KINDS}")
+        if (self.kind == "eagle3") != bool(self.feature_layers):
+            raise ValueError("eagle3 fuses feature_layers (e.g. (2, L//2, L-3)); eagle "
+                             "reads the final hidden state and takes none")
+        if self.layer.num_layers != 1:
+            raise ValueError("the EAGLE draft is one decoder layer")
+
+    @property
+    def hidden_size(self) -> int:
+        return self.layer.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.layer.vocab_size
+
+
+def default_feature_layers(num_layers: int) -> Tuple[int, ...]:
+    """EAGLE-3's low / mid / high layers (2, L/2, L-3); (1, L/2, L-1) below 8 layers,
+    where those would coincide."""
+    if num_layers >= 8:
+        return (2, num_layers // 2, num_layers - 3)
+    return (1, num_layers // 2, num_layers - 1)
+
+
+def eagle_config(target: ModelConfig, kind: str = "eagle",
+                 feature_layers: Optional[Tuple[int, ...]] = None) -> EagleConfig:
+    """The EAGLE draft for `target`: one float32 layer of its architecture."""
+    if kind == "eagle3" and feature_layers is None:
+        feature_layers = default_feature_layers(target.num_layers)
+    for layer in feature_layers or ():
+        if not 0 <= layer <= target.num_layers:
+            raise ValueError(f"feature layer {layer} outside 0..{target.num_layers}")
+    layer = target.replace(num_layers=1, dtype="float32", param_dtype="float32",
+                           sliding_window=None, sliding_layers=None, tie_embeddings=False)
+    return EagleConfig(layer, kind, tuple(feature_layers or ()))
+
+
+class EagleNet(nn.Module):
+    config: EagleConfig
+
+    def setup(self):
+        cfg = self.config
+        self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, name="embed")  # the target's
+        if cfg.kind == "eagle3":
+            self.fuse = nn.Dense(cfg.hidden_size, use_bias=False, name="fuse")
+            self.norm = _norm(cfg.layer, "norm")
+        self.combine = nn.Dense(cfg.hidden_size, name="combine")
+        self.layer = Block(cfg.layer, 0, name="layer")
+        self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, name="lm_head")
+
+    def example_inputs(self):
+        cfg = self.config
+        width = cfg.hidden_size * max(1, len(cfg.feature_layers))
+        positions = jnp.zeros((1, 1), jnp.int32)
+        return (positions, jnp.zeros((1, 1, width)), positions,
+                KVCache.init(cfg.layer, 1, 1))
+
+    def features(self, target_features: jax.Array) -> jax.Array:
+        """What the target hands over ([..., D] or [..., D * layers]) -> f [..., D]."""
+        target_features = target_features.astype(jnp.float32)
+        return self.fuse(target_features) if self.config.kind == "eagle3" else target_features
+
+    def __call__(self, tokens, features, positions, cache: KVCache, tree_mask=None,
+                 write_offset: int = 0, pending_positions=None, fuse: bool = False):
+        """tokens [B, T] with the features f of their predecessors [B, T, D] (raw target
+        features when `fuse`) -> (logits [B, T, V], h [B, T, D], cache)."""
+        if fuse:
+            features = self.features(features)
+        x = self.combine(jnp.concatenate(
+            [self.embed(tokens).astype(jnp.float32), features.astype(jnp.float32)], -1))
+        mask = attention_mask(cache, positions, tree_mask, None, pending_positions)
+        hidden, cache = self.layer(x, positions, mask, cache, write_offset)
+        read = self.norm(hidden) if self.config.kind == "eagle3" else hidden
+        return self.lm_head(read).astype(jnp.float32), hidden, cache
+
+
+def _target_lm_head(target: dict) -> jax.Array:
+    return target["lm_head"]["kernel"] if "lm_head" in target else target["embed"]["embedding"].T
+
+
+def shared_names(cfg: EagleConfig) -> Tuple[str, ...]:
+    """The parameters EAGLE takes from the target rather than training."""
+    return ("embed", "lm_head") if cfg.kind == "eagle" else ("embed",)
+
+
+def init_eagle(cfg: EagleConfig, target_params, key: jax.Array) -> dict:
+    """Random draft params (without the target's shared weights); EAGLE-3's own LM head
+    starts as a copy of the target's."""
+    module = EagleNet(cfg)
+    params = dict(module.init(key, *module.example_inputs(), fuse=True)["params"])
+    if cfg.kind == "eagle3":
+        params["lm_head"] = {"kernel": jnp.array(_target_lm_head(target_params["params"]),
+                                                 jnp.float32, copy=True)}
+    return {"params": {k: v for k, v in params.items() if k not in shared_names(cfg)}}
+
+
+def bind(cfg: EagleConfig, draft_params, target_params) -> dict:
+    """The draft's params joined with the target weights it shares."""
+    target = target_params["params"]
+    shared = {"embed": target["embed"], "lm_head": {"kernel": _target_lm_head(target)}}
+    return {"params": {**draft_params["params"],
+                       **{name: shared[name] for name in shared_names(cfg)}}}
+
+
+def abstract_params(cfg: EagleConfig):
+    """Shapes of the saved (unshared) params, for checking a loaded folder."""
+    module = EagleNet(cfg)
+    params = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0),
+                                                *module.example_inputs(), fuse=True))["params"]
+    return {"params": {k: v for k, v in params.items() if k not in shared_names(cfg)}}
