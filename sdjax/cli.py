@@ -95,6 +95,10 @@ def cmd_generate(args) -> None:
                                  tokenizer=model.tokenizer), args.json)
 
 
+# Variants the demo leaves out unless asked for (the benchmark runs them all).
+DEMO_SKIPS = ("draft_adaptive", "eagle", "eagle2_adaptive")
+
+
 def cmd_demo(args) -> None:
     """Completes a held-out stdlib function with the bundled testbed pair, autoregressively
     and speculatively, and prints tokens/s, tau and the speedup."""
@@ -108,7 +112,7 @@ def cmd_demo(args) -> None:
                                      bundled_heads())
     available = methods(draft, args.gamma, args.lookup, heads)
     if args.method is None:
-        args.method = [m for m in available if m != "draft_adaptive"]
+        args.method = [m for m in available if m not in DEMO_SKIPS]
     unknown = sorted(set(args.method) - set(available))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {sorted(available)}")
@@ -172,6 +176,14 @@ def cmd_train_heads(args) -> None:
     run_heads(cfg, stop_at=args.stop_at)
 
 
+def cmd_train_generations(args) -> None:
+    from sdjax.training.generations import run_generations
+
+    run_generations(args.target, args.output, num_prompts=args.prompts,
+                    prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+                    temperature=args.temperature, batch_size=args.batch_size, seed=args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdjax", description="Speculative and multi-head decoding for JAX language models.")
@@ -192,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="speculate with this checkpoint as draft model (same tokenizer)")
     gen.add_argument("--gamma", type=int, default=4, help="draft-model tokens per cycle")
     gen.add_argument("--heads", metavar="DIR",
-                     help="speculate with Medusa or Hydra heads trained on this model "
-                          "(`sdjax train heads`)")
+                     help="speculate with Medusa / Hydra heads or an EAGLE draft trained on "
+                          "this model (`sdjax train heads`)")
     _add_generation_flags(gen)
     gen.set_defaults(func=cmd_generate)
 
@@ -206,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--method", nargs="+",
                       help="speculative methods to compare with autoregressive decoding: "
                            "prompt_lookup draft_chain draft_adaptive draft_tree medusa hydra "
-                           "(default: all but draft_adaptive)")
+                           "eagle eagle2 eagle2_adaptive eagle3 (default: all but "
+                           + ", ".join(DEMO_SKIPS) + ")")
     demo.add_argument("--gamma", type=int, default=4, help="draft-model chain length")
     demo.add_argument("--lookup", type=int, default=4, help="prompt-lookup tokens")
     demo.set_defaults(func=cmd_demo)
@@ -228,11 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "resume), then export it as a Hugging Face checkpoint to OUTPUT/hf.")
     lm.set_defaults(func=cmd_train_lm)
     heads = train_kinds.add_parser(
-        "heads", help="train Medusa or Hydra draft heads on a frozen target",
-        description="Train Medusa or Hydra draft heads on a frozen target checkpoint over "
-                    "the stdlib "
-                    "corpus (self-distillation, optax, orbax checkpoints with resume), then "
-                    "export them to OUTPUT/heads.")
+        "heads", help="train Medusa, Hydra or EAGLE drafts on a frozen target",
+        description="Train Medusa / Hydra heads or an EAGLE / EAGLE-3 draft on a frozen "
+                    "target checkpoint over the stdlib corpus or the target's own "
+                    "generations (self-distillation, optax, orbax checkpoints with resume), "
+                    "then export them to OUTPUT/heads.")
     for kind in (lm, heads):
         kind.add_argument("--config", required=True, help="YAML training config (configs/train/)")
         kind.add_argument("--steps", type=int, help="override the config's total steps")
@@ -240,6 +253,20 @@ def build_parser() -> argparse.ArgumentParser:
         kind.add_argument("--stop-at", type=int, metavar="STEP",
                           help="checkpoint and stop at this step (run again to resume)")
     heads.set_defaults(func=cmd_train_heads)
+    generations = train_kinds.add_parser(
+        "generations", help="write the target's own generations as training shards",
+        description="Continue corpus prompts with the target (sdjax generate, batched) and "
+                    "write prompt + continuation token shards for head training "
+                    "(`generations: FOLDER` in a heads config).")
+    generations.add_argument("--target", required=True, help="target checkpoint folder")
+    generations.add_argument("--output", required=True, help="folder for the shards")
+    generations.add_argument("--prompts", type=int, default=256)
+    generations.add_argument("--prompt-len", type=int, default=64)
+    generations.add_argument("--new-tokens", type=int, default=192)
+    generations.add_argument("--temperature", type=float, default=0.0)
+    generations.add_argument("--batch-size", type=int, default=8)
+    generations.add_argument("--seed", type=int, default=0)
+    generations.set_defaults(func=cmd_train_generations)
     return parser
 
 

@@ -44,7 +44,7 @@ def test_the_pair_shares_the_tokenizer_and_fits_the_budget():
 
 def test_unknown_model_is_refused():
     with pytest.raises(ValueError, match="unknown testbed model"):
-        testbed.path("eagle")
+        testbed.path("gpt-5")
 
 
 @pytest.mark.parametrize("kind", testbed.HEADS)

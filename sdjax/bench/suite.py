@@ -28,16 +28,21 @@ from sdjax import testbed, trees
 from sdjax.bench.tasks import CATEGORIES, build_tasks
 from sdjax.decode import acceptance_summary
 from sdjax.drafters import DraftModel, PromptLookup
-from sdjax.heads import load_heads, make_drafter
+from sdjax.heads import Eagle, Eagle2, load_heads, make_drafter
 
 # A static draft tree for the draft model: two candidates at the first two levels,
 # then the best path goes two levels deeper (8 nodes).
 DRAFT_TREE = trees.from_choices([[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 1, 0],
                                  [0, 0, 0, 0]])
 
-HEAD_METHODS = testbed.HEADS  # one method per kind of draft head: medusa, hydra
+# The methods each kind of trained draft runs: EAGLE-1 on a static tree, EAGLE-2's
+# dynamic tree (also with OPT-Tree-style adaptive depth), EAGLE-3 on the dynamic tree.
+HEAD_METHODS = {"medusa": ("medusa",), "hydra": ("hydra",),
+                "eagle": ("eagle", "eagle2", "eagle2_adaptive"), "eagle3": ("eagle3",)}
 METHODS = ("autoregressive", "prompt_lookup", "draft_chain", "draft_adaptive", "draft_tree",
-           *HEAD_METHODS)
+           *(m for kind in testbed.HEADS for m in HEAD_METHODS[kind]))
+EAGLE2 = dict(depth=5, top_k=4, num_nodes=16)  # the dynamic tree's sizes
+ADAPTIVE_CONFIDENCE = 0.2  # eagle2_adaptive drafts deeper only while some path is this likely
 
 # sdjax method -> the `transformers` configuration that does the same thing.
 TORCH_COUNTERPART = {"autoregressive": "greedy", "draft_chain": "assisted",
@@ -56,8 +61,18 @@ def methods(draft: sdjax.LoadedModel, gamma: int, lookup: int,
         "draft_tree": (DraftModel(draft.config, tree=DRAFT_TREE), draft.params),
     }
     for cfg, params in heads:
-        found[cfg.kind] = (make_drafter(cfg), params)
+        found.update({name: (drafter, params) for name, drafter in head_drafters(cfg).items()})
     return found
+
+
+def head_drafters(cfg) -> Dict[str, object]:
+    """The benchmark's drafters for trained heads of `cfg.kind`, by method name."""
+    if cfg.kind == "eagle":
+        return {"eagle": Eagle(cfg), "eagle2": Eagle2(cfg, **EAGLE2),
+                "eagle2_adaptive": Eagle2(cfg, **EAGLE2, min_confidence=ADAPTIVE_CONFIDENCE)}
+    if cfg.kind == "eagle3":
+        return {"eagle3": Eagle2(cfg, **EAGLE2)}
+    return {cfg.kind: make_drafter(cfg)}
 
 
 def bundled_heads() -> List[str]:
@@ -67,7 +82,7 @@ def bundled_heads() -> List[str]:
 
 
 def load_pair(target: str, draft: str, heads: Sequence[str] = (), dtype: str = "float32"):
-    """(target, draft, [(HeadsConfig, params), ...]) from their folders."""
+    """(target, draft, [(heads config, params), ...]) from their folders."""
     return (sdjax.load_hf(target, dtype=dtype),
             sdjax.load_hf(draft, dtype=dtype, load_tokenizer=False),
             [load_heads(folder) for folder in heads])
@@ -290,7 +305,9 @@ def main(args) -> dict:
     args.draft = args.draft or testbed.path("draft")
     if args.methods is None:
         kinds = {load_heads(folder)[0].kind for folder in args.heads}
-        args.methods = [m for m in METHODS if m not in HEAD_METHODS or m in kinds]
+        from_heads = {m for kind in kinds for m in HEAD_METHODS[kind]}
+        args.methods = [m for m in METHODS if m in from_heads or not any(
+            m in names for names in HEAD_METHODS.values())]
     if "autoregressive" not in args.methods:
         args.methods = ["autoregressive", *args.methods]  # the baseline of every ratio
     report = run(args)

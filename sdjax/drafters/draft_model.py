@@ -81,9 +81,11 @@ class DraftModel:
         cache, limit = state
         model = Transformer(self.config)
 
-        def forward(tokens, features, positions, cache, mask, write_offset, pending_positions):
+        def forward(tokens, features, positions, cache, mask, write_offset, pending_positions,
+                    logits_from):
             out = model.apply(draft_params, tokens, positions, cache, mask,
-                              write_offset=write_offset, pending_positions=pending_positions)
+                              write_offset=write_offset, pending_positions=pending_positions,
+                              logits_from=logits_from)
             return out.logits, out.hidden, out.cache
 
         cache, tokens, probs = draft_levels(
@@ -136,9 +138,10 @@ def draft_levels(forward, shape: TreeShape, window: int, cache, sequence, seq_le
     """Drafts the static tree `shape` one depth level per forward; returns (cache,
     tokens [B, N], probs [B, N, V] or None).
 
-    forward(tokens, features, positions, cache, mask, write_offset, pending_positions)
-    -> (logits, hidden, cache) runs the draft network on some slots of the pending
-    region [window (W slots), node 0, node 1, ...]. Level 0 feeds the window and the
+    forward(tokens, features, positions, cache, mask, write_offset, pending_positions,
+    logits_from) -> (logits of tokens[logits_from:], hidden, cache) runs the draft
+    network on some slots of the pending region [window (W slots), node 0, node 1, ...].
+    Level 0 feeds the window and the
     root with `first_features` [B, W + 1, F] (None: a network that reads tokens only),
     level d the nodes at depth d, each with the hidden output of its parent (EAGLE).
     With `skip_past` [B], levels no row needs (d >= skip_past) are skipped (lax.cond).
@@ -166,9 +169,9 @@ def draft_levels(forward, shape: TreeShape, window: int, cache, sequence, seq_le
             features = None if hidden is None else hidden[:, parents[fed]]
         logits, out_hidden, cache = forward(
             fed_tokens, features, jnp.take(region_positions, slots, axis=1), cache,
-            mask[:, slots], int(slots[0]), region_positions)
-        tokens, probs = add_children(shape, fed, logits[:, len(slots) - len(fed):],
-                                     tokens, probs, jax.random.fold_in(key, d), cfg)
+            mask[:, slots], int(slots[0]), region_positions, len(slots) - len(fed))
+        tokens, probs = add_children(shape, fed, logits, tokens, probs,
+                                     jax.random.fold_in(key, d), cfg)
         if hidden is not None:
             hidden = hidden.at[:, fed].set(out_hidden[:, len(slots) - len(fed):].astype(jnp.float32))
         return cache, tokens, probs, hidden

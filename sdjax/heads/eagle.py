@@ -9,7 +9,8 @@ the feature at p, read as next-token logits:
 - `kind="eagle"` (EAGLE-1/2): f is the target's final hidden state (after its
   final norm); h_p regresses f_p and the *target's* LM head reads it.
 - `kind="eagle3"` (EAGLE-3): f fuses low/mid/high target layers
-  (`feature_layers`, `transformers` numbering) through a linear `fuse`; h_p is read
+  (`feature_layers`, `transformers` numbering) through a linear `fuse`; embedding
+  and f are RMS-normalised before `combine` (residual streams are not); h_p is read
   by a norm and an LM head of the draft's own (no feature regression).
 
 While drafting deeper than one token the draft feeds its own h in place of f.
@@ -86,6 +87,8 @@ class EagleNet(nn.Module):
         self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, name="embed")  # the target's
         if cfg.kind == "eagle3":
             self.fuse = nn.Dense(cfg.hidden_size, use_bias=False, name="fuse")
+            self.embed_norm = _norm(cfg.layer, "embed_norm")
+            self.feature_norm = _norm(cfg.layer, "feature_norm")
             self.norm = _norm(cfg.layer, "norm")
         self.combine = nn.Dense(cfg.hidden_size, name="combine")
         self.layer = Block(cfg.layer, 0, name="layer")
@@ -104,16 +107,21 @@ class EagleNet(nn.Module):
         return self.fuse(target_features) if self.config.kind == "eagle3" else target_features
 
     def __call__(self, tokens, features, positions, cache: KVCache, tree_mask=None,
-                 write_offset: int = 0, pending_positions=None, fuse: bool = False):
+                 write_offset: int = 0, pending_positions=None, fuse: bool = False,
+                 logits_from: int = 0):
         """tokens [B, T] with the features f of their predecessors [B, T, D] (raw target
-        features when `fuse`) -> (logits [B, T, V], h [B, T, D], cache)."""
+        features when `fuse`) -> (logits [B, T - logits_from, V], h [B, T, D], cache)."""
         if fuse:
             features = self.features(features)
-        x = self.combine(jnp.concatenate(
-            [self.embed(tokens).astype(jnp.float32), features.astype(jnp.float32)], -1))
+        embedded = self.embed(tokens).astype(jnp.float32)
+        features = features.astype(jnp.float32)
+        if self.config.kind == "eagle3":  # residual streams: normalise both inputs
+            embedded, features = self.embed_norm(embedded), self.feature_norm(features)
+        x = self.combine(jnp.concatenate([embedded, features], -1))
         mask = attention_mask(cache, positions, tree_mask, None, pending_positions)
         hidden, cache = self.layer(x, positions, mask, cache, write_offset)
-        read = self.norm(hidden) if self.config.kind == "eagle3" else hidden
+        read = hidden[:, logits_from:]
+        read = self.norm(read) if self.config.kind == "eagle3" else read
         return self.lm_head(read).astype(jnp.float32), hidden, cache
 
 

@@ -62,9 +62,10 @@ class _EagleBase:
     def _forward(self, draft_params):
         module = EagleNet(self.eagle)
 
-        def forward(tokens, features, positions, cache, mask, write_offset, pending_positions):
+        def forward(tokens, features, positions, cache, mask, write_offset, pending_positions,
+                    logits_from=0):
             return module.apply(draft_params, tokens, features, positions, cache, mask,
-                                write_offset, pending_positions)
+                                write_offset, pending_positions, logits_from=logits_from)
         return forward
 
     def init(self, draft_params, prompt_tokens, prompt_lengths, max_len, features=None):
@@ -180,8 +181,9 @@ class Eagle2(_EagleBase):
         logits, hidden, cache = forward(
             jnp.concatenate([window_tokens, root[:, None]], 1),
             self._first_features(draft_params, state, seq_len),
-            region_positions[:, : window + 1], cache, mask[:, : window + 1], 0, region_positions)
-        scores, tokens = jax.lax.top_k(jax.nn.log_softmax(logits[:, -1]), k)  # [B, k]
+            region_positions[:, : window + 1], cache, mask[:, : window + 1], 0, region_positions,
+            logits_from=window)
+        scores, tokens = jax.lax.top_k(jax.nn.log_softmax(logits[:, 0]), k)  # [B, k]
         # candidates: tokens, joint log-probability, parent (candidate index; root = 0)
         cand_tokens, cand_scores = [root[:, None], tokens], [jnp.zeros((batch, 1)), scores]
         cand_parents = [jnp.full((batch, 1), -1), jnp.zeros((batch, k), jnp.int32)]

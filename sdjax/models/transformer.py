@@ -201,6 +201,7 @@ class Transformer(nn.Module):
         num_layers: Optional[int] = None,
         write_offset: int = 0,
         pending_positions: Optional[jax.Array] = None,
+        logits_from: int = 0,
     ) -> ModelOutput:
         """Runs the new tokens through the first `num_layers` layers (all by default).
 
@@ -208,7 +209,9 @@ class Transformer(nn.Module):
         0 is the embedding output, k the output of layer k (before the final norm).
         A tree drafted level by level passes a tree_mask [T, M] over a pending region
         of M slots, of which this call writes T starting at `write_offset`, and the
-        positions [B, M] of that region (see `attention_mask`).
+        positions [B, M] of that region (see `attention_mask`). Logits are computed
+        for the new tokens from index `logits_from` on (a draft re-feeding committed
+        tokens needs only the last ones').
         """
         cfg = self.config
         num_layers = cfg.num_layers if num_layers is None else num_layers
@@ -227,9 +230,9 @@ class Transformer(nn.Module):
             states.append(x)
         hidden = self.final_norm(x)
         if cfg.tie_embeddings:
-            logits = self.embed.attend(hidden)
+            logits = self.embed.attend(hidden[:, logits_from:])
         else:
-            logits = self.lm_head(hidden)
+            logits = self.lm_head(hidden[:, logits_from:])
         intermediates = tuple(states[i] for i in hidden_layers)
         return ModelOutput(logits.astype(jnp.float32), hidden, intermediates, cache)
 

@@ -11,11 +11,11 @@ import os
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MODELS = ("target", "draft")
-HEADS = ("medusa", "hydra")  # draft heads trained on the target (sdjax.heads)
+HEADS = ("medusa", "hydra", "eagle", "eagle3")  # drafts trained on the target (sdjax.heads)
 
 
 def path(name: str) -> str:
-    """The folder of a bundled model ('target', 'draft') or heads ('medusa', 'hydra')."""
+    """The folder of a bundled model ('target', 'draft') or draft heads (HEADS)."""
     if name not in MODELS + HEADS:
         raise ValueError(f"unknown testbed model {name!r}; choose one of {MODELS + HEADS}")
     folder = os.path.join(ROOT, name)

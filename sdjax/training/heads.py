@@ -31,6 +31,7 @@ from sdjax.heads import HeadsConfig, eagle_config, heads_module, init_eagle, ini
 from sdjax.heads.common import KINDS
 from sdjax.heads.eagle import EAGLE_KINDS
 from sdjax.training.eagle import eagle_loss
+from sdjax.training.generations import read_generations
 from sdjax.models.hf import load_hf
 from sdjax.training.lm import forward, prepare_corpus
 from sdjax.training.loop import LoopConfig, fit, load_yaml_config, write_summary
@@ -43,6 +44,8 @@ class HeadsTrainConfig(LoopConfig):
     num_heads: int = 4
     head_decay: float = 0.8  # loss weight of head k (EAGLE-3: unrolled step k) is this**k
     distill: bool = True  # labels: the target's distribution (True) or corpus tokens
+    generations: Optional[str] = None  # train on these target generations (a folder
+    # from `sdjax train generations`) instead of the corpus; validation stays the corpus
     # EAGLE only:
     ttt_steps: int = 3  # unrolled draft steps (EAGLE-3's training-time test; eval depths)
     feature_layers: Optional[Tuple[int, ...]] = None  # eagle3 (None: low / mid / high)
@@ -120,8 +123,10 @@ def run_heads(cfg: HeadsTrainConfig, stop_at: Optional[int] = None) -> str:
     if target.tokenizer is None:
         raise ValueError(f"{cfg.target} has no tokenizer; head training reads the corpus")
     _, streams = prepare_corpus(cfg.target, 0, cfg.output)
-    heads_cfg, result = train_heads(cfg, target, streams["train"], streams["validation"],
-                                    stop_at)
+    train = streams["train"]
+    if cfg.generations:
+        train = read_generations(cfg.generations, target.config)
+    heads_cfg, result = train_heads(cfg, target, train, streams["validation"], stop_at)
     export = os.path.join(cfg.output, "heads")
     save_heads(export, heads_cfg, jax.tree.map(np.asarray, result.params))
     write_summary(cfg.output, result, export)

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from sdjax.config import SpecConfig
-from sdjax.sampling import warp_logits
+from sdjax.sampling import greedy_tokens, warp_logits
 from sdjax.trees import Topology, TreeShape, as_topology
 
 
@@ -77,7 +77,7 @@ def _at_parents(values: jax.Array, topo: Topology) -> jax.Array:
 def verify_greedy(logits: jax.Array, tokens: jax.Array, tree: Tree) -> VerifyResult:
     """Longest path of drafted tokens that all equal the target's argmax."""
     topo = as_topology(tree, tokens.shape[0])
-    target = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [B, N]: each node's successor
+    target = greedy_tokens(logits)  # [B, N]: each node's successor
     node = _deepest_accepted(tokens == _at_parents(target, topo), topo)
     return _result(topo, node, _at(target, node))
 

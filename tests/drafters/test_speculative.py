@@ -147,11 +147,12 @@ def test_adaptive_draft_length_follows_the_heuristic():
     assert limit.tolist() == [3, 3, 3]
 
 
-def perfect_eagle(target_cfg, params, kind):
-    """An EAGLE draft that *is* a one-layer target (with unit final-norm scales): it
+def perfect_eagle(target_cfg, params):
+    """An EAGLE-1 draft that *is* a one-layer target (with unit final-norm scales): it
     reads the token, ignores the feature, runs the target's layer, and its LM head
-    sees the target's logits up to a positive factor (EAGLE-1) or exactly (EAGLE-3)."""
-    cfg = eagle_config(target_cfg, kind)
+    sees the target's logits up to a positive factor. (EAGLE-3 normalises its inputs,
+    so it cannot be made one; the drafters' bookkeeping is shared.)"""
+    cfg = eagle_config(target_cfg)
     draft = jax.tree.map(lambda x: x, init_eagle(cfg, params, jax.random.PRNGKey(0)))
     width = target_cfg.hidden_size
     draft["params"]["combine"] = {"kernel": jnp.eye(2 * width, width),
@@ -160,13 +161,12 @@ def perfect_eagle(target_cfg, params, kind):
     return cfg, draft
 
 
-@pytest.mark.parametrize("kind", ["eagle", "eagle3"])
-def test_a_perfect_eagle_draft_is_accepted_to_full_depth(kind):
+def test_a_perfect_eagle_draft_is_accepted_to_full_depth():
     target_cfg = TARGET.replace(num_layers=1)
     params = sdjax.init_params(target_cfg, jax.random.PRNGKey(20))
     params["params"]["lm_head"]["kernel"] *= 3000  # peaked (also unnormed): the best path
     # outranks its siblings
-    eagle, draft = perfect_eagle(target_cfg, params, kind)
+    eagle, draft = perfect_eagle(target_cfg, params)
     cfg = sdjax.SpecConfig(model=target_cfg, max_new_tokens=1 + 5 * 6, eos_token_id=())
     plain = sdjax.generate(params, PROMPTS, cfg)
     for drafter in (Eagle(eagle, trees.chain(4)), Eagle2(eagle, depth=4, top_k=1, num_nodes=5),
