@@ -65,3 +65,21 @@ def test_bench_rejects_unknown_methods_and_heads_it_lacks(pair, tmp_path, capsys
                  "--categories", "completion", "--methods", "medusa",
                  "--out", str(tmp_path)]) == 2
     assert "need draft heads" in capsys.readouterr().err
+
+
+def test_bench_runs_the_eagle_methods_of_an_eagle_draft(pair, tmp_path):
+    from sdjax.heads import eagle_config, init_eagle, save_heads
+
+    target, draft = pair
+    model = sdjax.load_hf(target)
+    eagle = eagle_config(model.config)
+    save_heads(str(tmp_path / "eagle"), eagle, init_eagle(eagle, model.params,
+                                                          jax.random.PRNGKey(0)))
+    out = tmp_path / "report"
+    assert main(["bench", "--target", target, "--draft", draft, "--heads",
+                 str(tmp_path / "eagle"), "--prompts", "1", "--new-tokens", "6", "--repeats",
+                 "1", "--categories", "completion", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    methods = [r["method"] for r in rows]
+    assert {"eagle", "eagle2", "eagle2_adaptive"} <= set(methods) and "medusa" not in methods
+    assert all(r["same_as_greedy"] for r in rows)

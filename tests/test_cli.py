@@ -89,13 +89,27 @@ def test_presets_in_configs_are_valid():
         sdjax.from_dict(sdjax.SpecConfig, {"model": model, **yaml.safe_load(preset.read_text())})
 
 
+def test_training_presets_are_valid():
+    import pathlib
+    from sdjax.training.heads import HeadsTrainConfig
+    from sdjax.training.lm import LMTrainConfig
+    from sdjax.training.loop import load_yaml_config
+    presets = sorted(pathlib.Path(__file__).parent.parent.glob("configs/train/*.yaml"))
+    kinds = set()
+    for preset in presets:
+        heads = "kind" in yaml.safe_load(preset.read_text())
+        cfg = load_yaml_config(HeadsTrainConfig if heads else LMTrainConfig, str(preset))
+        kinds.add(getattr(cfg, "kind", "lm"))
+    assert kinds == {"lm", "medusa", "hydra", "eagle", "eagle3"}
+
+
 def test_demo_runs_end_to_end(capsys):
     assert cli.main(["demo", "--max-new-tokens", "8", "--method", "prompt_lookup",
-                     "draft_tree"]) == 0
+                     "eagle2"]) == 0
     out = capsys.readouterr().out
     assert "--- completion (8 tokens, greedy) ---" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines()[-3:]}
-    assert set(rows) == {"autoregressive", "prompt_lookup", "draft_tree"}
+    assert set(rows) == {"autoregressive", "prompt_lookup", "eagle2"}
     assert all(row[-1] == "True" for row in rows.values())  # lossless
 
 
@@ -105,7 +119,8 @@ def test_demo_rejects_unknown_methods(capsys):
 
 
 def test_help_of_every_command():
-    for command in (["generate"], ["demo"], ["bench"], ["train", "lm"]):
+    for command in (["generate"], ["demo"], ["bench"], ["train", "lm"], ["train", "heads"],
+                    ["train", "generations"]):
         result = subprocess.run([sys.executable, "-m", "sdjax.cli", *command, "--help"],
                                 capture_output=True, text=True, check=True)
         assert "usage: sdjax" in result.stdout
@@ -131,7 +146,7 @@ def test_only_one_drafter_at_a_time(checkpoint, capsys):
 
 
 def test_generate_with_draft_heads_gives_the_same_greedy_tokens(checkpoint, tmp_path, capsys):
-    from sdjax.heads import HeadsConfig, init_heads, save_heads
+    from sdjax.heads import HeadsConfig, eagle_config, init_eagle, init_heads, save_heads
 
     model = sdjax.load_hf(checkpoint)
     for kind in ("medusa", "hydra"):
@@ -139,21 +154,25 @@ def test_generate_with_draft_heads_gives_the_same_greedy_tokens(checkpoint, tmp_
                           vocab_size=model.config.vocab_size, kind=kind)
         save_heads(str(tmp_path / kind), cfg, init_heads(cfg, model.params,
                                                          jax.random.PRNGKey(0)))
+    eagle = eagle_config(model.config)
+    save_heads(str(tmp_path / "eagle"), eagle, init_eagle(eagle, model.params,
+                                                          jax.random.PRNGKey(0)))
     common = ["generate", "--model", checkpoint, "--prompt", "def f(x):\n    return x",
               "--max-new-tokens", "12", "--eos-token-id", "--json"]
     assert cli.main(common) == 0
     plain = json.loads(capsys.readouterr().out)
-    for kind in ("medusa", "hydra"):
+    for kind in ("medusa", "hydra", "eagle"):
         assert cli.main(common + ["--heads", str(tmp_path / kind)]) == 0
         assert json.loads(capsys.readouterr().out)["tokens"] == plain["tokens"]
     assert cli.main(common + ["--heads", str(tmp_path / "medusa"), "--prompt-lookup", "3"]) == 2
     assert "choose one of" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # 90 s: encodes the whole stdlib twice; the pieces have fast tests
+@pytest.mark.slow  # 2 min: encodes the whole stdlib three times; the pieces have fast tests
 def test_train_lm_then_heads_commands_run_end_to_end(tmp_path, capsys):
-    """`sdjax train lm` (tokenizer, corpus, training, export) then `sdjax train heads` on
-    its export, with tiny settings; the exports load and decode together."""
+    """`sdjax train lm` (tokenizer, corpus, training, export), `sdjax train heads` on its
+    export, then `train generations` and an EAGLE draft trained on them, with tiny
+    settings; the exports load and decode together."""
     lm_config = tmp_path / "lm.yaml"
     lm_config.write_text(yaml.safe_dump(dict(
         model=dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
@@ -170,5 +189,19 @@ def test_train_lm_then_heads_commands_run_end_to_end(tmp_path, capsys):
     assert "exported" in capsys.readouterr().out
     assert cli.main(["generate", "--model", str(tmp_path / "lm" / "hf"), "--prompt", "def f(",
                      "--heads", str(tmp_path / "heads" / "heads"), "--max-new-tokens", "5",
+                     "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["tokens"][0]) >= 1
+    assert cli.main(["train", "generations", "--target", str(tmp_path / "lm" / "hf"),
+                     "--output", str(tmp_path / "generations"), "--prompts", "4",
+                     "--prompt-len", "16", "--new-tokens", "8", "--batch-size", "2"]) == 0
+    eagle_config = tmp_path / "eagle.yaml"
+    eagle_config.write_text(yaml.safe_dump(dict(
+        target=str(tmp_path / "lm" / "hf"), output=str(tmp_path / "eagle"), kind="eagle",
+        generations=str(tmp_path / "generations"), seq_len=16, batch_size=2, steps=2,
+        eval_every=2, eval_batches=1, checkpoint_every=2, warmup_steps=1, data_parallel=1)))
+    assert cli.main(["train", "heads", "--config", str(eagle_config)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert cli.main(["generate", "--model", str(tmp_path / "lm" / "hf"), "--prompt", "def f(",
+                     "--heads", str(tmp_path / "eagle" / "heads"), "--max-new-tokens", "5",
                      "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["tokens"][0]) >= 1

@@ -2,10 +2,14 @@
 
     python -m sdjax.bench.cost [--context 384] [--repeats 200]
 
-Prints the median time of: a target forward of 1, 2, 5 and 9 new tokens over a cache
-holding `--context` tokens (the verify step of an autoregressive step, chains and
-trees), the same for the draft model, and all Medusa / Hydra heads at one position.
-Each figure includes one jitted call's dispatch (~0.1 ms on CPU).
+Prints the median time of: a target forward of 1, 2, 5, 9 and 16 new tokens over a
+cache holding `--context` tokens (the verify step of an autoregressive step, chains
+and trees), the same for the draft model, all Medusa / Hydra heads at one position,
+and, per bundled-draft method, the whole cycle inside `generate` split into draft
+(`propose` timed alone), verify (the target forward of the tree's node count) and the
+rest (verification rule, cache commits, drafter bookkeeping: cycle - draft - verify).
+Each separately timed figure includes one jitted call's dispatch (~0.1 ms on CPU),
+so the rest is an underestimate.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ import numpy as np
 
 import sdjax
 from sdjax import testbed
+from sdjax.bench.suite import DRAFT_TREE, head_drafters
+from sdjax.bench.tasks import build_tasks
+from sdjax.decode import bind_target
+from sdjax.drafters import DraftModel
 from sdjax.heads import heads_module, load_heads
 from sdjax.models.cache import KVCache
 
@@ -41,24 +49,84 @@ def forward_ms(model: sdjax.LoadedModel, new_tokens: int, context: int, repeats:
     return _median_ms(fn, (model.params, jnp.zeros((1, new_tokens), jnp.int32), cache), repeats)
 
 
+def propose_ms(target: sdjax.LoadedModel, drafter, draft_params, prompt: np.ndarray,
+               repeats: int) -> float:
+    """One `propose` of the drafter after a prefill of `prompt` (the root appended)."""
+    cfg = sdjax.SpecConfig(model=target.config, max_new_tokens=64, eos_token_id=())
+    length, max_len = len(prompt), len(prompt) + 64 + drafter.shape.num_nodes + 1
+    tokens, lengths = jnp.asarray(prompt, jnp.int32)[None], jnp.asarray([length])
+    hidden_layers = getattr(drafter, "feature_layers", ())
+    out = sdjax.Transformer(target.config).apply(
+        target.params, tokens, jnp.arange(length)[None], KVCache.init(target.config, 1, max_len),
+        hidden_layers=hidden_layers)
+    features = jnp.concatenate(out.intermediates, -1) if hidden_layers else out.hidden
+    params = bind_target(drafter, draft_params, target.params)
+    state = drafter.init(params, tokens, lengths, max_len, features)
+    sequence = jnp.zeros((1, max_len), jnp.int32).at[0, :length].set(tokens[0])
+    sequence = sequence.at[0, length].set(int(out.logits[0, -1].argmax()))
+    fn = jax.jit(lambda p, s, seq, n, k: drafter.propose(p, s, seq, n, k, cfg)[0].tokens)
+    return _median_ms(fn, (params, state, sequence, lengths + 1, jax.random.PRNGKey(0)), repeats)
+
+
+def cycle_split(target, drafters: dict, prompt, new_tokens: int, context: int,
+                repeats: int) -> dict:
+    """method -> {cycle, draft, verify, rest} in ms, tau, ms per token."""
+    base = sdjax.SpecConfig(model=target.config, max_new_tokens=new_tokens, eos_token_id=())
+    report = {}
+    for name, (drafter, draft_params) in drafters.items():
+        cfg = base.replace(drafter=drafter)
+        sdjax.generate(target.params, prompt, cfg, draft_params=draft_params)
+        outs = [sdjax.generate(target.params, prompt, cfg, draft_params=draft_params)
+                for _ in range(3)]
+        best = min(outs, key=lambda o: o.stats["decode_seconds"])
+        cycle = 1e3 * best.stats["decode_seconds"] / best.stats["cycles"].sum()
+        nodes = 1 if drafter is None else drafter.shape.num_nodes
+        draft = 0.0 if drafter is None else propose_ms(target, drafter, draft_params,
+                                                       np.asarray(prompt), repeats)
+        verify = forward_ms(target, nodes, context, repeats)
+        report[name] = dict(cycle=cycle, draft=draft, verify=verify,
+                            rest=cycle - draft - verify, tau=best.stats["tau"],
+                            ms_per_token=cycle / best.stats["tau"])
+        r = report[name]
+        print(f"{name:<16} {r['cycle']:7.2f} {r['draft']:7.2f} {r['verify']:7.2f} "
+              f"{r['rest']:7.2f} {r['tau']:5.2f} {r['ms_per_token']:7.2f}", flush=True)
+    return report
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--context", type=int, default=384)
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--new-tokens", type=int, default=128)
     args = parser.parse_args(argv)
-    models = {"target": sdjax.load_hf(testbed.path("target"), load_tokenizer=False),
+    target = sdjax.load_hf(testbed.path("target"))
+    models = {"target": target,
               "draft": sdjax.load_hf(testbed.path("draft"), load_tokenizer=False)}
     report = {}
     for name, model in models.items():
-        report[name] = {n: forward_ms(model, n, args.context, args.repeats) for n in (1, 2, 5, 9)}
+        report[name] = {n: forward_ms(model, n, args.context, args.repeats)
+                        for n in (1, 2, 5, 9, 16)}
         print(f"{name} forward, ms by new tokens: " +
               ", ".join(f"{n}: {t:.3f}" for n, t in report[name].items()))
+    drafters = {"autoregressive": (None, None),
+                "draft_chain": (DraftModel(models["draft"].config, 4), models["draft"].params),
+                "draft_tree": (DraftModel(models["draft"].config, tree=DRAFT_TREE),
+                               models["draft"].params)}
     for kind in testbed.HEADS:
         cfg, params = load_heads(testbed.path(kind))
-        module = heads_module(cfg)
-        report[kind] = _median_ms(jax.jit(module.apply), (params, *module.example_inputs()),
-                                  args.repeats)
-        print(f"{kind}: all {cfg.num_heads} heads at one position {report[kind]:.3f} ms")
+        if kind in ("medusa", "hydra"):
+            module = heads_module(cfg)
+            report[kind] = _median_ms(jax.jit(module.apply), (params, *module.example_inputs()),
+                                      args.repeats)
+            print(f"{kind}: all {cfg.num_heads} heads at one position {report[kind]:.3f} ms")
+        drafters.update({n: (d, params) for n, d in head_drafters(cfg).items()})
+    task = build_tasks(target.tokenizer, 1, categories=["completion"])["completion"][0]
+    prompt = task.prompt[-args.context:]
+    print(f"\ncycle split on one completion prompt ({len(prompt)} tokens), ms:")
+    print(f"{'method':<16} {'cycle':>7} {'draft':>7} {'verify':>7} {'rest':>7} {'tau':>5} "
+          f"{'ms/token':>8}")
+    report["cycles"] = cycle_split(target, drafters, prompt, args.new_tokens, len(prompt),
+                                   args.repeats)
     return report
 
 

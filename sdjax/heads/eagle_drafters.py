@@ -187,7 +187,7 @@ class Eagle2(_EagleBase):
         # candidates: tokens, joint log-probability, parent (candidate index; root = 0)
         cand_tokens, cand_scores = [root[:, None], tokens], [jnp.zeros((batch, 1)), scores]
         cand_parents = [jnp.full((batch, 1), -1), jnp.zeros((batch, k), jnp.int32)]
-        frontier = dict(tokens=tokens, scores=scores, index=1 + jnp.arange(k) + 0 * tokens,
+        frontier = dict(tokens=tokens, scores=scores, index=jnp.broadcast_to(1 + jnp.arange(k), (batch, k)),
                         fed_parent=jnp.zeros((batch, k), jnp.int32),
                         hidden=jnp.broadcast_to(hidden[:, -1:], (batch, k, hidden.shape[-1])))
         rows = jnp.arange(batch)[:, None]
@@ -232,23 +232,25 @@ class Eagle2(_EagleBase):
             cand_tokens.append(children[0])
             cand_scores.append(children[1])
             cand_parents.append(children[2])
-        tokens, parents = self._rerank(jnp.concatenate(cand_tokens, 1),
-                                       jnp.concatenate(cand_scores, 1),
-                                       jnp.concatenate(cand_parents, 1))
+        tokens, parents = rerank(jnp.concatenate(cand_tokens, 1),
+                                 jnp.concatenate(cand_scores, 1),
+                                 jnp.concatenate(cand_parents, 1), self.num_nodes)
         return (DraftTree(tokens, one_hot_probs(tokens, cfg),
                           topology=from_parents(parents, self.depth, self.top_k)),
                 (cache, *state[1:]))
 
-    def _rerank(self, tokens, scores, parents):
-        """The root and the num_nodes - 1 best candidates, in candidate (= topological)
-        order: (tokens [B, N], parents [B, N] as node indices, -1 at the root)."""
-        batch = tokens.shape[0]
-        _, best = jax.lax.top_k(scores[:, 1:], self.num_nodes - 1)  # ties: parent first
-        chosen = jnp.concatenate([jnp.zeros((batch, 1), jnp.int32),
-                                  jnp.sort(best, axis=1) + 1], axis=1)  # candidate indices
-        node_of = jnp.zeros(tokens.shape, jnp.int32).at[
-            jnp.arange(batch)[:, None], chosen].set(jnp.arange(self.num_nodes))
-        chosen_parents = jnp.take_along_axis(parents, chosen, axis=1)
-        node_parents = jnp.where(chosen_parents < 0, -1, jnp.take_along_axis(
-            node_of, jnp.maximum(chosen_parents, 0), axis=1))
-        return jnp.take_along_axis(tokens, chosen, axis=1), node_parents
+
+def rerank(tokens, scores, parents, num_nodes: int):
+    """EAGLE-2's reranking: the root and the `num_nodes - 1` candidates of highest joint
+    log-probability `scores` [B, C], in candidate (= topological) order. Returns
+    (tokens [B, N], parents [B, N] as node indices, -1 at the root)."""
+    batch = tokens.shape[0]
+    _, best = jax.lax.top_k(scores[:, 1:], num_nodes - 1)  # ties: the parent first
+    chosen = jnp.concatenate([jnp.zeros((batch, 1), jnp.int32),
+                              jnp.sort(best, axis=1) + 1], axis=1)  # candidate indices
+    node_of = jnp.zeros(tokens.shape, jnp.int32).at[
+        jnp.arange(batch)[:, None], chosen].set(jnp.arange(num_nodes))
+    chosen_parents = jnp.take_along_axis(parents, chosen, axis=1)
+    node_parents = jnp.where(chosen_parents < 0, -1, jnp.take_along_axis(
+        node_of, jnp.maximum(chosen_parents, 0), axis=1))
+    return jnp.take_along_axis(tokens, chosen, axis=1), node_parents

@@ -177,12 +177,12 @@ def test_a_perfect_eagle_draft_is_accepted_to_full_depth():
 
 
 def test_eagle2_keeps_the_most_probable_candidates_as_a_tree():
-    drafter = Eagle2(EAGLE, depth=3, top_k=2, num_nodes=5)
+    from sdjax.heads.eagle_drafters import rerank
     # candidates: root, depth 1 (a, b), depth 2 (children of a, then of b)
     tokens = jnp.asarray([[9, 1, 2, 3, 4, 5, 6]])
     scores = jnp.log(jnp.asarray([[1.0, 0.5, 0.4, 0.1, 0.3, 0.35, 0.05]]))
     parents = jnp.asarray([[-1, 0, 0, 1, 1, 2, 2]])
-    kept, kept_parents = drafter._rerank(tokens, scores, parents)
+    kept, kept_parents = rerank(tokens, scores, parents, num_nodes=5)
     assert kept.tolist() == [[9, 1, 2, 4, 5]]  # 0.5, 0.4, 0.35, 0.3 win
     assert kept_parents.tolist() == [[-1, 0, 0, 1, 2]]
 
