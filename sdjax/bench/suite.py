@@ -35,14 +35,18 @@ from sdjax.heads import Eagle, Eagle2, load_heads, make_drafter
 DRAFT_TREE = trees.from_choices([[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 1, 0],
                                  [0, 0, 0, 0]])
 
-# The methods each kind of trained draft runs: EAGLE-1 on a static tree, EAGLE-2's
-# dynamic tree (also with OPT-Tree-style adaptive depth), EAGLE-3 on the dynamic tree.
+# The methods each kind of trained draft runs: EAGLE-1 on a static tree (a chain: the
+# fastest static shape on this CPU), EAGLE-2's dynamic tree (also with OPT-Tree-style
+# adaptive depth), EAGLE-3 on the dynamic tree. Sizes picked by measured tokens/s on
+# completion prompts (BENCHMARKS.md); the library defaults (`Eagle2()`) are wider.
 HEAD_METHODS = {"medusa": ("medusa",), "hydra": ("hydra",),
                 "eagle": ("eagle", "eagle2", "eagle2_adaptive"), "eagle3": ("eagle3",)}
 METHODS = ("autoregressive", "prompt_lookup", "draft_chain", "draft_adaptive", "draft_tree",
            *(m for kind in testbed.HEADS for m in HEAD_METHODS[kind]))
-EAGLE2 = dict(depth=5, top_k=4, num_nodes=16)  # the dynamic tree's sizes
-ADAPTIVE_CONFIDENCE = 0.2  # eagle2_adaptive drafts deeper only while some path is this likely
+EAGLE_TREE = trees.chain(3)
+EAGLE2 = dict(depth=4, top_k=2, num_nodes=8)  # the dynamic tree's sizes
+# eagle2_adaptive may draft one level deeper, but only while some path is this likely
+EAGLE2_ADAPTIVE = dict(EAGLE2, depth=5, min_confidence=0.02)
 
 # sdjax method -> the `transformers` configuration that does the same thing.
 TORCH_COUNTERPART = {"autoregressive": "greedy", "draft_chain": "assisted",
@@ -68,8 +72,8 @@ def methods(draft: sdjax.LoadedModel, gamma: int, lookup: int,
 def head_drafters(cfg) -> Dict[str, object]:
     """The benchmark's drafters for trained heads of `cfg.kind`, by method name."""
     if cfg.kind == "eagle":
-        return {"eagle": Eagle(cfg), "eagle2": Eagle2(cfg, **EAGLE2),
-                "eagle2_adaptive": Eagle2(cfg, **EAGLE2, min_confidence=ADAPTIVE_CONFIDENCE)}
+        return {"eagle": Eagle(cfg, EAGLE_TREE), "eagle2": Eagle2(cfg, **EAGLE2),
+                "eagle2_adaptive": Eagle2(cfg, **EAGLE2_ADAPTIVE)}
     if cfg.kind == "eagle3":
         return {"eagle3": Eagle2(cfg, **EAGLE2)}
     return {cfg.kind: make_drafter(cfg)}
