@@ -8,8 +8,12 @@ and three pure methods, called inside the jitted loop:
 - `commit(state, result, committed_length, features) -> state`
 
 `features` are the target's final hidden states [B, T, D] of the forward that
-precedes the call (the prefill's, then each verification's over the tree nodes):
-what self-drafting heads (Medusa, Hydra) draft from; other drafters ignore them.
+precedes the call (the prefill's, then each verification's over the tree nodes), or
+the layers a drafter names in `feature_layers`, side by side (EAGLE-3): what
+self-drafting heads (Medusa, Hydra, EAGLE) draft from; other drafters ignore them.
+A drafter whose tree changes per cycle has a `DynamicShape` as `shape` and returns
+the tree's `Topology` in `DraftTree.topology`. Optional: `bind(draft_params,
+target_params)`, the params `propose` sees (EAGLE joins the target's embedding in).
 
 `sequence[B, L]` holds each row's prompt and generated tokens, `seq_len[B]` how many;
 the last one is the root of the tree (committed, its KV not yet in the cache).
