@@ -102,6 +102,17 @@ def load_heads(path: str):
     return cfg, params
 
 
+def check_fits(drafter, draft_params, heads, cfg: SpecConfig, what: str) -> None:
+    """Raises unless `draft_params` are given and `heads` (any config with vocab_size
+    and hidden_size) were made for a target of cfg.model's vocabulary and width."""
+    if draft_params is None:
+        raise ValueError(f"{type(drafter).__name__} needs {what} as draft_params")
+    if (heads.vocab_size, heads.hidden_size) != (cfg.model.vocab_size, cfg.model.hidden_size):
+        raise ValueError(
+            f"a draft for vocab {heads.vocab_size} / hidden {heads.hidden_size} does not "
+            f"fit the target (vocab {cfg.model.vocab_size} / hidden {cfg.model.hidden_size})")
+
+
 @dataclasses.dataclass(frozen=True)
 class HeadsDrafter:
     """Base of the head drafters: a choice tree no deeper than the heads, and as state
@@ -123,14 +134,7 @@ class HeadsDrafter:
         return self.tree
 
     def check(self, cfg: SpecConfig, draft_params) -> None:
-        if draft_params is None:
-            raise ValueError(f"{type(self).__name__} needs the heads' params as draft_params")
-        if (self.heads.vocab_size, self.heads.hidden_size) != (cfg.model.vocab_size,
-                                                               cfg.model.hidden_size):
-            raise ValueError(
-                f"heads for vocab {self.heads.vocab_size} / hidden {self.heads.hidden_size} "
-                f"do not fit the target (vocab {cfg.model.vocab_size} / hidden "
-                f"{cfg.model.hidden_size})")
+        check_fits(self, draft_params, self.heads, cfg, "the heads' params")
 
     def init(self, draft_params, prompt_tokens, prompt_lengths, max_len, features=None):
         return jnp.take_along_axis(features, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]

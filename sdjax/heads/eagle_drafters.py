@@ -22,6 +22,7 @@ from sdjax.config import SpecConfig
 from sdjax.drafters.base import DraftTree, one_hot_probs, roots
 from sdjax.drafters.draft_model import draft_levels, region_mask, window_inputs
 from sdjax.heads import eagle as eagle_net
+from sdjax.heads.common import check_fits
 from sdjax.heads.eagle import EagleConfig, EagleNet
 from sdjax.models.cache import KVCache
 from sdjax.trees import DynamicShape, TreeShape, from_choices, from_parents
@@ -44,14 +45,7 @@ class _EagleBase:
         return self.shape.max_depth + 1
 
     def check(self, cfg: SpecConfig, draft_params) -> None:
-        if draft_params is None:
-            raise ValueError(f"{type(self).__name__} needs the EAGLE params as draft_params")
-        if (self.eagle.vocab_size, self.eagle.hidden_size) != (cfg.model.vocab_size,
-                                                               cfg.model.hidden_size):
-            raise ValueError(
-                f"an EAGLE draft for vocab {self.eagle.vocab_size} / hidden "
-                f"{self.eagle.hidden_size} does not fit the target (vocab "
-                f"{cfg.model.vocab_size} / hidden {cfg.model.hidden_size})")
+        check_fits(self, draft_params, self.eagle, cfg, "the EAGLE params")
         if max(self.feature_layers, default=0) > cfg.model.num_layers:
             raise ValueError(f"feature layers {self.feature_layers} exceed the target's "
                              f"{cfg.model.num_layers} layers")

@@ -267,7 +267,7 @@ def test_head_drafters_check_their_params_and_tree():
     with pytest.raises(ValueError, match="needs the heads' params"):
         sdjax.generate(PARAMS, PROMPTS[:1], cfg)
     narrow = HeadsConfig(num_heads=3, hidden_size=32, vocab_size=320, kind="hydra")
-    with pytest.raises(ValueError, match="do not fit the target"):
+    with pytest.raises(ValueError, match="does not fit the target"):
         sdjax.generate(PARAMS, PROMPTS[:1], spec(Hydra(narrow, trees.chain(2))),
                        draft_params=NOISY_HYDRA)
     with pytest.raises(ValueError, match="needs that many heads"):
