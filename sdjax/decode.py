@@ -128,12 +128,6 @@ def bind_target(drafter, draft_params, target_params):
     return draft_params if bind is None else bind(draft_params, target_params)
 
 
-def _features(out) -> jax.Array:
-    """What drafters draft from: the target's final hidden states [B, T, D], or the
-    requested intermediate layers side by side [B, T, D * layers] (EAGLE-3)."""
-    return jnp.concatenate(out.intermediates, axis=-1) if out.intermediates else out.hidden
-
-
 def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
                 cfg: SpecConfig, mesh: Optional[Mesh] = None) -> DecodeResult:
     """The jittable decode: prefill, then draft -> tree forward -> verify -> commit
@@ -162,7 +156,7 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
         done=jnp.zeros((batch,), bool),
         cache=out.cache.commit(prompt_lengths),
         draft_state=drafter.init(draft_params, prompt_tokens, prompt_lengths, max_len,
-                                  _features(out)),
+                                  out.features()),
         key=key,
         accepted=jnp.zeros((batch, shape.max_depth + 1), jnp.int32),
         first_rank=jnp.zeros((batch, shape.width + 1), jnp.int32),
@@ -200,7 +194,7 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
             num > 0, jnp.take_along_axis(topo.rank, first_node[:, None], 1)[:, 0], width)
         return state.replace(
             cache=cache,
-            draft_state=drafter.commit(draft_state, result, cache.length, _features(out)),
+            draft_state=drafter.commit(draft_state, result, cache.length, out.features()),
             key=key,
             accepted=state.accepted + jax.nn.one_hot(num, shape.max_depth + 1,
                                                      dtype=jnp.int32) * active[:, None],

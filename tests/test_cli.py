@@ -180,28 +180,24 @@ def test_train_lm_then_heads_commands_run_end_to_end(tmp_path, capsys):
         output=str(tmp_path / "lm"), vocab_size=300, seq_len=32, batch_size=4, steps=2,
         eval_every=2, eval_batches=1, checkpoint_every=2, warmup_steps=1, data_parallel=1)))
     assert cli.main(["train", "lm", "--config", str(lm_config)]) == 0
-    heads_config = tmp_path / "heads.yaml"
-    heads_config.write_text(yaml.safe_dump(dict(
-        target=str(tmp_path / "lm" / "hf"), output=str(tmp_path / "heads"), kind="hydra",
-        num_heads=2, seq_len=32, batch_size=4, steps=2, eval_every=2, eval_batches=1,
-        checkpoint_every=2, warmup_steps=1, data_parallel=1)))
-    assert cli.main(["train", "heads", "--config", str(heads_config)]) == 0
-    assert "exported" in capsys.readouterr().out
-    assert cli.main(["generate", "--model", str(tmp_path / "lm" / "hf"), "--prompt", "def f(",
-                     "--heads", str(tmp_path / "heads" / "heads"), "--max-new-tokens", "5",
-                     "--json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)["tokens"][0]) >= 1
+    _train_heads_then_generate(tmp_path, capsys, "heads", kind="hydra", num_heads=2,
+                               seq_len=32, batch_size=4)
     assert cli.main(["train", "generations", "--target", str(tmp_path / "lm" / "hf"),
                      "--output", str(tmp_path / "generations"), "--prompts", "4",
                      "--prompt-len", "16", "--new-tokens", "8", "--batch-size", "2"]) == 0
-    eagle_config = tmp_path / "eagle.yaml"
-    eagle_config.write_text(yaml.safe_dump(dict(
-        target=str(tmp_path / "lm" / "hf"), output=str(tmp_path / "eagle"), kind="eagle",
-        generations=str(tmp_path / "generations"), seq_len=16, batch_size=2, steps=2,
-        eval_every=2, eval_batches=1, checkpoint_every=2, warmup_steps=1, data_parallel=1)))
-    assert cli.main(["train", "heads", "--config", str(eagle_config)]) == 0
-    assert "wrote" in capsys.readouterr().out
-    assert cli.main(["generate", "--model", str(tmp_path / "lm" / "hf"), "--prompt", "def f(",
-                     "--heads", str(tmp_path / "eagle" / "heads"), "--max-new-tokens", "5",
-                     "--json"]) == 0
+    _train_heads_then_generate(tmp_path, capsys, "eagle", kind="eagle", seq_len=16,
+                               batch_size=2, generations=str(tmp_path / "generations"))
+
+
+def _train_heads_then_generate(tmp_path, capsys, name, **config):
+    """`sdjax train heads` (tiny settings) on the trained lm, then `generate --heads`."""
+    target = str(tmp_path / "lm" / "hf")
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(dict(
+        target=target, output=str(tmp_path / name), steps=2, eval_every=2, eval_batches=1,
+        checkpoint_every=2, warmup_steps=1, data_parallel=1, **config)))
+    assert cli.main(["train", "heads", "--config", str(path)]) == 0
+    assert "exported" in capsys.readouterr().out
+    assert cli.main(["generate", "--model", target, "--prompt", "def f(", "--heads",
+                     str(tmp_path / name / "heads"), "--max-new-tokens", "5", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["tokens"][0]) >= 1

@@ -59,9 +59,8 @@ def propose_ms(target: sdjax.LoadedModel, drafter, draft_params, prompt: np.ndar
     out = sdjax.Transformer(target.config).apply(
         target.params, tokens, jnp.arange(length)[None], KVCache.init(target.config, 1, max_len),
         hidden_layers=hidden_layers)
-    features = jnp.concatenate(out.intermediates, -1) if hidden_layers else out.hidden
     params = bind_target(drafter, draft_params, target.params)
-    state = drafter.init(params, tokens, lengths, max_len, features)
+    state = drafter.init(params, tokens, lengths, max_len, out.features())
     sequence = jnp.zeros((1, max_len), jnp.int32).at[0, :length].set(tokens[0])
     sequence = sequence.at[0, length].set(int(out.logits[0, -1].argmax()))
     fn = jax.jit(lambda p, s, seq, n, k: drafter.propose(p, s, seq, n, k, cfg)[0].tokens)

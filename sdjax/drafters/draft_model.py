@@ -50,8 +50,8 @@ class DraftModel:
     def __post_init__(self):
         if self.tree is None and self.num_draft < 1:
             raise ValueError("num_draft must be >= 1")
-        if self.tree is not None and list(self.tree.depth) != sorted(self.tree.depth):
-            raise ValueError("a drafted tree must list its nodes level by level (BFS order)")
+        if self.tree is not None:
+            self.tree.check_level_order()
         if self.adaptive and self.tree is not None:
             raise ValueError("adaptive draft length applies to chains, not trees")
 

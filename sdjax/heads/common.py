@@ -46,14 +46,18 @@ def _abstract(cfg: HeadsConfig):
     return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *module.example_inputs()))
 
 
+def target_lm_head(target: dict) -> jax.Array:
+    """The target's LM-head kernel [D, V] (its embedding, transposed, when tied)."""
+    return target["lm_head"]["kernel"] if "lm_head" in target else target["embed"]["embedding"].T
+
+
 def init_heads(cfg: HeadsConfig, target_params, key: jax.Array) -> dict:
     """Random heads whose LM heads (and Hydra's token embedding) are the target's, and
     whose other layers start as (near) identities: untrained heads echo the target."""
     module = heads_module(cfg)
     params = module.init(key, *module.example_inputs())["params"]
     target = target_params["params"]
-    lm_head = target["lm_head"]["kernel"] if "lm_head" in target else \
-        target["embed"]["embedding"].T
+    lm_head = target_lm_head(target)
     copy = lambda x: jnp.array(x, jnp.float32, copy=True)  # one buffer per leaf (donation)
     out = {}
     for name, value in params.items():
@@ -126,8 +130,7 @@ class HeadsDrafter:
         if self.tree.max_depth > self.heads.num_heads:
             raise ValueError(f"a tree of depth {self.tree.max_depth} needs that many heads; "
                              f"there are {self.heads.num_heads}")
-        if list(self.tree.depth) != sorted(self.tree.depth):
-            raise ValueError("a drafted tree must list its nodes level by level (BFS order)")
+        self.tree.check_level_order()
 
     @property
     def shape(self) -> TreeShape:

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from sdjax.config import ModelConfig
+from sdjax.heads.common import target_lm_head
 from sdjax.models.cache import KVCache
 from sdjax.models.transformer import Block, _norm, attention_mask
 
@@ -125,8 +126,9 @@ class EagleNet(nn.Module):
         return self.lm_head(read).astype(jnp.float32), hidden, cache
 
 
-def _target_lm_head(target: dict) -> jax.Array:
-    return target["lm_head"]["kernel"] if "lm_head" in target else target["embed"]["embedding"].T
+def shift_features(features: jax.Array) -> jax.Array:
+    """[B, T, F] -> what position p of the draft reads: f_{p-1} (zeros at p = 0)."""
+    return jnp.pad(features, ((0, 0), (1, 0), (0, 0)))[:, :-1]
 
 
 def shared_names(cfg: EagleConfig) -> Tuple[str, ...]:
@@ -140,7 +142,7 @@ def init_eagle(cfg: EagleConfig, target_params, key: jax.Array) -> dict:
     module = EagleNet(cfg)
     params = dict(module.init(key, *module.example_inputs(), fuse=True)["params"])
     if cfg.kind == "eagle3":
-        params["lm_head"] = {"kernel": jnp.array(_target_lm_head(target_params["params"]),
+        params["lm_head"] = {"kernel": jnp.array(target_lm_head(target_params["params"]),
                                                  jnp.float32, copy=True)}
     return {"params": {k: v for k, v in params.items() if k not in shared_names(cfg)}}
 
@@ -148,7 +150,7 @@ def init_eagle(cfg: EagleConfig, target_params, key: jax.Array) -> dict:
 def bind(cfg: EagleConfig, draft_params, target_params) -> dict:
     """The draft's params joined with the target weights it shares."""
     target = target_params["params"]
-    shared = {"embed": target["embed"], "lm_head": {"kernel": _target_lm_head(target)}}
+    shared = {"embed": target["embed"], "lm_head": {"kernel": target_lm_head(target)}}
     return {"params": {**draft_params["params"],
                        **{name: shared[name] for name in shared_names(cfg)}}}
 

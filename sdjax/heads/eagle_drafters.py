@@ -68,10 +68,9 @@ class _EagleBase:
         batch, bucket = prompt_tokens.shape
         buffer = jnp.zeros((batch, max_len, features.shape[-1]), features.dtype)
         buffer = buffer.at[:, :bucket].set(features)
-        shifted = jnp.pad(features, ((0, 0), (1, 0), (0, 0)))[:, :bucket]  # f_{p-1} at p
         positions = jnp.broadcast_to(jnp.arange(bucket), (batch, bucket))
         _, _, cache = EagleNet(self.eagle).apply(
-            draft_params, prompt_tokens, shifted, positions,
+            draft_params, prompt_tokens, eagle_net.shift_features(features), positions,
             KVCache.init(self.eagle.layer, batch, max_len + 1), fuse=True)
         cache = cache.commit(jnp.maximum(prompt_lengths - self.window, 0))
         return cache, buffer, prompt_lengths
@@ -106,8 +105,7 @@ class Eagle(_EagleBase):
     tree: TreeShape = DEFAULT_EAGLE_TREE
 
     def __post_init__(self):
-        if list(self.tree.depth) != sorted(self.tree.depth):
-            raise ValueError("a drafted tree must list its nodes level by level (BFS order)")
+        self.tree.check_level_order()
 
     @property
     def shape(self) -> TreeShape:

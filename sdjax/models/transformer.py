@@ -36,6 +36,12 @@ class ModelOutput(NamedTuple):
     intermediates: Tuple[jax.Array, ...]  # hidden states of the requested layers
     cache: KVCache
 
+    def features(self) -> jax.Array:
+        """What drafters draft from: the final hidden states [B, T, D], or the requested
+        intermediate layers side by side [B, T, D * layers] (EAGLE-3)."""
+        return jnp.concatenate(self.intermediates, axis=-1) if self.intermediates else \
+            self.hidden
+
 
 def attention_mask(
     cache: KVCache,

@@ -38,15 +38,8 @@ def unrolled_mask(length: int, step: int, steps: int) -> np.ndarray:
     position p - step + j."""
     p = np.arange(length)[:, None]
     q = np.arange(length)[None, :]
-    blocks = [q <= p - step] + [q == p - step + j for j in range(1, steps)]
-    for j in range(step + 1, steps):
-        blocks[j] = np.zeros((length, length), bool)
+    blocks = [q <= p - step] + [(q == p - step + j) & (j <= step) for j in range(1, steps)]
     return np.concatenate(blocks, axis=1)
-
-
-def _shift(features: jax.Array) -> jax.Array:
-    """f_{p-1} at p (zeros at p = 0)."""
-    return jnp.pad(features, ((0, 0), (1, 0), (0, 0)))[:, :-1]
 
 
 def eagle_loss(draft_params, target_params, windows, *, target_cfg: ModelConfig,
@@ -56,14 +49,14 @@ def eagle_loss(draft_params, target_params, windows, *, target_cfg: ModelConfig,
     inputs = windows[:, :-1]
     target_params = jax.lax.stop_gradient(target_params)
     out = forward(target_params, target_cfg, inputs, hidden_layers=eagle_cfg.feature_layers)
-    raw = jnp.concatenate(out.intermediates, -1) if out.intermediates else out.hidden
+    raw = out.features()
     teacher = jax.nn.softmax(out.logits)
     teacher_token = out.logits.argmax(-1)
     params = eagle_net.bind(eagle_cfg, draft_params, target_params)
     net = EagleNet(eagle_cfg)
     target_features = net.apply(params, raw, method=EagleNet.features)
     batch, length = inputs.shape
-    features = _shift(target_features)
+    features = eagle_net.shift_features(target_features)
     if eagle_cfg.kind == "eagle" and feature_noise > 0:
         key = jax.random.fold_in(jax.random.PRNGKey(17), jnp.sum(windows))
         features += jax.random.uniform(key, features.shape, minval=-feature_noise,
@@ -85,5 +78,5 @@ def eagle_loss(draft_params, target_params, windows, *, target_cfg: ModelConfig,
         elif step == 0:
             regression = mean(optax.huber_loss(hidden, target_features).mean(-1))
             total, weights = regression + token_weight * ce, 1.0
-        features = _shift(hidden)
+        features = eagle_net.shift_features(hidden)
     return total / weights, metrics

@@ -75,6 +75,12 @@ class TreeShape:
         width = max(1, max(len(k) for k in kids))
         return np.array([k + [-1] * (width - len(k)) for k in kids], np.int32)
 
+    def check_level_order(self) -> None:
+        """Raises unless nodes are listed level by level (BFS order), as a tree drafted
+        one depth level per forward needs."""
+        if list(self.depth) != sorted(self.depth):
+            raise ValueError("a drafted tree must list its nodes level by level (BFS order)")
+
     @property
     def width(self) -> int:
         """The most children any node has (at least 1)."""

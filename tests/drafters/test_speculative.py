@@ -353,10 +353,12 @@ def sequence_tv(out, exact):
     (Hydra(TINY_HYDRA, trees.kary(2, 2)), TINY_HYDRA_PARAMS, None),
     (Eagle(TINY_EAGLE, trees.kary(2, 2)), TINY_EAGLE_PARAMS, None),
     (Eagle2(TINY_EAGLE, depth=3, top_k=2, num_nodes=6), TINY_EAGLE_PARAMS, None),
+    (Eagle2(TINY_EAGLE, depth=3, top_k=2, num_nodes=6, min_confidence=0.25),
+     TINY_EAGLE_PARAMS, None),
     (None, None, None),
 ], ids=["draft_model_chain", "draft_model_chain_block", "draft_model_tree_without_replacement",
         "draft_model_adaptive", "ensemble", "prompt_lookup", "prompt_lookup_branches",
-        "medusa_tree", "hydra_tree", "eagle_tree", "eagle2_dynamic", "autoregressive"])
+        "medusa_tree", "hydra_tree", "eagle_tree", "eagle2_dynamic", "eagle2_adaptive", "autoregressive"])
 def test_sampled_sequences_follow_the_target(drafter, draft_params, verifier):
     temperature = 0.9
     exact = exact_sequence_probs(temperature)
