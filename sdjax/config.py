@@ -12,7 +12,8 @@ from typing import Any, Mapping, Optional, Tuple, Type, TypeVar, Union
 
 T = TypeVar("T")
 
-ARCHITECTURES = ("llama", "gpt2")
+NORMS = ("rms", "layer")
+POSITION_EMBEDDINGS = ("rope", "learned")
 ROPE_TYPES = ("default", "linear", "llama3")
 ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
@@ -47,15 +48,15 @@ class RopeScaling:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of a decoder-only transformer.
+    """Architecture of a decoder-only transformer, as feature flags.
 
-    `arch="llama"` covers Llama 2/3, Mistral and Qwen2 (RMSNorm, rotary positions,
-    gated MLP, separate q/k/v); `arch="gpt2"` is GPT-2 (LayerNorm, learned positions,
-    plain MLP, fused qkv). `hf_model_type` remembers the `transformers` model type
-    so that `save_hf` writes the same family back.
+    The defaults are Llama's (pre-norm RMSNorm, rotary positions, gated MLP, separate
+    q/k/v); a model family is a preset of these flags (`sdjax.models.families`), so
+    nothing outside `sdjax.models` needs to know which family it runs.
+    `hf_model_type` remembers the `transformers` model type so that `save_hf` writes
+    the same family back.
     """
 
-    arch: str
     vocab_size: int
     hidden_size: int
     num_layers: int
@@ -74,6 +75,19 @@ class ModelConfig:
     tie_embeddings: bool = False
     sliding_window: Optional[int] = None
     sliding_layers: Optional[Tuple[bool, ...]] = None  # None: all layers, if window set
+    # Family features (Llama's values by default).
+    norm: str = "rms"  # "rms" | "layer" (LayerNorm with bias, GPT-2)
+    norm_offset: float = 0.0  # RMSNorm scales by (norm_offset + w): Gemma stores w - 1
+    qk_norm: bool = False  # RMSNorm over head_dim on queries and keys (Gemma 3)
+    sandwich_norms: bool = False  # norms after attention and after the MLP too (Gemma 2/3)
+    scale_embeddings: bool = False  # input embeddings times sqrt(hidden_size) (Gemma)
+    query_pre_attn_scalar: Optional[float] = None  # scores scaled by its -1/2 power
+    attn_logit_softcap: Optional[float] = None  # scores -> cap * tanh(scores / cap)
+    final_logit_softcap: Optional[float] = None  # logits -> cap * tanh(logits / cap)
+    rope_local_theta: Optional[float] = None  # sliding layers' rope base (Gemma 3)
+    position_embedding: str = "rope"  # "rope" | "learned" (GPT-2)
+    fused_qkv: bool = False  # one q/k/v projection (GPT-2)
+    gated_mlp: bool = True  # act(gate(x)) * up(x); False: act(up(x))
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     bos_token_id: Optional[int] = None
@@ -82,21 +96,28 @@ class ModelConfig:
     hf_model_type: str = "llama"
 
     def __post_init__(self):
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"unknown arch {self.arch!r}; supported: {ARCHITECTURES}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unsupported activation {self.activation!r}; supported: {ACTIVATIONS}"
-            )
+        for name, value, choices in (("norm", self.norm, NORMS),
+                                     ("position_embedding", self.position_embedding,
+                                      POSITION_EMBEDDINGS),
+                                     ("activation", self.activation, ACTIVATIONS)):
+            if value not in choices:
+                raise ValueError(f"unsupported {name} {value!r}; supported: {choices}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} is not a multiple of "
                 f"num_kv_heads={self.num_kv_heads}"
             )
-        if (self.arch == "gpt2") != (self.hf_model_type == "gpt2"):
-            raise ValueError(f"hf_model_type {self.hf_model_type!r} does not match arch {self.arch!r}")
         if self.sliding_layers is not None and len(self.sliding_layers) != self.num_layers:
             raise ValueError("sliding_layers needs one entry per layer")
+        for name in ("attn_logit_softcap", "final_logit_softcap", "query_pre_attn_scalar"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive or None, got {value}")
+
+    @property
+    def query_scale(self) -> float:
+        """What attention multiplies q.k by."""
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
 
     def uses_sliding_window(self, layer: int) -> bool:
         if self.sliding_window is None:

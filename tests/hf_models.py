@@ -28,13 +28,33 @@ SPECS = {
     "gpt2": lambda: transformers.GPT2Config(
         vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=128,
         initializer_range=0.1, eos_token_id=None, bos_token_id=None),
+    # Gemma: soft caps small enough to bend the scores, a window (8) shorter than the
+    # prompts so local and global layers differ, query_pre_attn_scalar != head_dim and
+    # head_dim != hidden / heads.
+    "gemma2_softcap": lambda: transformers.Gemma2Config(
+        num_key_value_heads=2, head_dim=24, query_pre_attn_scalar=40, sliding_window=8,
+        attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
+        layer_types=["sliding_attention", "full_attention"], **_BASE),
+    "gemma3_local_global": lambda: transformers.Gemma3TextConfig(
+        **{**_BASE, "num_hidden_layers": 3}, num_key_value_heads=1, head_dim=24,
+        query_pre_attn_scalar=40, sliding_window=8, final_logit_softcapping=3.0,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0,
+                               "factor": 2.0}}),
 }
 
 
 def build(name: str):
     torch.manual_seed(sum(map(ord, name)))
     config = SPECS[name]()
-    return transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    with torch.no_grad():  # Gemma's norms start at w = 0, which would hide their (1 + w)
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight") and not param.abs().any():
+                param.normal_(0.0, 0.5)
+    return model
 
 
 def write_checkpoint(name: str, path: str) -> str:

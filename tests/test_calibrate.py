@@ -9,7 +9,7 @@ from sdjax import trees
 from sdjax.calibrate import rank_acceptance
 from sdjax.drafters import DraftModel, PromptLookup
 
-TARGET = sdjax.ModelConfig(arch="llama", vocab_size=64, hidden_size=32, num_layers=1,
+TARGET = sdjax.ModelConfig(vocab_size=64, hidden_size=32, num_layers=1,
                            num_heads=2, num_kv_heads=1, head_dim=16, intermediate_size=64,
                            max_position_embeddings=256)
 PARAMS = sdjax.init_params(TARGET, jax.random.PRNGKey(0))

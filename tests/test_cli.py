@@ -16,7 +16,7 @@ from sdjax import cli
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tokenizer_dir):
     path = tmp_path_factory.mktemp("cli_model")
-    cfg = sdjax.ModelConfig(arch="llama", vocab_size=320, hidden_size=32, num_layers=1,
+    cfg = sdjax.ModelConfig(vocab_size=320, hidden_size=32, num_layers=1,
                             num_heads=2, num_kv_heads=1, head_dim=16, intermediate_size=64,
                             max_position_embeddings=128, eos_token_id=(0,))
     import transformers
@@ -82,9 +82,9 @@ def test_presets_in_configs_are_valid():
     import yaml
     presets = sorted(pathlib.Path(__file__).parent.parent.glob("configs/generate/*.yaml"))
     assert presets
-    model = sdjax.ModelConfig(arch="gpt2", vocab_size=8, hidden_size=8, num_layers=1,
+    model = sdjax.models.family_config("gpt2", vocab_size=8, hidden_size=8, num_layers=1,
                               num_heads=1, num_kv_heads=1, head_dim=8, intermediate_size=8,
-                              max_position_embeddings=8, hf_model_type="gpt2")
+                              max_position_embeddings=8)
     for preset in presets:
         sdjax.from_dict(sdjax.SpecConfig, {"model": model, **yaml.safe_load(preset.read_text())})
 

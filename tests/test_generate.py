@@ -11,7 +11,7 @@ from sdjax.models import KVCache, Transformer
 from sdjax.sampling import warp_logits
 from tests.stats import tv, tv_bound
 
-CFG = sdjax.ModelConfig(arch="llama", vocab_size=320, hidden_size=64, num_layers=2,
+CFG = sdjax.ModelConfig(vocab_size=320, hidden_size=64, num_layers=2,
                         num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=128,
                         max_position_embeddings=256)
 PARAMS = sdjax.init_params(CFG, jax.random.PRNGKey(0))

@@ -1,10 +1,11 @@
 """Target and draft transformers, their KV cache, and Hugging Face interop."""
 
 from sdjax.models.cache import KVCache
-from sdjax.models.hf import LoadedModel, UnsupportedModelError, load_hf, save_hf
+from sdjax.models.families import FAMILIES, UnsupportedModelError, family_config
+from sdjax.models.hf import LoadedModel, load_hf, save_hf
 from sdjax.models.transformer import ModelOutput, Transformer, init_params
 
 __all__ = [
-    "KVCache", "LoadedModel", "ModelOutput", "Transformer", "UnsupportedModelError",
-    "init_params", "load_hf", "save_hf",
+    "FAMILIES", "KVCache", "LoadedModel", "ModelOutput", "Transformer", "UnsupportedModelError",
+    "family_config", "init_params", "load_hf", "save_hf",
 ]

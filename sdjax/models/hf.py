@@ -19,12 +19,22 @@ import safetensors.flax
 import transformers
 
 from sdjax.config import ModelConfig, RopeScaling
+from sdjax.models.families import (
+    FAMILIES, SUPPORTED_MODEL_TYPES, UnsupportedModelError, family_config,
+)
 from sdjax.models.transformer import param_shapes
 
-LLAMA_FAMILY = ("llama", "mistral", "qwen2")
-SUPPORTED_MODEL_TYPES = LLAMA_FAMILY + ("gpt2",)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 _GPT2_BUFFERS = (".attn.bias", ".attn.masked_bias")
+# Parts of a multimodal Gemma 3 checkpoint that are not its text tower.
+_NOT_TEXT_TOWER = ("vision_tower", "multi_modal_projector")
+_TEXT_TOWER_PREFIXES = ("model.language_model.", "language_model.model.")
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                  "qwen2": "Qwen2ForCausalLM", "gpt2": "GPT2LMHeadModel",
+                  "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
+_CONFIG_CLASSES = {"llama": "LlamaConfig", "mistral": "MistralConfig",
+                   "qwen2": "Qwen2Config", "gemma2": "Gemma2Config",
+                   "gemma3_text": "Gemma3TextConfig"}
 
 
 class LoadedModel(NamedTuple):
@@ -33,19 +43,10 @@ class LoadedModel(NamedTuple):
     tokenizer: Optional[Any]
 
 
-class UnsupportedModelError(ValueError):
-    """The checkpoint's architecture or one of its options is not implemented."""
-
-
 # ----------------------------------------------------------------------------- config
 
 
-def _rope_from_hf(hf: Any) -> Tuple[float, RopeScaling]:
-    """Reads rope theta and scaling from `rope_parameters` (new) or `rope_theta`/`rope_scaling`."""
-    params = dict(getattr(hf, "rope_parameters", None) or {})
-    if not params:
-        params = dict(getattr(hf, "rope_scaling", None) or {})
-        params.setdefault("rope_theta", getattr(hf, "rope_theta", 10000.0))
+def _rope_scaling(params: Dict[str, Any]) -> RopeScaling:
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type not in ("default", "linear", "llama3"):
         raise UnsupportedModelError(
@@ -53,7 +54,27 @@ def _rope_from_hf(hf: Any) -> Tuple[float, RopeScaling]:
         )
     known = {f: params[f] for f in ("factor", "low_freq_factor", "high_freq_factor",
                                     "original_max_position_embeddings") if f in params}
-    return float(params.get("rope_theta", 10000.0)), RopeScaling(rope_type=rope_type, **known)
+    return RopeScaling(rope_type=rope_type, **known)
+
+
+def _rope_from_hf(hf: Any) -> Dict[str, Any]:
+    """rope_theta, rope_scaling and (for per-layer-type rope, Gemma 3) rope_local_theta,
+    from `rope_parameters` (new) or `rope_theta` / `rope_scaling` (old)."""
+    params = dict(getattr(hf, "rope_parameters", None) or {})
+    if not params:
+        params = dict(getattr(hf, "rope_scaling", None) or {})
+        params.setdefault("rope_theta", getattr(hf, "rope_theta", 10000.0))
+    fields = {}
+    if "full_attention" in params:  # one rope per layer type
+        local = dict(params.get("sliding_attention") or {})
+        if local and _rope_scaling(local).rope_type != "default":
+            raise UnsupportedModelError("a scaled rope on sliding-window layers is not supported")
+        if local:
+            fields["rope_local_theta"] = float(local.get("rope_theta", 10000.0))
+        params = dict(params["full_attention"])
+    fields.update(rope_theta=float(params.get("rope_theta", 10000.0)),
+                  rope_scaling=_rope_scaling(params))
+    return fields
 
 
 def _eos_ids(value) -> Tuple[int, ...]:
@@ -62,56 +83,28 @@ def _eos_ids(value) -> Tuple[int, ...]:
     return (value,) if isinstance(value, int) else tuple(value)
 
 
-def config_from_hf(hf: Any, dtype: str = "float32", param_dtype: str = "float32") -> ModelConfig:
-    """Converts a `transformers` config object into a ModelConfig."""
-    model_type = getattr(hf, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"model_type {model_type!r} is not supported; supported: {SUPPORTED_MODEL_TYPES}"
-        )
-    common = dict(
-        vocab_size=hf.vocab_size,
-        bos_token_id=hf.bos_token_id,
-        eos_token_id=_eos_ids(hf.eos_token_id),
-        pad_token_id=hf.pad_token_id,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        hf_model_type=model_type,
+def _gpt2_sizes(hf: Any) -> Dict[str, Any]:
+    for flag, ok in (("scale_attn_by_inverse_layer_idx", False),
+                     ("scale_attn_weights", True), ("add_cross_attention", False)):
+        if getattr(hf, flag, ok) != ok:
+            raise UnsupportedModelError(f"GPT-2 option {flag}={not ok} is not supported")
+    return dict(
+        hidden_size=hf.n_embd, num_layers=hf.n_layer, num_heads=hf.n_head,
+        num_kv_heads=hf.n_head, head_dim=hf.n_embd // hf.n_head,
+        intermediate_size=hf.n_inner or 4 * hf.n_embd, max_position_embeddings=hf.n_positions,
+        norm_eps=hf.layer_norm_epsilon, activation=hf.activation_function,
     )
-    if model_type == "gpt2":
-        for flag, ok in (("scale_attn_by_inverse_layer_idx", False),
-                         ("scale_attn_weights", True), ("add_cross_attention", False)):
-            if getattr(hf, flag, ok) != ok:
-                raise UnsupportedModelError(f"GPT-2 option {flag}={not ok} is not supported")
-        return ModelConfig(
-            arch="gpt2",
-            hidden_size=hf.n_embd,
-            num_layers=hf.n_layer,
-            num_heads=hf.n_head,
-            num_kv_heads=hf.n_head,
-            head_dim=hf.n_embd // hf.n_head,
-            intermediate_size=hf.n_inner or 4 * hf.n_embd,
-            max_position_embeddings=hf.n_positions,
-            norm_eps=hf.layer_norm_epsilon,
-            activation=hf.activation_function,
-            qkv_bias=True,
-            out_bias=True,
-            mlp_bias=True,
-            tie_embeddings=True,
-            **common,
-        )
-    rope_theta, rope_scaling = _rope_from_hf(hf)
-    attention_bias = bool(getattr(hf, "attention_bias", False))
+
+
+def _decoder_sizes(hf: Any, model_type: str) -> Dict[str, Any]:
+    """The fields of a Llama-style decoder config (Llama, Mistral, Qwen2, Gemma 2/3)."""
+    if getattr(hf, "use_bidirectional_attention", False):
+        raise UnsupportedModelError("bidirectional attention is not supported")
     sliding_window = getattr(hf, "sliding_window", None)
     if model_type == "qwen2" and not getattr(hf, "use_sliding_window", False):
         sliding_window = None
     layer_types = getattr(hf, "layer_types", None)
-    sliding_layers = (
-        tuple(t == "sliding_attention" for t in layer_types)
-        if sliding_window is not None and layer_types else None
-    )
-    return ModelConfig(
-        arch="llama",
+    fields = dict(
         hidden_size=hf.hidden_size,
         num_layers=hf.num_hidden_layers,
         num_heads=hf.num_attention_heads,
@@ -120,17 +113,60 @@ def config_from_hf(hf: Any, dtype: str = "float32", param_dtype: str = "float32"
         intermediate_size=hf.intermediate_size,
         max_position_embeddings=hf.max_position_embeddings,
         norm_eps=hf.rms_norm_eps,
-        activation=hf.hidden_act,
-        rope_theta=rope_theta,
-        rope_scaling=rope_scaling,
-        qkv_bias=attention_bias or model_type == "qwen2",
-        out_bias=attention_bias,
+        activation=getattr(hf, "hidden_activation", None) or hf.hidden_act,
         mlp_bias=bool(getattr(hf, "mlp_bias", False)),
         tie_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
         sliding_window=sliding_window,
-        sliding_layers=sliding_layers,
-        **common,
+        sliding_layers=(tuple(t == "sliding_attention" for t in layer_types)
+                        if sliding_window is not None and layer_types else None),
+        query_pre_attn_scalar=getattr(hf, "query_pre_attn_scalar", None),
+        attn_logit_softcap=getattr(hf, "attn_logit_softcapping", None),
+        final_logit_softcap=getattr(hf, "final_logit_softcapping", None),
+        **_rope_from_hf(hf),
     )
+    if getattr(hf, "attention_bias", False):
+        fields.update(qkv_bias=True, out_bias=True)
+    return fields
+
+
+def config_from_hf(hf: Any, dtype: str = "float32", param_dtype: str = "float32") -> ModelConfig:
+    """Converts a `transformers` config object into a ModelConfig (a multimodal Gemma 3
+    config gives its text tower's)."""
+    model_type = getattr(hf, "model_type", None)
+    if model_type == "gemma3":
+        hf, model_type = hf.text_config, "gemma3_text"
+    if model_type not in FAMILIES:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not supported; supported: "
+            f"{SUPPORTED_MODEL_TYPES + ('gemma3',)}"
+        )
+    sizes = _gpt2_sizes(hf) if model_type == "gpt2" else _decoder_sizes(hf, model_type)
+    return family_config(
+        model_type,
+        vocab_size=hf.vocab_size,
+        bos_token_id=hf.bos_token_id,
+        eos_token_id=_eos_ids(hf.eos_token_id),
+        pad_token_id=hf.pad_token_id,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        **sizes,
+    )
+
+
+def _rope_to_hf(cfg: ModelConfig) -> Dict[str, Any]:
+    rope = {"rope_type": cfg.rope_scaling.rope_type, "rope_theta": cfg.rope_theta}
+    if cfg.rope_scaling.rope_type != "default":
+        rope["factor"] = cfg.rope_scaling.factor
+    if cfg.rope_scaling.rope_type == "llama3":
+        rope.update(
+            low_freq_factor=cfg.rope_scaling.low_freq_factor,
+            high_freq_factor=cfg.rope_scaling.high_freq_factor,
+            original_max_position_embeddings=cfg.rope_scaling.original_max_position_embeddings,
+        )
+    if cfg.rope_local_theta is None:
+        return rope
+    return {"full_attention": rope,
+            "sliding_attention": {"rope_type": "default", "rope_theta": cfg.rope_local_theta}}
 
 
 def config_to_hf(cfg: ModelConfig) -> transformers.PretrainedConfig:
@@ -142,39 +178,39 @@ def config_to_hf(cfg: ModelConfig) -> transformers.PretrainedConfig:
         (cfg.eos_token_id[0] if cfg.eos_token_id else None),
         pad_token_id=cfg.pad_token_id,
     )
-    if cfg.arch == "gpt2":
+    if cfg.hf_model_type == "gpt2":
         return transformers.GPT2Config(
             n_embd=cfg.hidden_size, n_layer=cfg.num_layers, n_head=cfg.num_heads,
             n_inner=cfg.intermediate_size, n_positions=cfg.max_position_embeddings,
             layer_norm_epsilon=cfg.norm_eps, activation_function=cfg.activation, **common,
         )
-    rope = {"rope_type": cfg.rope_scaling.rope_type, "rope_theta": cfg.rope_theta}
-    if cfg.rope_scaling.rope_type != "default":
-        rope["factor"] = cfg.rope_scaling.factor
-    if cfg.rope_scaling.rope_type == "llama3":
-        rope.update(
-            low_freq_factor=cfg.rope_scaling.low_freq_factor,
-            high_freq_factor=cfg.rope_scaling.high_freq_factor,
-            original_max_position_embeddings=cfg.rope_scaling.original_max_position_embeddings,
-        )
-    llama = dict(
+    decoder = dict(
         hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
         head_dim=cfg.head_dim, intermediate_size=cfg.intermediate_size,
         max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=cfg.norm_eps,
-        hidden_act=cfg.activation, rope_parameters=rope,
+        hidden_act=cfg.activation, rope_parameters=_rope_to_hf(cfg),
         tie_word_embeddings=cfg.tie_embeddings, **common,
     )
-    if cfg.hf_model_type == "llama":
-        return transformers.LlamaConfig(
-            attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias, **llama
+    per_family = {
+        "llama": dict(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias),
+        "mistral": dict(sliding_window=cfg.sliding_window),
+        "qwen2": dict(use_sliding_window=cfg.sliding_window is not None,
+                      sliding_window=cfg.sliding_window),
+    }.get(cfg.hf_model_type)
+    if per_family is None:  # Gemma 2 / 3
+        decoder["hidden_activation"] = decoder.pop("hidden_act")
+        per_family = dict(
+            query_pre_attn_scalar=cfg.query_pre_attn_scalar,
+            attn_logit_softcapping=cfg.attn_logit_softcap,
+            final_logit_softcapping=cfg.final_logit_softcap,
+            sliding_window=cfg.sliding_window,
+            layer_types=[
+                "sliding_attention" if cfg.uses_sliding_window(i) else "full_attention"
+                for i in range(cfg.num_layers)],
         )
-    if cfg.hf_model_type == "mistral":
-        return transformers.MistralConfig(sliding_window=cfg.sliding_window, **llama)
-    return transformers.Qwen2Config(
-        use_sliding_window=cfg.sliding_window is not None,
-        sliding_window=cfg.sliding_window, **llama,
-    )
+    config_class = getattr(transformers, _CONFIG_CLASSES[cfg.hf_model_type])
+    return config_class(**decoder, **per_family)
 
 
 # ---------------------------------------------------------------------------- weights
@@ -190,10 +226,10 @@ def _weight_names(cfg: ModelConfig) -> Iterator[Tuple[str, Tuple[str, ...], bool
 
     def norm(hf_name, path):
         yield f"{hf_name}.weight", path + ("scale",), False
-        if cfg.arch == "gpt2":
+        if cfg.norm == "layer":
             yield f"{hf_name}.bias", path + ("bias",), False
 
-    if cfg.arch == "gpt2":
+    if cfg.hf_model_type == "gpt2":  # GPT-2's own tensor names
         yield "transformer.wte.weight", ("embed", "embedding"), False
         yield "transformer.wpe.weight", ("pos_embed", "embedding"), False
         for i in range(cfg.num_layers):
@@ -214,7 +250,15 @@ def _weight_names(cfg: ModelConfig) -> Iterator[Tuple[str, Tuple[str, ...], bool
         for name in ("q_proj", "k_proj", "v_proj"):
             yield from linear(f"{hf}.self_attn.{name}", me + ("attn", name), cfg.qkv_bias)
         yield from linear(f"{hf}.self_attn.o_proj", me + ("attn", "o_proj"), cfg.out_bias)
-        yield from norm(f"{hf}.post_attention_layernorm", me + ("mlp_norm",))
+        if cfg.qk_norm:
+            yield from norm(f"{hf}.self_attn.q_norm", me + ("attn", "q_norm"))
+            yield from norm(f"{hf}.self_attn.k_norm", me + ("attn", "k_norm"))
+        if cfg.sandwich_norms:  # Gemma 2/3: post_attention_layernorm follows attention
+            yield from norm(f"{hf}.post_attention_layernorm", me + ("post_attn_norm",))
+            yield from norm(f"{hf}.pre_feedforward_layernorm", me + ("mlp_norm",))
+            yield from norm(f"{hf}.post_feedforward_layernorm", me + ("post_mlp_norm",))
+        else:
+            yield from norm(f"{hf}.post_attention_layernorm", me + ("mlp_norm",))
         for name in ("gate_proj", "up_proj", "down_proj"):
             yield from linear(f"{hf}.mlp.{name}", me + ("mlp", name), cfg.mlp_bias)
     yield from norm("model.norm", ("final_norm",))
@@ -252,11 +296,25 @@ def _set_path(tree: dict, path: Tuple[str, ...], value) -> None:
     tree[path[-1]] = value
 
 
+def _text_tower(tensors: Dict[str, Any]) -> Dict[str, Any]:
+    """A multimodal checkpoint's language-model tensors under a text model's names."""
+    out = {}
+    for name, value in tensors.items():
+        if any(part in name for part in _NOT_TEXT_TOWER):
+            continue
+        for prefix in _TEXT_TOWER_PREFIXES:
+            if name.startswith(prefix):
+                name = "model." + name[len(prefix):]
+        out[name] = value
+    return out
+
+
 def params_from_hf_tensors(cfg: ModelConfig, tensors: Dict[str, jax.Array]) -> dict:
     """Maps HF tensor names to the sdjax parameter pytree, checking every shape."""
-    if cfg.arch == "gpt2":  # original GPT-2 checkpoints omit the "transformer." prefix
+    if cfg.hf_model_type == "gpt2":  # original GPT-2 checkpoints omit "transformer."
         tensors = {k if k.startswith(("transformer.", "lm_head")) else f"transformer.{k}": v
                    for k, v in tensors.items() if not k.endswith(_GPT2_BUFFERS)}
+    tensors = _text_tower(tensors)
     expected = param_shapes(cfg)["params"]
     params: dict = {}
     used = set()
@@ -324,10 +382,7 @@ def save_hf(path: str, cfg: ModelConfig, params: dict, tokenizer: Any = None) ->
     """Writes config.json, model.safetensors (and the tokenizer) for `transformers`."""
     os.makedirs(path, exist_ok=True)
     hf_config = config_to_hf(cfg)
-    hf_config.architectures = [
-        {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-         "qwen2": "Qwen2ForCausalLM", "gpt2": "GPT2LMHeadModel"}[cfg.hf_model_type]
-    ]
+    hf_config.architectures = [_ARCHITECTURES[cfg.hf_model_type]]
     hf_config.save_pretrained(path)
     tensors = {k: jnp.asarray(v) for k, v in params_to_hf_tensors(cfg, params).items()}
     safetensors.flax.save_file(tensors, os.path.join(path, "model.safetensors"),

@@ -11,14 +11,20 @@ import numpy as np
 from sdjax.config import ModelConfig
 
 
-def inverse_frequencies(cfg: ModelConfig) -> np.ndarray:
+def inverse_frequencies(cfg: ModelConfig, sliding: bool = False) -> np.ndarray:
     """Per-pair rotation frequencies [head_dim // 2], scaled as `cfg.rope_scaling` says.
 
-    Computed in numpy at trace time: they depend only on the static config.
+    A sliding-window layer of a model with its own local base (`rope_local_theta`,
+    Gemma 3) uses that base, unscaled. Computed in numpy at trace time: they depend
+    only on the static config.
     """
     dim = cfg.head_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    local = sliding and cfg.rope_local_theta is not None
+    theta = cfg.rope_local_theta if local else cfg.rope_theta
+    inv_freq = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
     scaling = cfg.rope_scaling
+    if local:
+        return inv_freq
     if scaling.rope_type == "linear":
         inv_freq = inv_freq / scaling.factor
     elif scaling.rope_type == "llama3":

@@ -81,26 +81,37 @@ def attention_mask(
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm computed in float32, as `transformers` Llama does."""
+    """Root-mean-square norm computed in float32, scaled as `transformers` does: by w in
+    the compute dtype (Llama), or by (offset + w) in float32 when there is an offset
+    (Gemma, whose checkpoints store w - 1)."""
 
     eps: float
     dtype: str
     param_dtype: str
+    offset: float = 0.0
 
     @nn.compact
     def __call__(self, x):
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        init = nn.initializers.constant(1.0 - self.offset)  # a scale of one
+        scale = self.param("scale", init, (x.shape[-1],), self.param_dtype)
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.offset:
+            return (normed * (self.offset + scale.astype(jnp.float32))).astype(self.dtype)
         return scale.astype(self.dtype) * normed.astype(self.dtype)
 
 
 def _norm(cfg: ModelConfig, name: str) -> nn.Module:
-    if cfg.arch == "gpt2":
+    if cfg.norm == "layer":
         return nn.LayerNorm(
             epsilon=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name
         )
-    return RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name=name)
+    return RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, cfg.norm_offset, name=name)
+
+
+def softcap(x: jax.Array, cap: Optional[float]) -> jax.Array:
+    """cap * tanh(x / cap): Gemma 2's soft limit on attention scores and logits."""
+    return x if cap is None else cap * jnp.tanh(x / cap)
 
 
 def _dense(cfg: ModelConfig, features: int, use_bias: bool, name: str) -> nn.Dense:
@@ -124,7 +135,7 @@ class Attention(nn.Module):
         batch, num_new, _ = x.shape
         q_size = cfg.num_heads * cfg.head_dim
         kv_size = cfg.num_kv_heads * cfg.head_dim
-        if cfg.arch == "gpt2":
+        if cfg.fused_qkv:
             qkv = _dense(cfg, q_size + 2 * kv_size, cfg.qkv_bias, "qkv_proj")(x)
             q, k, v = jnp.split(qkv, [q_size, q_size + kv_size], axis=-1)
         else:
@@ -134,8 +145,11 @@ class Attention(nn.Module):
         q = q.reshape(batch, num_new, cfg.num_heads, cfg.head_dim)
         k = k.reshape(batch, num_new, cfg.num_kv_heads, cfg.head_dim)
         v = v.reshape(batch, num_new, cfg.num_kv_heads, cfg.head_dim)
-        if cfg.arch == "llama":
-            inv_freq = inverse_frequencies(cfg)
+        if cfg.qk_norm:
+            q = _norm(cfg, "q_norm")(q)
+            k = _norm(cfg, "k_norm")(k)
+        if cfg.position_embedding == "rope":
+            inv_freq = inverse_frequencies(cfg, cfg.uses_sliding_window(self.layer))
             q = apply_rope(q, positions, inv_freq)
             k = apply_rope(k, positions, inv_freq)
         cache = cache.write_pending(self.layer, k, v, write_offset)
@@ -144,7 +158,7 @@ class Attention(nn.Module):
         groups = cfg.num_heads // cfg.num_kv_heads
         q = q.reshape(batch, num_new, cfg.num_kv_heads, groups, cfg.head_dim)
         scores = jnp.einsum("btkgd,bskd->bkgts", q, keys, preferred_element_type=jnp.float32)
-        scores = scores * (cfg.head_dim**-0.5)
+        scores = softcap(scores * cfg.query_scale, cfg.attn_logit_softcap)
         scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, values).reshape(batch, num_new, q_size)
@@ -159,7 +173,7 @@ class MLP(nn.Module):
         cfg = self.cfg
         act = _ACTIVATIONS[cfg.activation]
         up = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "up_proj")(x)
-        if cfg.arch == "llama":
+        if cfg.gated_mlp:
             up = act(_dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "gate_proj")(x)) * up
         else:
             up = act(up)
@@ -172,12 +186,17 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, mask, cache, write_offset):
-        attn_out, cache = Attention(self.cfg, self.layer, name="attn")(
-            _norm(self.cfg, "attn_norm")(x), positions, mask, cache, write_offset
+        cfg = self.cfg
+        attn_out, cache = Attention(cfg, self.layer, name="attn")(
+            _norm(cfg, "attn_norm")(x), positions, mask, cache, write_offset
         )
+        if cfg.sandwich_norms:
+            attn_out = _norm(cfg, "post_attn_norm")(attn_out)
         x = x + attn_out
-        x = x + MLP(self.cfg, name="mlp")(_norm(self.cfg, "mlp_norm")(x))
-        return x, cache
+        mlp_out = MLP(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x))
+        if cfg.sandwich_norms:
+            mlp_out = _norm(cfg, "post_mlp_norm")(mlp_out)
+        return x + mlp_out, cache
 
 
 class Transformer(nn.Module):
@@ -190,7 +209,7 @@ class Transformer(nn.Module):
             embedding_init=_INIT, name=name,
         )
         self.embed = embed(cfg.vocab_size, "embed")
-        if cfg.arch == "gpt2":
+        if cfg.position_embedding == "learned":
             self.pos_embed = embed(cfg.max_position_embeddings, "pos_embed")
         self.layers = [Block(cfg, i, name=f"layers_{i}") for i in range(cfg.num_layers)]
         self.final_norm = _norm(cfg, "final_norm")
@@ -222,7 +241,9 @@ class Transformer(nn.Module):
         cfg = self.config
         num_layers = cfg.num_layers if num_layers is None else num_layers
         x = self.embed(tokens)
-        if cfg.arch == "gpt2":
+        if cfg.scale_embeddings:
+            x = x * jnp.asarray(cfg.hidden_size**0.5, x.dtype)
+        if cfg.position_embedding == "learned":
             x = x + self.pos_embed(positions)
         masks = {
             window: attention_mask(cache, positions, tree_mask, window, pending_positions)
@@ -239,8 +260,9 @@ class Transformer(nn.Module):
             logits = self.embed.attend(hidden[:, logits_from:])
         else:
             logits = self.lm_head(hidden[:, logits_from:])
+        logits = softcap(logits.astype(jnp.float32), cfg.final_logit_softcap)
         intermediates = tuple(states[i] for i in hidden_layers)
-        return ModelOutput(logits.astype(jnp.float32), hidden, intermediates, cache)
+        return ModelOutput(logits, hidden, intermediates, cache)
 
 
 def init_params(cfg: ModelConfig, key: jax.Array) -> dict:

@@ -35,7 +35,7 @@ class LMTrainConfig(LoopConfig):
 
 
 def model_config(values: Dict[str, Any], vocab_size: int, eos_token_id: int) -> ModelConfig:
-    values = {"arch": "llama", "max_position_embeddings": 2048, **values,
+    values = {"max_position_embeddings": 2048, **values,
               "vocab_size": vocab_size, "eos_token_id": (eos_token_id,),
               "bos_token_id": eos_token_id, "pad_token_id": eos_token_id}
     return from_dict(ModelConfig, values)

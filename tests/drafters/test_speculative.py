@@ -19,12 +19,12 @@ from sdjax.models import KVCache, Transformer
 from sdjax.sampling import warp_logits
 from tests.stats import tv, tv_bound
 
-TARGET = sdjax.ModelConfig(arch="llama", vocab_size=320, hidden_size=64, num_layers=2,
+TARGET = sdjax.ModelConfig(vocab_size=320, hidden_size=64, num_layers=2,
                            num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=128,
                            max_position_embeddings=512)
-DRAFT = sdjax.ModelConfig(arch="gpt2", vocab_size=320, hidden_size=32, num_layers=1,
+DRAFT = sdjax.models.family_config("gpt2", vocab_size=320, hidden_size=32, num_layers=1,
                           num_heads=2, num_kv_heads=2, head_dim=16, intermediate_size=64,
-                          max_position_embeddings=512, hf_model_type="gpt2")
+                          max_position_embeddings=512)
 PARAMS = sdjax.init_params(TARGET, jax.random.PRNGKey(0))
 DRAFT_PARAMS = sdjax.init_params(DRAFT, jax.random.PRNGKey(1))
 # The target itself with its LM head rolled by one: always proposes argmax + 1.
@@ -287,7 +287,7 @@ def test_draft_vocabulary_and_params_are_checked():
 
 # ------------------------------------------------------- sampling through the loop
 
-TINY = sdjax.ModelConfig(arch="llama", vocab_size=4, hidden_size=16, num_layers=1,
+TINY = sdjax.ModelConfig(vocab_size=4, hidden_size=16, num_layers=1,
                          num_heads=2, num_kv_heads=1, head_dim=8, intermediate_size=32,
                          max_position_embeddings=64)
 TINY_DRAFT = TINY.replace(num_layers=1, hidden_size=8, num_heads=1, head_dim=8,

@@ -100,7 +100,7 @@ def test_tokenizer_is_loaded_and_checked_against_the_vocabulary(hf_checkpoints, 
 
 def test_tokenizer_round_trips_through_save_hf(tokenizer_dir, tmp_path):
     import jax
-    cfg = sdjax.ModelConfig(arch="llama", vocab_size=320, hidden_size=32, num_layers=1,
+    cfg = sdjax.ModelConfig(vocab_size=320, hidden_size=32, num_layers=1,
                             num_heads=2, num_kv_heads=2, head_dim=16, intermediate_size=64,
                             max_position_embeddings=64, eos_token_id=(0,))
     tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)

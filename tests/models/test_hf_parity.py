@@ -41,11 +41,11 @@ def test_greedy_tokens_match_transformers(hf_checkpoints, arch):
     path = hf_checkpoints[arch]
     model = sdjax.load_hf(path)
     prompt = SEQ[0, :7]
-    cfg = sdjax.SpecConfig(model=model.config, max_new_tokens=32, eos_token_id=())
+    cfg = sdjax.SpecConfig(model=model.config, max_new_tokens=48, eos_token_id=())
     ours = sdjax.generate(model.params, prompt.tolist(), cfg).tokens[0]
     with torch.no_grad():
         theirs = hf_models.load_torch(path).generate(
-            torch.as_tensor(prompt[None]), max_new_tokens=32, min_new_tokens=32,
+            torch.as_tensor(prompt[None]), max_new_tokens=48, min_new_tokens=48,
             do_sample=False, pad_token_id=0)[0, 7:].numpy()
     np.testing.assert_array_equal(ours, theirs)
 
