@@ -104,8 +104,8 @@ def test_training_presets_are_valid():
 
 
 def test_demo_runs_end_to_end(capsys):
-    assert cli.main(["demo", "--max-new-tokens", "8", "--method", "prompt_lookup",
-                     "eagle2"]) == 0
+    assert cli.main(["demo", "--model", "testbed", "--max-new-tokens", "8", "--method",
+                     "prompt_lookup", "eagle2"]) == 0
     out = capsys.readouterr().out
     assert "--- completion (8 tokens, greedy) ---" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines()[-3:]}
@@ -114,13 +114,13 @@ def test_demo_runs_end_to_end(capsys):
 
 
 def test_demo_rejects_unknown_methods(capsys):
-    assert cli.main(["demo", "--method", "eagle9"]) == 2
+    assert cli.main(["demo", "--model", "testbed", "--method", "eagle9"]) == 2
     assert "unknown methods ['eagle9']" in capsys.readouterr().err
 
 
 def test_help_of_every_command():
-    for command in (["generate"], ["demo"], ["bench"], ["train", "lm"], ["train", "heads"],
-                    ["train", "generations"]):
+    for command in (["generate"], ["demo"], ["bench"], ["convert"], ["train", "lm"],
+                    ["train", "heads"], ["train", "generations"]):
         result = subprocess.run([sys.executable, "-m", "sdjax.cli", *command, "--help"],
                                 capture_output=True, text=True, check=True)
         assert "usage: sdjax" in result.stdout

@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 import statistics
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -29,6 +29,7 @@ from sdjax.bench.tasks import CATEGORIES, build_tasks
 from sdjax.decode import acceptance_summary
 from sdjax.drafters import DraftModel, PromptLookup
 from sdjax.heads import Eagle, Eagle2, load_heads, make_drafter
+from sdjax.pretrained import NAMES, TESTBED, cache_dir, pretrained_path
 
 # A static draft tree for the draft model: two candidates at the first two levels,
 # then the best path goes two levels deeper (8 nodes).
@@ -53,17 +54,21 @@ TORCH_COUNTERPART = {"autoregressive": "greedy", "draft_chain": "assisted",
                      "prompt_lookup": "prompt_lookup"}
 
 
-def methods(draft: sdjax.LoadedModel, gamma: int, lookup: int,
+def methods(draft: Optional[sdjax.LoadedModel], gamma: int, lookup: int,
             heads: Sequence[tuple] = ()) -> Dict[str, tuple]:
-    """name -> (drafter, draft_params). `heads`: (HeadsConfig, params) pairs."""
+    """name -> (drafter, draft_params). `heads`: (HeadsConfig, params) pairs; without a
+    draft model, no draft-model methods."""
     found = {
         "autoregressive": (None, None),
         "prompt_lookup": (PromptLookup(num_draft=lookup), None),
-        "draft_chain": (DraftModel(draft.config, num_draft=gamma), draft.params),
-        "draft_adaptive": (DraftModel(draft.config, num_draft=gamma + 2, adaptive=True),
-                           draft.params),
-        "draft_tree": (DraftModel(draft.config, tree=DRAFT_TREE), draft.params),
     }
+    if draft is not None:
+        found.update({
+            "draft_chain": (DraftModel(draft.config, num_draft=gamma), draft.params),
+            "draft_adaptive": (DraftModel(draft.config, num_draft=gamma + 2, adaptive=True),
+                               draft.params),
+            "draft_tree": (DraftModel(draft.config, tree=DRAFT_TREE), draft.params),
+        })
     for cfg, params in heads:
         found.update({name: (drafter, params) for name, drafter in head_drafters(cfg).items()})
     return found
@@ -85,10 +90,11 @@ def bundled_heads() -> List[str]:
     return [f for f in folders if os.path.exists(os.path.join(f, "heads_config.json"))]
 
 
-def load_pair(target: str, draft: str, heads: Sequence[str] = (), dtype: str = "float32"):
-    """(target, draft, [(heads config, params), ...]) from their folders."""
+def load_pair(target: str, draft: Optional[str], heads: Sequence[str] = (),
+              dtype: str = "float32"):
+    """(target, draft or None, [(heads config, params), ...]) from their folders."""
     return (sdjax.load_hf(target, dtype=dtype),
-            sdjax.load_hf(draft, dtype=dtype, load_tokenizer=False),
+            sdjax.load_hf(draft, dtype=dtype, load_tokenizer=False) if draft else None,
             [load_heads(folder) for folder in heads])
 
 
@@ -112,7 +118,8 @@ def run(args) -> dict:
     available = methods(draft, args.gamma, args.lookup, heads)
     missing = sorted(set(args.methods) - set(available))
     if missing:
-        raise ValueError(f"methods {missing} need draft heads of that kind: give --heads DIR")
+        raise ValueError(f"methods {missing} need draft heads of that kind (--heads DIR) "
+                         "or a draft model (--draft DIR)")
     chosen = {name: m for name, m in available.items() if name in args.methods}
     prompts = [(c, i, t.prompt) for c, ts in tasks.items() for i, t in enumerate(ts)]
 
@@ -165,7 +172,8 @@ def run(args) -> dict:
                                                            for k in index))
             rows.append(row)
     return {
-        "target": _name(args.target), "draft": _name(args.draft), "dtype": args.dtype,
+        "target": _name(args.target), "draft": args.draft and _name(args.draft),
+        "dtype": args.dtype,
         "new_tokens": args.new_tokens, "prompts_per_category": args.prompts,
         "repeats": args.repeats, "temperature": args.temperature,
         "gamma": args.gamma, "lookup": args.lookup, "rows": rows,
@@ -175,8 +183,11 @@ def run(args) -> dict:
 
 def _name(folder: str) -> str:
     """A checkpoint folder as the report names it: bundled ones by name, not by path."""
-    inside = os.path.relpath(os.path.abspath(folder), testbed.ROOT)
-    return f"sdjax.testbed:{inside}" if not inside.startswith("..") else folder
+    for root, label in ((testbed.ROOT, "sdjax.testbed"), (cache_dir(), "sdjax cache")):
+        inside = os.path.relpath(os.path.abspath(folder), root)
+        if not inside.startswith(".."):
+            return f"{label}:{inside}"
+    return folder
 
 
 def _run_transformers(args, prompts, first):
@@ -189,7 +200,8 @@ def _run_transformers(args, prompts, first):
 
     load = lambda path: transformers.AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.float32 if args.dtype == "float32" else torch.bfloat16).eval()
-    model, assistant = load(args.target), load(args.draft)
+    model = load(args.target)
+    assistant = load(args.draft) if args.draft else None
     names = sorted(set(TORCH_COUNTERPART[m] for m in args.methods if m in TORCH_COUNTERPART))
     seconds = {n: [[] for _ in prompts] for n in names}
     same = {n: [] for n in names}
@@ -276,8 +288,11 @@ def plot(report: dict, out: str) -> List[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", help="target checkpoint folder (default: bundled testbed)")
-    parser.add_argument("--draft", help="draft checkpoint folder (default: bundled testbed)")
+    parser.add_argument("--model", choices=NAMES, help="a named target model: gemma3-270m "
+                        "(the [gemma3] extra) or testbed (the default)")
+    parser.add_argument("--target", help="target checkpoint folder (default: --model)")
+    parser.add_argument("--draft", help="draft checkpoint folder (default: the testbed's, "
+                                        "with the testbed target; none otherwise)")
     parser.add_argument("--heads", nargs="+", default=None, metavar="DIR",
                         help="draft-head folders (default: the bundled ones, with the "
                              "bundled target)")
@@ -303,15 +318,19 @@ def main(args) -> dict:
     unknown = sorted(set(args.methods or ()) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    if args.target is None:
+        args.target = pretrained_path(args.model or TESTBED)
+    on_testbed = os.path.samefile(args.target, testbed.path("target"))
     if args.heads is None:
-        args.heads = bundled_heads() if args.target is None else []
-    args.target = args.target or testbed.path("target")
-    args.draft = args.draft or testbed.path("draft")
+        args.heads = bundled_heads() if on_testbed else []
+    if args.draft is None and on_testbed:
+        args.draft = testbed.path("draft")
     if args.methods is None:
         kinds = {load_heads(folder)[0].kind for folder in args.heads}
         from_heads = {m for kind in kinds for m in HEAD_METHODS[kind]}
         args.methods = [m for m in METHODS if m in from_heads or not any(
-            m in names for names in HEAD_METHODS.values())]
+            m in names for names in HEAD_METHODS.values()) and (
+            args.draft or not m.startswith("draft_"))]
     if "autoregressive" not in args.methods:
         args.methods = ["autoregressive", *args.methods]  # the baseline of every ratio
     report = run(args)

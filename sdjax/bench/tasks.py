@@ -5,6 +5,8 @@
 - `copy_edit`: the prompt holds a file up to a function's end, then asks for it again under a new name
   (the answer mostly repeats the prompt: the case prompt lookup is made for).
 - `long_context`: continue a file from a long prefix (most of the model's context).
+- `prose`: continue English prose: a long docstring of the held-out files (the stdlib's
+  documentation written inline), cut after a sentence.
 
 Prompts are token-id lists, left-truncated to their category's length; the draw is
 seeded, so every method (and `transformers`) sees the same prompts.
@@ -18,8 +20,10 @@ from typing import Dict, List, NamedTuple, Sequence
 
 from sdjax.data import corpus_files
 
-CATEGORIES = ("completion", "function_body", "copy_edit", "long_context")
-PROMPT_TOKENS = {"completion": 256, "function_body": 384, "copy_edit": 512, "long_context": 768}
+CATEGORIES = ("completion", "function_body", "copy_edit", "long_context", "prose")
+PROMPT_TOKENS = {"completion": 256, "function_body": 384, "copy_edit": 512, "long_context": 768,
+                 "prose": 160}
+_PROSE_CHARS = 600  # docstrings at least this long count as prose
 
 
 class Task(NamedTuple):
@@ -51,6 +55,8 @@ def _candidates(category: str, path: str, text: str) -> List[tuple]:
         tree = ast.parse(text)
     except (SyntaxError, ValueError):
         return []
+    if category == "prose":
+        return _prose(tree, name)
     found = []
     for fn in _functions(tree):
         body = [s for s in fn.body if not (isinstance(s, ast.Expr) and
@@ -70,6 +76,20 @@ def _candidates(category: str, path: str, text: str) -> List[tuple]:
     return found
 
 
+def _prose(tree: ast.AST, name: str) -> List[tuple]:
+    """Long docstrings, cut after a sentence about two thirds in."""
+    found = []
+    for node in [tree, *(n for n in ast.walk(tree) if isinstance(
+            n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)))]:
+        doc = ast.get_docstring(node)
+        if not doc or len(doc) < _PROSE_CHARS:
+            continue
+        cut = doc.find(". ", 2 * len(doc) // 3)
+        if cut > 0:
+            found.append((doc[: cut + 1], f"{name}:{getattr(node, 'lineno', 1)}"))
+    return found
+
+
 def build_tasks(tokenizer, num_prompts: int, seed: int = 0,
                 categories: Sequence[str] = CATEGORIES,
                 prompt_tokens: Dict[str, int] = PROMPT_TOKENS) -> Dict[str, List[Task]]:
@@ -78,6 +98,9 @@ def build_tasks(tokenizer, num_prompts: int, seed: int = 0,
     if unknown:
         raise ValueError(f"unknown categories {unknown}; choose from {list(CATEGORIES)}")
     files = corpus_files("benchmark")
+    # A tokenizer that starts every text with BOS (Gemma) gets it before each prompt.
+    bos = [tokenizer.bos_token_id] if tokenizer("x")["input_ids"][0] == \
+        tokenizer.bos_token_id else []
     tasks = {}
     for category in categories:
         rng = random.Random(f"{seed}/{category}")
@@ -93,7 +116,8 @@ def build_tasks(tokenizer, num_prompts: int, seed: int = 0,
             ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
             if len(ids) < prompt_tokens[category] // 2:
                 continue  # too little context to be a fair instance of the category
-            chosen.append(Task(category, label, ids[-prompt_tokens[category]:]))
+            start = max(0, len(ids) + len(bos) - prompt_tokens[category])
+            chosen.append(Task(category, label, bos + ids[start:]))
             if len(chosen) == num_prompts:
                 break
         if len(chosen) < num_prompts:

