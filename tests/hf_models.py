@@ -46,9 +46,21 @@ SPECS = {
 }
 
 
-def build(name: str):
+def multimodal_gemma3():
+    """A tiny image-text Gemma 3 (`Gemma3Config`: a SigLIP tower and a text tower); its
+    image-token ids (93-95) are above the ids the parity tests feed it."""
+    text = {**_BASE, "num_key_value_heads": 1, "head_dim": 24, "query_pre_attn_scalar": 40,
+            "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]}
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=28, patch_size=14)
+    return transformers.Gemma3Config(text_config=text, vision_config=vision,
+                                     mm_tokens_per_image=4, boi_token_index=93,
+                                     eoi_token_index=94, image_token_index=95)
+
+
+def build(name: str, config=None):
     torch.manual_seed(sum(map(ord, name)))
-    config = SPECS[name]()
+    config = config or SPECS[name]()
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     with torch.no_grad():  # Gemma's norms start at w = 0, which would hide their (1 + w)
         for name, param in model.named_parameters():

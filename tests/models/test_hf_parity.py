@@ -60,6 +60,17 @@ def test_save_hf_round_trips_through_transformers(hf_checkpoints, arch, tmp_path
     assert sdjax.load_hf(str(tmp_path)).config == model.config
 
 
+def test_multimodal_gemma3_loads_its_text_tower(tmp_path):
+    model = hf_models.build("gemma3_multimodal", hf_models.multimodal_gemma3())
+    model.save_pretrained(str(tmp_path))
+    ours = sdjax.load_hf(str(tmp_path))
+    assert ours.config.hf_model_type == "gemma3_text" and ours.config.qk_norm
+    tokens = SEQ % 90
+    with torch.no_grad():
+        theirs = model(torch.as_tensor(tokens)).logits.numpy()
+    np.testing.assert_allclose(sdjax_logits(ours, tokens), theirs, atol=1e-4, rtol=0)
+
+
 def test_intermediate_hidden_states_match_transformers(hf_checkpoints):
     path = hf_checkpoints["llama_gqa"]
     model = sdjax.load_hf(path)

