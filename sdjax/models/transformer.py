@@ -264,7 +264,8 @@ class Transformer(nn.Module):
         """
         cfg = self.config
         num_layers = cfg.num_layers if num_layers is None else num_layers
-        x = self.embed(tokens)
+        # Rows first, then the compute dtype (`nn.Embed` would convert the whole table).
+        x = jnp.take(self.embed.embedding, tokens, axis=0, mode="clip").astype(cfg.dtype)
         if cfg.scale_embeddings:
             x = x * jnp.asarray(cfg.hidden_size**0.5, x.dtype)
         if cfg.position_embedding == "learned":
