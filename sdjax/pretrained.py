@@ -14,6 +14,7 @@ import dataclasses
 import importlib
 import os
 import shutil
+import sys
 import tempfile
 from typing import Optional
 
@@ -65,6 +66,7 @@ def pretrained_path(name: str) -> str:
         ) from None
     from sdjax.models.gguf import convert_gguf
 
+    print(f"converting {name} into {folder} (once; about a minute)", file=sys.stderr)
     os.makedirs(cache_dir(), exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir()) as work:
         gguf_file = str(package.assemble(os.path.join(work, f"{name}.gguf")))

@@ -83,3 +83,18 @@ def test_bench_runs_the_eagle_methods_of_an_eagle_draft(pair, tmp_path):
     methods = [r["method"] for r in rows]
     assert {"eagle", "eagle2", "eagle2_adaptive"} <= set(methods) and "medusa" not in methods
     assert all(r["same_as_greedy"] for r in rows)
+
+
+def test_ar_bench_times_both_dtypes_and_checks_tokens(tmp_path):
+    from sdjax.bench import ar
+    result = ar.main(["--layers", "1", "--hidden", "64", "--intermediate", "128", "--heads",
+                      "4", "--kv-heads", "4", "--vocab", "256", "--new-tokens", "8",
+                      "--repeats", "1", "--prompt-len", "16", "--batch", "2",
+                      "--json", str(tmp_path / "ar.json")])
+    assert result["same_tokens_as_transformers_float32"]["sdjax float32"]
+    assert set(result["tokens_per_second"]) == {
+        f"{impl} {dtype}" for impl in ("sdjax", "transformers")
+        for dtype in ("float32", "bfloat16")}
+    assert result["weight_streaming_limit_ms"]["bfloat16"] == pytest.approx(
+        result["weight_streaming_limit_ms"]["float32"] / 2)
+    assert set(result["forward_ms_by_new_tokens"]["float32"]) == set(ar.VERIFY_SIZES)

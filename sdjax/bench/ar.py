@@ -1,12 +1,12 @@
 """Autoregressive greedy decoding: sdjax vs `transformers` (PyTorch, CPU), same weights.
 
     python -m sdjax.bench.ar --model gemma3-270m [--new-tokens 128] [--repeats 3]
-    python -m sdjax.bench.ar [--layers 6 ...]   # a random-weight Llama (~28.8M)
+    python -m sdjax.bench.ar [--layers 6 ...] [--batch 8]  # a random-weight Llama (~28.8M)
 
-Loads the same checkpoint in sdjax and `transformers` in each of `--dtypes`, checks
-that float32 greedy tokens agree, then times batch-1 greedy decoding of `--new-tokens`
-after a real-text prompt (held-out stdlib code, about `--prompt-len` tokens; random
-ids for the random model) alternately, and prints tokens/s and ms/token against the
+Loads the same checkpoint in sdjax and `transformers` in each `--dtype`, checks that
+greedy tokens agree with `transformers` float32, then times greedy decoding of
+`--new-tokens` after `--batch` real-text prompts (held-out stdlib code, `--prompt-len`
+tokens each; random ids for the random model) alternately, and prints tokens/s and ms/token against the
 weight-streaming limit of this machine: the bytes of weights one step reads divided
 by a measured memory bandwidth. Then the cost of one sdjax forward of 1, 4, 8 and 16
 new tokens over the prompt's cache: what speculative verification pays. Needs the
@@ -58,13 +58,19 @@ def weight_bytes_per_token(params, config: sdjax.ModelConfig, dtype: str) -> int
     return count * jnp.dtype(dtype).itemsize
 
 
-def _prompt(args, tokenizer) -> list:
+def _prompts(args, tokenizer) -> list:
+    """`--batch` prompts of `--prompt-len` tokens each."""
     if tokenizer is None:
-        return np.random.default_rng(0).integers(0, args.vocab, args.prompt_len).tolist()
+        rng = np.random.default_rng(0)
+        return rng.integers(0, args.vocab, (args.batch, args.prompt_len)).tolist()
     from sdjax.bench.tasks import build_tasks
 
-    return build_tasks(tokenizer, 1, categories=["completion"],
-                       prompt_tokens={"completion": args.prompt_len})["completion"][0].prompt
+    tasks = build_tasks(tokenizer, args.batch, categories=["completion"],
+                        prompt_tokens={"completion": args.prompt_len})["completion"]
+    if any(len(t.prompt) != args.prompt_len for t in tasks):
+        raise ValueError(f"fewer than {args.prompt_len} tokens in some prompt: lower "
+                         "--prompt-len")
+    return [t.prompt for t in tasks]
 
 
 def main(argv=None) -> dict:
@@ -74,9 +80,10 @@ def main(argv=None) -> dict:
                         help="a named model (default: a random-weight Llama of the sizes below)")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-len", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
-                        choices=["float32", "bfloat16"])
+    parser.add_argument("--dtype", dest="dtypes", nargs="+",
+                        default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     add_model_args(parser)
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
@@ -92,14 +99,14 @@ def main(argv=None) -> dict:
         torch_models = {d: transformers.AutoModelForCausalLM.from_pretrained(
             path, dtype=getattr(torch, d)).eval() for d in args.dtypes}
     first = models[args.dtypes[0]]
-    prompt = _prompt(args, first.tokenizer)
+    prompts = _prompts(args, first.tokenizer)
     cfgs = {d: sdjax.SpecConfig(model=m.config, max_new_tokens=args.new_tokens,
                                 eos_token_id=()) for d, m in models.items()}
     runners = {}
     for d in args.dtypes:
-        runners[f"sdjax {d}"] = lambda d=d: _sdjax_run(models[d], prompt, cfgs[d])
+        runners[f"sdjax {d}"] = lambda d=d: _sdjax_run(models[d], prompts, cfgs[d])
         runners[f"transformers {d}"] = lambda d=d: torch_generate(
-            torch_models[d], prompt, args.new_tokens)
+            torch_models[d], prompts, args.new_tokens)
     tokens, compile_seconds = {}, {}
     for name, run in tqdm(runners.items(), desc="warm-up (compile)", unit="config"):
         start = time.perf_counter()
@@ -113,16 +120,17 @@ def main(argv=None) -> dict:
     num_params = sum(x.size for x in jax.tree.leaves(first.params))
     limit_ms = {d: 1e3 * weight_bytes_per_token(first.params, first.config, d) / bandwidth
                 for d in args.dtypes}
-    forward = {d: {n: forward_ms(models[d], n, len(prompt), 5) for n in VERIFY_SIZES}
+    forward = {d: {n: forward_ms(models[d], n, args.prompt_len, 5) for n in VERIFY_SIZES}
                for d in args.dtypes}
 
-    rate = {name: args.new_tokens / statistics.median(t) for name, t in times.items()}
+    rate = {name: args.batch * args.new_tokens / statistics.median(t)
+            for name, t in times.items()}
     best_torch = max(r for n, r in rate.items() if n.startswith("transformers"))
     reference = tokens.get("transformers float32")
     result = {
         "model": args.model or f"random Llama {num_params / 1e6:.1f}M",
-        "params_millions": num_params / 1e6, "prompt_tokens": len(prompt),
-        "new_tokens": args.new_tokens, "repeats": args.repeats,
+        "params_millions": num_params / 1e6, "prompt_tokens": args.prompt_len,
+        "batch": args.batch, "new_tokens": args.new_tokens, "repeats": args.repeats,
         "bandwidth_gb_per_s": bandwidth / 1e9, "weight_streaming_limit_ms": limit_ms,
         "tokens_per_second": rate, "compile_or_warmup_seconds": compile_seconds,
         "same_tokens_as_transformers_float32": {
@@ -138,23 +146,24 @@ def main(argv=None) -> dict:
     return result
 
 
-def _sdjax_run(model, prompt, cfg):
-    out = sdjax.generate(model.params, [prompt], cfg)
-    return out.tokens[0], out.stats["decode_seconds"]
+def _sdjax_run(model, prompts, cfg):
+    out = sdjax.generate(model.params, prompts, cfg)
+    return out.tokens, out.stats["decode_seconds"]
 
 
 def _print(result: dict, best_torch: float) -> None:
     limit = result["weight_streaming_limit_ms"]
-    print(f"\n{result['model']} ({result['params_millions']:.1f}M parameters), batch 1, "
+    print(f"\n{result['model']} ({result['params_millions']:.1f}M parameters), batch "
+          f"{result['batch']}, "
           f"prompt {result['prompt_tokens']} tokens, {result['new_tokens']} new tokens, "
           f"median of {result['repeats']}; memory bandwidth "
           f"{result['bandwidth_gb_per_s']:.1f} GB/s ({result['device']})")
-    print("| implementation | tokens/s | ms/token | vs best transformers | weight-streaming "
+    print("| implementation | tokens/s | ms/step | vs best transformers | weight-streaming "
           "limit ms | x limit | = transformers f32 |")
     print("|---|---:|---:|---:|---:|---:|---|")
     same = result["same_tokens_as_transformers_float32"]
     for name, rate in result["tokens_per_second"].items():
-        ms = 1e3 / rate
+        ms = 1e3 / rate * result["batch"]  # per decoding step
         floor = limit[name.split()[-1]]
         print(f"| {name} | {rate:.1f} | {ms:.1f} | {rate / best_torch:.2f}x | {floor:.1f} | "
               f"{ms / floor:.2f} | {same.get(name, '—')} |")

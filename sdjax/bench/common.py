@@ -32,15 +32,16 @@ def build_checkpoint(args, path: str) -> int:
 
 
 
-def torch_generate(model, prompt, new_tokens: int, **kwargs):
-    """Greedy `transformers` generate of exactly `new_tokens`: (new token ids, seconds)."""
+def torch_generate(model, prompts, new_tokens: int, **kwargs):
+    """Greedy `transformers` generate of exactly `new_tokens` after each of `prompts`
+    (equal-length id lists): (new token ids [B, new_tokens], seconds)."""
     import time
 
     import torch
 
     start = time.perf_counter()
     with torch.no_grad():
-        out = model.generate(torch.as_tensor([prompt]), do_sample=False,
+        out = model.generate(torch.as_tensor(prompts), do_sample=False,
                              max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                              pad_token_id=0, **kwargs)
-    return out[0, len(prompt):].numpy(), time.perf_counter() - start
+    return out[:, len(prompts[0]):].numpy(), time.perf_counter() - start

@@ -208,14 +208,14 @@ def _run_transformers(args, prompts, first):
     for name in names:  # warm-up, and the tokens
         kwargs = _torch_kwargs(name, assistant, args.gamma, args.lookup)
         for k, (_, _, prompt) in enumerate(prompts):
-            tokens, _ = torch_generate(model, prompt, args.new_tokens, **kwargs)
+            tokens = torch_generate(model, [prompt], args.new_tokens, **kwargs)[0][0]
             reference = first["autoregressive"][k].tokens[0]
             same[name].append(bool(np.array_equal(tokens, reference[:len(tokens)])))
     for _ in tqdm(range(args.repeats), desc="transformers rounds", unit="round"):
         for name in names:
             kwargs = _torch_kwargs(name, assistant, args.gamma, args.lookup)
             for k, (_, _, prompt) in enumerate(prompts):
-                seconds[name][k].append(torch_generate(model, prompt, args.new_tokens,
+                seconds[name][k].append(torch_generate(model, [prompt], args.new_tokens,
                                                        **kwargs)[1])
     return seconds, same
 

