@@ -173,6 +173,7 @@ def test_convert_command(gguf_models, tmp_path, capsys):
     out = str(tmp_path / "hf")
     assert cli.main(["convert", gguf_models["qwen2"][2], out]) == 0
     assert sdjax.load_hf(out).config == load_gguf(gguf_models["qwen2"][2]).config
+    capsys.readouterr()
     assert cli.main(["convert", str(tmp_path / "missing.gguf"), out]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0]
