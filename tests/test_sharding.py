@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulat
 PROMPTS = [list(range(3, 3 + n)) for n in (4, 9, 2, 6, 12)]  # 5 rows: not a multiple of 2 or 8
 
 
-@pytest.mark.parametrize("arch", ["llama_gqa", "gpt2", "qwen2_bias_tied"])
+@pytest.mark.parametrize("arch", ["llama_gqa", "gpt2", "qwen2_bias_tied", "gemma3_local_global"])
 def test_sharded_generate_matches_unsharded(hf_checkpoints, arch):
     model = sdjax.load_hf(hf_checkpoints[arch])
     cfg = sdjax.SpecConfig(model=model.config, max_new_tokens=16, eos_token_id=())

@@ -6,11 +6,11 @@
 Loads the same checkpoint in sdjax and `transformers` in each `--dtype`, checks that
 greedy tokens agree with `transformers` float32, then times greedy decoding of
 `--new-tokens` after `--batch` real-text prompts (held-out stdlib code, `--prompt-len`
-tokens each; random ids for the random model) alternately, and prints tokens/s and ms/token against the
-weight-streaming limit of this machine: the bytes of weights one step reads divided
-by a measured memory bandwidth. Then the cost of one sdjax forward of 1, 4, 8 and 16
-new tokens over the prompt's cache: what speculative verification pays. Needs the
-`torch` extra.
+tokens each; random ids for the random model) alternately, and prints tokens/s and
+ms/step against the weight-streaming limit of this machine: the bytes of weights one
+step reads divided by a measured memory bandwidth. Then the cost of one sdjax forward
+of 1, 4, 8 and 16 new tokens over the prompt's cache: what speculative verification
+pays. Needs the `torch` extra.
 """
 
 from __future__ import annotations

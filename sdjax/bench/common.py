@@ -39,9 +39,10 @@ def torch_generate(model, prompts, new_tokens: int, **kwargs):
 
     import torch
 
+    tokens = torch.as_tensor(prompts)
     start = time.perf_counter()
-    with torch.no_grad():
-        out = model.generate(torch.as_tensor(prompts), do_sample=False,
+    with torch.no_grad():  # an explicit mask: a real token equal to pad_token_id stays seen
+        out = model.generate(tokens, attention_mask=torch.ones_like(tokens), do_sample=False,
                              max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                              pad_token_id=0, **kwargs)
     return out[:, len(prompts[0]):].numpy(), time.perf_counter() - start

@@ -8,6 +8,6 @@ from sdjax.models.hf import LoadedModel, load_hf, save_hf
 from sdjax.models.transformer import ModelOutput, Transformer, init_params
 
 __all__ = [
-    "FAMILIES", "KVCache", "LoadedModel", "MissingExtraError", "ModelOutput", "Transformer", "UnsupportedModelError",
-    "family_config", "init_params", "load_hf", "save_hf",
+    "FAMILIES", "KVCache", "LoadedModel", "MissingExtraError", "ModelOutput", "Transformer",
+    "UnsupportedModelError", "family_config", "init_params", "load_hf", "save_hf",
 ]
