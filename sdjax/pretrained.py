@@ -38,6 +38,8 @@ PRETRAINED = {
         description="Gemma 3 270M (pretrained, Q4_K_M GGUF dequantised to float32)"),
 }
 TESTBED = "testbed"  # the bundled 5.8M stdlib-trained model (sdjax.testbed)
+# Bumped whenever the conversion changes, so that a stale cached folder is not reused.
+CONVERSION_VERSION = 1
 NAMES = (*PRETRAINED, TESTBED)
 
 
@@ -55,7 +57,7 @@ def pretrained_path(name: str) -> str:
     if name not in PRETRAINED:
         raise ValueError(f"unknown model name {name!r}; known: {NAMES}")
     spec = PRETRAINED[name]
-    folder = os.path.join(cache_dir(), name)
+    folder = os.path.join(cache_dir(), f"{name}-v{CONVERSION_VERSION}")
     if os.path.exists(os.path.join(folder, "model.safetensors")):
         return folder
     try:

@@ -111,11 +111,10 @@ def _config(reader, path: str, dtype: str, param_dtype: str) -> ModelConfig:
         dtype=dtype,
         param_dtype=param_dtype,
     )
-    window = key("attention.sliding_window", None)
     if arch in _GEMMA:
         pattern = 2 if arch == "gemma2" else _GEMMA3_SLIDING_PATTERN
         fields.update(
-            sliding_window=int(window),
+            sliding_window=int(key("attention.sliding_window")),
             sliding_layers=tuple(i % pattern < pattern - 1 for i in range(num_layers)),
             query_pre_attn_scalar=(hidden // num_heads if num_layers in _GEMMA_27B_LAYERS
                                    else head_dim),
@@ -124,8 +123,8 @@ def _config(reader, path: str, dtype: str, param_dtype: str) -> ModelConfig:
         )
         if arch == "gemma3":
             fields["rope_local_theta"] = _GEMMA3_LOCAL_ROPE_THETA
-    elif window:
-        fields["sliding_window"] = int(window)
+    elif key("attention.sliding_window", None):
+        fields["sliding_window"] = int(key("attention.sliding_window"))
     return family_config(GGUF_ARCHITECTURES[arch], **fields)
 
 
