@@ -328,9 +328,9 @@ def main(args) -> dict:
     if args.methods is None:
         kinds = {load_heads(folder)[0].kind for folder in args.heads}
         from_heads = {m for kind in kinds for m in HEAD_METHODS[kind]}
-        args.methods = [m for m in METHODS if m in from_heads or not any(
-            m in names for names in HEAD_METHODS.values()) and (
-            args.draft or not m.startswith("draft_"))]
+        head_methods = {m for names in HEAD_METHODS.values() for m in names}
+        args.methods = [m for m in METHODS if m in from_heads or (
+            m not in head_methods and (args.draft or not m.startswith("draft_")))]
     if "autoregressive" not in args.methods:
         args.methods = ["autoregressive", *args.methods]  # the baseline of every ratio
     report = run(args)

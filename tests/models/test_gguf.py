@@ -1,6 +1,8 @@
 """GGUF import: tensors, config and tokenizer against `transformers`' own GGUF loading,
 every common tensor type, llama.cpp's conventions undone, and clear errors."""
 
+import os
+
 import gguf
 import numpy as np
 import pytest
@@ -33,11 +35,8 @@ K_TYPES = {"blk.1.ffn_down.weight": Q.Q5_K, "blk.0.ffn_down.weight": Q.Q6_K}
 
 
 def _checkpoint(arch, folder):
-    hf_models.SPECS[f"gguf_{arch}"] = SPECS[arch]
-    try:
-        return hf_models.write_checkpoint(f"gguf_{arch}", folder)
-    finally:
-        del hf_models.SPECS[f"gguf_{arch}"]
+    hf_models.build(f"gguf_{arch}", SPECS[arch]()).save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +54,6 @@ def gguf_models(tmp_path_factory):
 
 
 def _transformers_gguf(path):
-    import os
     return transformers.AutoModelForCausalLM.from_pretrained(
         os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
 
@@ -88,7 +86,6 @@ def test_quantised_tensors_equal_transformers_gguf_loading(gguf_models, arch):
 
 
 def test_tokenizer_matches_transformers_gguf_tokenizer(gguf_models):
-    import os
     _, exact, _ = gguf_models["gemma3"]
     ours = load_gguf(exact).tokenizer
     theirs = transformers.AutoTokenizer.from_pretrained(
