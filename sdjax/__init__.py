@@ -4,8 +4,14 @@ from sdjax import data, drafters, sharding, trees, verify
 from sdjax.config import ModelConfig, RopeScaling, SpecConfig, from_dict
 from sdjax.decode import GenerateOutput, generate, generate_pmapped
 from sdjax.models import (
-    KVCache, LoadedModel, MissingExtraError, Transformer, UnsupportedModelError, init_params,
-    load_hf, save_hf,
+    KVCache,
+    LoadedModel,
+    MissingExtraError,
+    Transformer,
+    UnsupportedModelError,
+    init_params,
+    load_hf,
+    save_hf,
 )
 from sdjax.models.gguf import convert_gguf, load_gguf
 from sdjax.pretrained import load_pretrained

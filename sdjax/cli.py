@@ -80,6 +80,7 @@ def _drafter_from_args(args, target: sdjax.LoadedModel):
 
 
 def cmd_generate(args) -> None:
+    """`sdjax generate`: decode prompts and print the text."""
     from sdjax.pretrained import resolve_model
 
     model = resolve_model(args.model, dtype=args.dtype)
@@ -183,12 +184,14 @@ def _print_demo(prompt_text: str, task, results: dict, new_tokens: int) -> None:
 
 
 def cmd_convert(args) -> None:
+    """`sdjax convert`: a GGUF file to a Hugging Face folder."""
     from sdjax.models.gguf import convert_gguf
 
     print(f"converted {args.gguf} to {convert_gguf(args.gguf, args.output)}")
 
 
 def cmd_train_lm(args) -> None:
+    """`sdjax train lm`."""
     from sdjax.training.lm import load_config, run_lm
 
     cfg = load_config(args.config, steps=args.steps, output=args.output)
@@ -196,12 +199,14 @@ def cmd_train_lm(args) -> None:
 
 
 def cmd_bench(args) -> None:
+    """`sdjax bench`."""
     from sdjax.bench import suite
 
     suite.main(args)
 
 
 def cmd_train_heads(args) -> None:
+    """`sdjax train heads`."""
     from sdjax.training.heads import load_config, run_heads
 
     cfg = load_config(args.config, steps=args.steps, output=args.output)
@@ -209,6 +214,7 @@ def cmd_train_heads(args) -> None:
 
 
 def cmd_train_generations(args) -> None:
+    """`sdjax train generations`."""
     from sdjax.training.generations import run_generations
 
     run_generations(args.target, args.output, num_prompts=args.prompts,
@@ -217,6 +223,7 @@ def cmd_train_generations(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
     parser = argparse.ArgumentParser(
         prog="sdjax", description="Speculative and multi-head decoding for JAX language models.")
     parser.add_argument("--version", action="version", version=sdjax.__version__)
@@ -316,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs a command; a user's mistake is one line and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional, Tuple, Type, TypeVar, Union
 
+from sdjax.protocols import Drafter, Verifier
+
 T = TypeVar("T")
 
 NORMS = ("rms", "layer")
@@ -143,17 +145,17 @@ class SpecConfig:
     """What `generate` does: the model, the drafter, how many tokens, how to sample,
     when to stop.
 
-    `drafter=None` is plain autoregressive decoding; otherwise one of
-    `sdjax.drafters` (a frozen dataclass, so the config stays hashable);
-    `verifier=None` is lossless rejection sampling (`sdjax.verify`).
+    `drafter=None` is plain autoregressive decoding; otherwise a `Drafter` (one of
+    `sdjax.drafters` or `sdjax.heads`: frozen dataclasses, so the config stays
+    hashable); `verifier=None` is lossless rejection sampling (`sdjax.verify`).
     temperature 0 is greedy decoding. `eos_token_id=None` stops on the model's own
     EOS ids; `()` never stops early. `max_seq_len=None` allows up to the model's
     `max_position_embeddings` positions (prompt + new tokens).
     """
 
     model: ModelConfig
-    drafter: Any = None
-    verifier: Any = None
+    drafter: Optional[Drafter] = None
+    verifier: Optional[Verifier] = None
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_k: int = 0
@@ -165,6 +167,11 @@ class SpecConfig:
     max_seq_len: Optional[int] = None
 
     def __post_init__(self):
+        for name, base in (("drafter", Drafter), ("verifier", Verifier)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, base):
+                raise TypeError(f"{name} must be an sdjax.protocols.{base.__name__} or None, "
+                                f"got {type(value).__name__}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -175,6 +182,11 @@ class SpecConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if isinstance(self.eos_token_id, list):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+
+    def program(self) -> "SpecConfig":
+        """This config without the fields that only the host reads (the seed, the
+        prompt bucketing and length limit): what the compiled loop depends on."""
+        return self.replace(seed=0, min_prompt_bucket=16, max_seq_len=None)
 
     @property
     def eos_ids(self) -> Tuple[int, ...]:

@@ -44,6 +44,7 @@ NAMES = (*PRETRAINED, TESTBED)
 
 
 def cache_dir() -> str:
+    """Where named models are converted to: $SDJAX_CACHE or ~/.cache/sdjax."""
     return os.environ.get("SDJAX_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "sdjax")
 

@@ -14,7 +14,11 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from sdjax.heads import registry as heads_registry
+from sdjax.models.cache import KVCache
 
 DATA, MODEL = "data", "model"
 
@@ -28,7 +32,7 @@ LOGICAL_RULES: Dict[str, Optional[str]] = {
 }
 
 # (regex on the "a/b/c" parameter path, logical axis per dimension); first match wins.
-PARAM_AXES: Tuple[Tuple[str, Tuple[Optional[str], ...]], ...] = (
+MODEL_AXES: Tuple[Tuple[str, Tuple[Optional[str], ...]], ...] = (
     (r"(^|/)embed/embedding$", ("vocab", "embed")),
     (r"pos_embed/embedding$", (None, "embed")),
     (r"(q_proj|qkv_proj)/kernel$", ("embed", "heads")),
@@ -40,13 +44,11 @@ PARAM_AXES: Tuple[Tuple[str, Tuple[Optional[str], ...]], ...] = (
     (r"(gate_proj|up_proj)/bias$", ("mlp",)),
     (r"down_proj/kernel$", ("mlp", "embed")),
     (r"lm_head/kernel$", ("embed", "vocab")),
-    (r"head_\d+_lm/kernel$", ("embed", "vocab")),  # draft heads (sdjax.heads)
-    (r"head_\d+_(res|in)/kernel$", (None, None)),
-    (r"head_\d+_(res|in)/bias$", (None,)),
-    (r"(combine|fuse)/kernel$", (None, None)),  # EAGLE drafts
-    (r"combine/bias$", (None,)),
     (r"(norm/(scale|bias)|o_proj/bias|down_proj/bias)$", (None,)),
 )
+# The transformer's rules, then every kind of draft head's (`sdjax.heads.registry`).
+PARAM_AXES = MODEL_AXES + tuple(dict.fromkeys(
+    rule for kind in heads_registry.KINDS.values() for rule in kind.param_axes))
 
 
 def make_mesh(data: int = 1, model: Optional[int] = None,
@@ -82,15 +84,38 @@ def param_specs(params, mesh: Mesh):
     return jax.tree_util.tree_map_with_path(spec, params)
 
 
+def put(tree, shardings):
+    """`jax.device_put`, also onto meshes that span processes: there every process
+    holds the whole value and contributes the shards of its own devices."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def place(x, target):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # typed keys: their data
+            return jax.random.wrap_key_data(place(jax.random.key_data(x), target),
+                                            impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
+
+    if isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: place(x, shardings), tree)
+    return jax.tree.map(place, tree, shardings)
+
+
 def shard_params(params, mesh: Mesh):
     """Places params on the mesh as `param_specs` says."""
     shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(params, mesh))
-    return jax.device_put(params, shardings)
+    return put(params, shardings)
 
 
 def shard_batch(x, mesh: Mesh):
     """Splits the leading (batch) dimension over the `data` axis."""
-    return jax.device_put(x, NamedSharding(mesh, P(DATA, *([None] * (np.ndim(x) - 1)))))
+    return put(x, NamedSharding(mesh, P(DATA, *([None] * (np.ndim(x) - 1)))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """The same full value on every device of the mesh."""
+    return NamedSharding(mesh, P())
 
 
 def constrain_cache(cache, mesh: Mesh):
@@ -104,3 +129,16 @@ def constrain_cache(cache, mesh: Mesh):
         values=tuple(constrain(v, kv) for v in cache.values),
         length=constrain(cache.length, NamedSharding(mesh, P(DATA))),
     )
+
+
+def constrain_batch_leading(tree, mesh: Mesh):
+    """Inside jit: a drafter's state (caches, feature buffers, per-row arrays, all
+    batch first) split over `data`, caches' KV heads over `model` as well."""
+    def constrain(x):
+        if isinstance(x, KVCache):
+            return constrain_cache(x, mesh)
+        axis = DATA if np.ndim(x) and x.shape[0] % mesh.shape[DATA] == 0 else None
+        spec = P(axis, *([None] * (np.ndim(x) - 1))) if np.ndim(x) else P()
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    return jax.tree.map(constrain, tree, is_leaf=lambda x: isinstance(x, KVCache))

@@ -15,7 +15,6 @@ import pytest  # noqa: E402
 
 from tests import hf_models  # noqa: E402
 
-
 _cleared_at = [0]
 
 
@@ -25,9 +24,12 @@ def _drop_executables():
     a few hundred alive crashes on the kernel's map limit (vm.max_map_count). So
     every 24 decode compilations, all executables (JAX's caches too) are dropped."""
     yield
+    import jax
+
     from sdjax import decode
     if decode.compile_count() - _cleared_at[0] >= 24:
         decode.clear_compiled()
+        jax.clear_caches()
         _cleared_at[0] = decode.compile_count()
 
 

@@ -35,7 +35,7 @@ def test_the_target_as_its_own_draft_is_always_accepted_at_rank_zero():
 def test_sequoia_tree_from_a_calibrated_draft_is_lossless_and_beats_a_chain():
     cfg = spec(DraftModel(DRAFT))
     acc = rank_acceptance(PARAMS, PROMPTS, cfg, width=4, draft_params=DRAFT_PARAMS)
-    assert 0 < acc.sum() <= 1 and 0 < acc[1] < acc[0] < 1
+    assert 0 < acc[1] < acc[0] < 1
     tree = trees.sequoia(acc, 7, 3)
     for other in (trees.kary(2, 2), trees.branches(2, 3), trees.chain(3)):
         assert trees.expected_tokens(tree, acc) >= trees.expected_tokens(other, acc)

@@ -7,6 +7,7 @@ from jax.sharding import PartitionSpec as P
 
 import sdjax
 from sdjax import sharding
+from tests.drafters import test_speculative as spec_tests
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 
@@ -20,6 +21,36 @@ def test_sharded_generate_matches_unsharded(hf_checkpoints, arch):
     plain = sdjax.generate(model.params, PROMPTS, cfg)
     mesh = sharding.make_mesh(data=2, model=4)
     sharded = sdjax.generate(model.params, PROMPTS, cfg, mesh=mesh)
+    np.testing.assert_array_equal(sharded.tokens, plain.tokens)
+
+
+# One of each drafter class in the default run (the rest are slow): draft models with
+# their caches, ensembles, heads with hidden-state state, EAGLE's feature buffers.
+DEFAULT_MESH_DRAFTERS = {"draft_model_g3", "target_copy_adaptive_g6", "draft_model_tree_2x2",
+                         "ensemble_chain_and_tree", "medusa_tree_noisy", "hydra_tree_noisy",
+                         "eagle_tree", "eagle3_dynamic_adaptive", "prompt_lookup_3_branches"}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=[] if n in DEFAULT_MESH_DRAFTERS else pytest.mark.slow)
+    for n in sorted(spec_tests.DRAFTERS)])
+def test_every_drafter_on_a_mesh_equals_one_device(name):
+    drafter, draft_params = spec_tests.DRAFTERS[name]
+    cfg = spec_tests.spec(drafter, max_new_tokens=14)
+    plain = sdjax.generate(spec_tests.PARAMS, spec_tests.PROMPTS, cfg, draft_params=draft_params)
+    mesh = sharding.make_mesh(data=2, model=4)
+    sharded = sdjax.generate(spec_tests.PARAMS, spec_tests.PROMPTS, cfg,
+                             draft_params=draft_params, mesh=mesh)
+    np.testing.assert_array_equal(sharded.tokens, plain.tokens)
+    np.testing.assert_array_equal(sharded.stats["accepted_hist"], plain.stats["accepted_hist"])
+
+
+def test_sampled_decoding_on_a_data_mesh_equals_one_device():
+    drafter, draft_params = spec_tests.DRAFTERS["eagle_tree"]
+    cfg = spec_tests.spec(drafter, max_new_tokens=12, temperature=1.0, seed=3)
+    plain = sdjax.generate(spec_tests.PARAMS, spec_tests.PROMPTS, cfg, draft_params=draft_params)
+    sharded = sdjax.generate(spec_tests.PARAMS, spec_tests.PROMPTS, cfg,
+                             draft_params=draft_params, mesh=sharding.make_mesh(data=8, model=1))
     np.testing.assert_array_equal(sharded.tokens, plain.tokens)
 
 
@@ -54,3 +85,33 @@ def test_pmap_entry_matches_batched_generate(hf_checkpoints):
     pmapped = sdjax.generate_pmapped(model.params, PROMPTS, cfg, devices=jax.devices()[:4])
     np.testing.assert_array_equal(pmapped.tokens, batched.tokens)
     np.testing.assert_array_equal(pmapped.num_tokens, batched.num_tokens)
+
+
+def test_two_processes_on_one_mesh_equal_one_process(tmp_path):
+    """The multi-host path a TPU pod takes, for real: two processes joined by
+    `jax.distributed.initialize`, 4 CPU devices each, one (2 x 4) mesh across them."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tests import multiprocess_worker as worker
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        address = f"localhost:{s.getsockname()[1]}"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.multiprocess_worker", address,
+                               str(i), str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    result = np.load(tmp_path / "result.npz")
+    np.testing.assert_array_equal(result["tokens"], worker.decode())
+    trained = worker.train(str(tmp_path / "single"))
+    flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(trained)}
+    assert set(flat) == set(result.files) - {"tokens"}
+    for name, value in flat.items():
+        np.testing.assert_allclose(result[name], value, rtol=1e-5, atol=1e-6, err_msg=name)

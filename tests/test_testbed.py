@@ -7,7 +7,7 @@ import pytest
 
 import sdjax
 from sdjax import testbed
-from sdjax.training.lm import forward
+from sdjax.models.transformer import sequence_forward
 from tests.hf_models import stdlib_source
 
 torch = pytest.importorskip("torch")
@@ -19,7 +19,7 @@ def test_transformers_gives_the_same_logits_and_greedy_tokens(name):
     model = sdjax.load_hf(testbed.path(name), load_tokenizer=False)
     tokenizer = transformers.AutoTokenizer.from_pretrained(testbed.path("target"))
     ids = tokenizer(stdlib_source("json.decoder")[:1500])["input_ids"][:200]
-    ours = forward(model.params, model.config, np.asarray([ids])).logits
+    ours = sequence_forward(model.params, model.config, np.asarray([ids])).logits
     hf = transformers.AutoModelForCausalLM.from_pretrained(testbed.path(name),
                                                            dtype=torch.float32).eval()
     with torch.no_grad():

@@ -74,6 +74,7 @@ def _prompts(args, tokenizer) -> list:
 
 
 def main(argv=None) -> dict:
+    """Runs the autoregressive benchmark; returns its report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", choices=NAMES,

@@ -23,11 +23,11 @@ import numpy as np
 
 import sdjax
 from sdjax import testbed
-from sdjax.bench.suite import DRAFT_TREE, head_drafters
+from sdjax.bench.suite import DRAFT_TREE
 from sdjax.bench.tasks import build_tasks
-from sdjax.decode import bind_target
+from sdjax.decode import prefill
 from sdjax.drafters import DraftModel
-from sdjax.heads import heads_module, load_heads
+from sdjax.heads import bench_drafters, head_kind, load_heads
 from sdjax.models.cache import KVCache
 
 
@@ -42,6 +42,7 @@ def _median_ms(fn, args, repeats: int) -> float:
 
 
 def forward_ms(model: sdjax.LoadedModel, new_tokens: int, context: int, repeats: int) -> float:
+    """Median ms of one target forward of `new_tokens` over a cache of `context`."""
     cache = KVCache.init(model.config, 1, context + 16).replace(
         length=jnp.array([context], jnp.int32))
     fn = jax.jit(lambda p, tokens, c: sdjax.Transformer(model.config).apply(
@@ -55,14 +56,12 @@ def propose_ms(target: sdjax.LoadedModel, drafter, draft_params, prompt: np.ndar
     cfg = sdjax.SpecConfig(model=target.config, max_new_tokens=64, eos_token_id=())
     length, max_len = len(prompt), len(prompt) + 64 + drafter.shape.num_nodes + 1
     tokens, lengths = jnp.asarray(prompt, jnp.int32)[None], jnp.asarray([length])
-    hidden_layers = getattr(drafter, "feature_layers", ())
-    out = sdjax.Transformer(target.config).apply(
-        target.params, tokens, jnp.arange(length)[None], KVCache.init(target.config, 1, max_len),
-        hidden_layers=hidden_layers)
-    params = bind_target(drafter, draft_params, target.params)
-    state = drafter.init(params, tokens, lengths, max_len, out.features())
+    start = prefill(target.params, target.config, tokens, lengths, max_len,
+                    drafter.feature_layers)
+    params = drafter.bind(draft_params, target.params)
+    state = drafter.init(params, tokens, lengths, max_len, start.features)
     sequence = jnp.zeros((1, max_len), jnp.int32).at[0, :length].set(tokens[0])
-    sequence = sequence.at[0, length].set(int(out.logits[0, -1].argmax()))
+    sequence = sequence.at[0, length].set(int(start.last_logits[0].argmax()))
     fn = jax.jit(lambda p, s, seq, n, k: drafter.propose(p, s, seq, n, k, cfg)[0].tokens)
     return _median_ms(fn, (params, state, sequence, lengths + 1, jax.random.PRNGKey(0)), repeats)
 
@@ -93,6 +92,7 @@ def cycle_split(target, drafters: dict, prompt, new_tokens: int, context: int,
 
 
 def main(argv=None) -> dict:
+    """Prints and returns the cost report (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--context", type=int, default=384)
     parser.add_argument("--repeats", type=int, default=200)
@@ -113,12 +113,12 @@ def main(argv=None) -> dict:
                                models["draft"].params)}
     for kind in testbed.HEADS:
         cfg, params = load_heads(testbed.path(kind))
-        if kind in ("medusa", "hydra"):
-            module = heads_module(cfg)
+        if head_kind(kind).module is not None:  # heads that all run at once
+            module = head_kind(kind).module(cfg)
             report[kind] = _median_ms(jax.jit(module.apply), (params, *module.example_inputs()),
                                       args.repeats)
             print(f"{kind}: all {cfg.num_heads} heads at one position {report[kind]:.3f} ms")
-        drafters.update({n: (d, params) for n, d in head_drafters(cfg).items()})
+        drafters.update({n: (d, params) for n, d in bench_drafters(cfg).items()})
     task = build_tasks(target.tokenizer, 1, categories=["completion"])["completion"][0]
     prompt = task.prompt[-args.context:]
     print(f"\ncycle split on one completion prompt ({len(prompt)} tokens), ms:")

@@ -27,6 +27,7 @@ from sdjax.drafters import DraftModel, PromptLookup
 
 
 def main(argv=None) -> dict:
+    """Runs the Spec-Bench-style comparison; returns its report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=128)

@@ -28,7 +28,7 @@ from sdjax import testbed, trees
 from sdjax.bench.tasks import CATEGORIES, build_tasks
 from sdjax.decode import acceptance_summary
 from sdjax.drafters import DraftModel, PromptLookup
-from sdjax.heads import Eagle, Eagle2, load_heads, make_drafter
+from sdjax.heads import KINDS, bench_drafters, load_heads
 from sdjax.pretrained import NAMES, TESTBED, cache_dir, pretrained_path
 
 # A static draft tree for the draft model: two candidates at the first two levels,
@@ -36,18 +36,10 @@ from sdjax.pretrained import NAMES, TESTBED, cache_dir, pretrained_path
 DRAFT_TREE = trees.from_choices([[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 1, 0],
                                  [0, 0, 0, 0]])
 
-# The methods each kind of trained draft runs: EAGLE-1 on a static tree (a chain: the
-# fastest static shape on this CPU), EAGLE-2's dynamic tree (also with OPT-Tree-style
-# adaptive depth), EAGLE-3 on the dynamic tree. Sizes picked by measured tokens/s on
-# completion prompts (BENCHMARKS.md); the library defaults (`Eagle2()`) are wider.
-HEAD_METHODS = {"medusa": ("medusa",), "hydra": ("hydra",),
-                "eagle": ("eagle", "eagle2", "eagle2_adaptive"), "eagle3": ("eagle3",)}
+# The methods each kind of trained draft runs (`sdjax.heads.registry` sizes them).
+HEAD_METHODS = {name: tuple(kind.bench) for name, kind in KINDS.items()}
 METHODS = ("autoregressive", "prompt_lookup", "draft_chain", "draft_adaptive", "draft_tree",
            *(m for kind in testbed.HEADS for m in HEAD_METHODS[kind]))
-EAGLE_TREE = trees.chain(3)
-EAGLE2 = dict(depth=4, top_k=2, num_nodes=8)  # the dynamic tree's sizes
-# eagle2_adaptive may draft one level deeper, but only while some path is this likely
-EAGLE2_ADAPTIVE = dict(EAGLE2, depth=5, min_confidence=0.02)
 
 # sdjax method -> the `transformers` configuration that does the same thing.
 TORCH_COUNTERPART = {"autoregressive": "greedy", "draft_chain": "assisted",
@@ -70,18 +62,8 @@ def methods(draft: Optional[sdjax.LoadedModel], gamma: int, lookup: int,
             "draft_tree": (DraftModel(draft.config, tree=DRAFT_TREE), draft.params),
         })
     for cfg, params in heads:
-        found.update({name: (drafter, params) for name, drafter in head_drafters(cfg).items()})
+        found.update({name: (drafter, params) for name, drafter in bench_drafters(cfg).items()})
     return found
-
-
-def head_drafters(cfg) -> Dict[str, object]:
-    """The benchmark's drafters for trained heads of `cfg.kind`, by method name."""
-    if cfg.kind == "eagle":
-        return {"eagle": Eagle(cfg, EAGLE_TREE), "eagle2": Eagle2(cfg, **EAGLE2),
-                "eagle2_adaptive": Eagle2(cfg, **EAGLE2_ADAPTIVE)}
-    if cfg.kind == "eagle3":
-        return {"eagle3": Eagle2(cfg, **EAGLE2)}
-    return {cfg.kind: make_drafter(cfg)}
 
 
 def bundled_heads() -> List[str]:
@@ -109,6 +91,7 @@ def _torch_kwargs(name: str, assistant, gamma: int, lookup: int) -> dict:
 
 
 def run(args) -> dict:
+    """Decodes every task with every chosen method; returns the report."""
     target, draft, heads = load_pair(args.target, args.draft, args.heads, args.dtype)
     if target.tokenizer is None:
         raise ValueError(f"{args.target} has no tokenizer; the benchmark tasks need one")
@@ -288,6 +271,7 @@ def plot(report: dict, out: str) -> List[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `sdjax bench` flags."""
     parser.add_argument("--model", choices=NAMES, help="a named target model: gemma3-270m "
                         "(the [gemma3] extra) or testbed (the default)")
     parser.add_argument("--target", help="target checkpoint folder (default: --model)")

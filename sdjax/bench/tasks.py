@@ -2,8 +2,8 @@
 
 - `completion`: continue a file from a prefix that ends at a random line.
 - `function_body`: write a function's body from its signature and docstring.
-- `copy_edit`: the prompt holds a file up to a function's end, then asks for it again under a new name
-  (the answer mostly repeats the prompt: the case prompt lookup is made for).
+- `copy_edit`: the prompt holds a file up to a function's end, then asks for it again
+  under a new name (the answer mostly repeats the prompt: the case prompt lookup is made for).
 - `long_context`: continue a file from a long prefix (most of the model's context).
 - `prose`: continue English prose: a long docstring of the held-out files (the stdlib's
   documentation written inline), cut after a sentence.
@@ -27,6 +27,7 @@ _PROSE_CHARS = 600  # docstrings at least this long count as prose
 
 
 class Task(NamedTuple):
+    """One benchmark prompt and where it came from."""
     category: str
     source: str  # where the prompt comes from: "basename.py:line"
     prompt: List[int]
@@ -70,8 +71,8 @@ def _candidates(category: str, path: str, text: str) -> List[tuple]:
             new_name = f"{fn.name}_v2"
             header = source.splitlines(keepends=True)[0].replace(
                 f"def {fn.name}(", f"def {new_name}(", 1)
-            prompt = (f"{text[: lines[fn.end_lineno]]}\n\n# The same function again, renamed to {new_name}:\n"
-                      f"{header}")
+            prompt = (f"{text[: lines[fn.end_lineno]]}\n\n"
+                      f"# The same function again, renamed to {new_name}:\n{header}")
             found.append((prompt, f"{name}:{fn.lineno}"))
     return found
 

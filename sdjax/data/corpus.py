@@ -23,6 +23,7 @@ SPLITS: Dict[str, range] = {"train": range(0, 90), "validation": range(90, 95),
 
 
 def stdlib_root() -> str:
+    """The running interpreter's standard-library folder."""
     return sysconfig.get_paths()["stdlib"]
 
 

@@ -6,11 +6,12 @@ it and every checkpoint folder can carry it. Byte-level: any text round-trips.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
-import tokenizers
-import transformers
+
+if TYPE_CHECKING:
+    import transformers
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -18,6 +19,9 @@ EOS_TOKEN = "<|endoftext|>"
 def train_tokenizer(texts: Iterable[str], vocab_size: int,
                     min_frequency: int = 2) -> transformers.PreTrainedTokenizerFast:
     """Trains byte-level BPE with `vocab_size` entries (the EOS token included)."""
+    import tokenizers
+    import transformers
+
     bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
     bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = tokenizers.decoders.ByteLevel()
@@ -31,6 +35,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int,
 
 
 def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
+    """A saved tokenizer folder, offline."""
+    import transformers
+
     return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 

@@ -1,26 +1,18 @@
-"""The draft tree a drafter hands to the target, and the trivial drafter."""
+"""Helpers every drafter shares (roots, level-by-level children), and the trivial drafter."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Optional
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sdjax.config import SpecConfig
+from sdjax.protocols import Drafter, DraftTree
 from sdjax.sampling import warp_logits
-from sdjax.trees import Topology, TreeShape, chain
-
-
-@flax.struct.dataclass
-class DraftTree:
-    tokens: jax.Array  # [B, N] node 0 = the root
-    probs: Optional[jax.Array] = None  # [B, N, V] what each node was drawn from (sampling)
-    limit: Optional[jax.Array] = None  # [B] most drafts a row may accept (adaptive length)
-    topology: Optional[Topology] = None  # per-cycle structure (dynamic trees); None: `shape`
+from sdjax.trees import TreeShape, chain
 
 
 def roots(sequence: jax.Array, seq_len: jax.Array) -> jax.Array:
@@ -77,7 +69,7 @@ def one_hot_probs(tokens: jax.Array, cfg: SpecConfig) -> Optional[jax.Array]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Autoregressive:
+class Autoregressive(Drafter):
     """Drafts nothing: each cycle the target emits one token. The baseline."""
 
     @property

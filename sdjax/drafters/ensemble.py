@@ -17,13 +17,14 @@ from typing import Tuple
 import jax
 import jax.numpy as jnp
 
-from sdjax.drafters.base import DraftTree
 from sdjax.drafters.draft_model import DraftModel
+from sdjax.protocols import Drafter, DraftTree
 from sdjax.trees import TreeShape
 
 
 @dataclasses.dataclass(frozen=True)
-class Ensemble:
+class Ensemble(Drafter):
+    """Several draft models' trees merged under one root (SpecInfer)."""
     members: Tuple[DraftModel, ...]
 
     def __post_init__(self):
@@ -68,4 +69,5 @@ class Ensemble:
         return DraftTree(tokens, probs), tuple(states)
 
     def commit(self, state, result, committed_length, features=None):
-        return tuple(m.commit(s, result, committed_length, features) for m, s in zip(self.members, state))
+        return tuple(m.commit(s, result, committed_length, features)
+                     for m, s in zip(self.members, state))

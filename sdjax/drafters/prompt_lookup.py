@@ -14,12 +14,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from sdjax.drafters.base import DraftTree, one_hot_probs, roots
+from sdjax.drafters.base import one_hot_probs, roots
+from sdjax.protocols import Drafter, DraftTree
 from sdjax.trees import TreeShape, branches
 
 
 @dataclasses.dataclass(frozen=True)
-class PromptLookup:
+class PromptLookup(Drafter):
+    """Drafts what followed the latest n-gram match in the row's own text."""
     num_draft: int = 8
     max_ngram: int = 3
     min_ngram: int = 1

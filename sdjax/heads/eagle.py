@@ -30,13 +30,14 @@ import jax.numpy as jnp
 from sdjax.config import ModelConfig
 from sdjax.heads.common import target_lm_head
 from sdjax.models.cache import KVCache
-from sdjax.models.transformer import Block, _norm, attention_mask
+from sdjax.models.transformer import Block, attention_mask, norm_layer
 
 EAGLE_KINDS = ("eagle", "eagle3")
 
 
 @dataclasses.dataclass(frozen=True)
 class EagleConfig:
+    """An EAGLE draft: its decoder layer, kind, and (EAGLE-3) fused target layers."""
     layer: ModelConfig  # the draft layer: the target's architecture, one layer
     kind: str = "eagle"
     feature_layers: Tuple[int, ...] = ()  # eagle3: the fused target layers
@@ -81,6 +82,7 @@ def eagle_config(target: ModelConfig, kind: str = "eagle",
 
 
 class EagleNet(nn.Module):
+    """The EAGLE draft network (see the module docstring)."""
     config: EagleConfig
 
     def setup(self):
@@ -88,9 +90,9 @@ class EagleNet(nn.Module):
         self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, name="embed")  # the target's
         if cfg.kind == "eagle3":
             self.fuse = nn.Dense(cfg.hidden_size, use_bias=False, name="fuse")
-            self.embed_norm = _norm(cfg.layer, "embed_norm")
-            self.feature_norm = _norm(cfg.layer, "feature_norm")
-            self.norm = _norm(cfg.layer, "norm")
+            self.embed_norm = norm_layer(cfg.layer, "embed_norm")
+            self.feature_norm = norm_layer(cfg.layer, "feature_norm")
+            self.norm = norm_layer(cfg.layer, "norm")
         self.combine = nn.Dense(cfg.hidden_size, name="combine")
         self.layer = Block(cfg.layer, 0, name="layer")
         self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, name="lm_head")

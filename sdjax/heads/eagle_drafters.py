@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sdjax.config import SpecConfig
-from sdjax.drafters.base import DraftTree, one_hot_probs, roots
-from sdjax.drafters.draft_model import draft_levels, region_mask, window_inputs
+from sdjax.drafters.base import one_hot_probs, roots
+from sdjax.drafters.levels import draft_levels, region_mask, window_inputs
 from sdjax.heads import eagle as eagle_net
 from sdjax.heads.common import check_fits
 from sdjax.heads.eagle import EagleConfig, EagleNet
 from sdjax.models.cache import KVCache
+from sdjax.protocols import Drafter, DraftTree
 from sdjax.trees import DynamicShape, TreeShape, from_choices, from_parents
 
 # 11 nodes, depth 5: the top 3 first tokens, the best path 5 deep, a few runners-up.
@@ -32,8 +34,29 @@ DEFAULT_EAGLE_TREE = from_choices([[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0,
                                    [0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0, 0]])
 
 
+@flax.struct.dataclass
+class EagleState:
+    """An EAGLE drafter's state between cycles."""
+    cache: KVCache  # the draft's KV, `window` tokens behind the target's
+    features: jax.Array  # [B, max_len, F] the target's features of every committed token
+    committed: jax.Array  # [B] the target cache's length (tokens with features)
+
+
+@flax.struct.dataclass
+class Frontier:
+    """EAGLE-2's nodes to expand at the next depth, top_k per row."""
+
+    tokens: jax.Array  # [B, k]
+    scores: jax.Array  # [B, k] joint draft log-probability
+    index: jax.Array  # [B, k] candidate index (the root is 0)
+    fed_parent: jax.Array  # [B, k] the fed node each was drafted from
+    hidden: jax.Array  # [B, k, D] the draft's output there (what the children read)
+
+
 @dataclasses.dataclass(frozen=True)
-class _EagleBase:
+class EagleDrafter(Drafter):
+    """What EAGLE-1 and EAGLE-2 share: the draft network, its cache and feature buffer."""
+
     eagle: EagleConfig
 
     @property
@@ -73,33 +96,33 @@ class _EagleBase:
             draft_params, prompt_tokens, eagle_net.shift_features(features), positions,
             KVCache.init(self.eagle.layer, batch, max_len + 1), fuse=True)
         cache = cache.commit(jnp.maximum(prompt_lengths - self.window, 0))
-        return cache, buffer, prompt_lengths
+        return EagleState(cache, buffer, prompt_lengths)
 
     def _first_features(self, draft_params, state, seq_len):
         """Fused target features f_{p-1} [B, W + 1, D] for the window and the root."""
-        cache, buffer, _ = state
         committed = seq_len - 1
-        wanted = jnp.concatenate([cache.length[:, None] + jnp.arange(self.window),
+        wanted = jnp.concatenate([state.cache.length[:, None] + jnp.arange(self.window),
                                   committed[:, None]], axis=1) - 1
-        raw = jnp.take_along_axis(buffer, jnp.maximum(wanted, 0)[..., None], axis=1)
+        raw = jnp.take_along_axis(state.features, jnp.maximum(wanted, 0)[..., None], axis=1)
         raw = jnp.where(wanted[..., None] >= 0, raw, 0)
         return EagleNet(self.eagle).apply(draft_params, raw, method=EagleNet.features)
 
     def commit(self, state, result, committed_length, features=None):
         """Stores the true features of the newly committed nodes (root and accepted
         path) and keeps the draft cache W tokens behind the target."""
-        cache, buffer, length = state
+        buffer = state.features
         rows = jnp.arange(buffer.shape[0])[:, None]
         new = jnp.take_along_axis(features, result.path[..., None], axis=1)
-        slots = jnp.minimum(length[:, None] + jnp.arange(result.path.shape[1]),
+        slots = jnp.minimum(state.committed[:, None] + jnp.arange(result.path.shape[1]),
                             buffer.shape[1] - 1)
         buffer = buffer.at[rows, slots].set(new.astype(buffer.dtype))
-        cache = cache.commit(jnp.maximum(committed_length - self.window, 0) - cache.length)
-        return cache, buffer, committed_length
+        cache = state.cache.commit(
+            jnp.maximum(committed_length - self.window, 0) - state.cache.length)
+        return EagleState(cache, buffer, committed_length)
 
 
 @dataclasses.dataclass(frozen=True)
-class Eagle(_EagleBase):
+class Eagle(EagleDrafter):
     """EAGLE-1: the EAGLE draft on a static tree (BFS order), grown level by level."""
 
     tree: TreeShape = DEFAULT_EAGLE_TREE
@@ -113,14 +136,14 @@ class Eagle(_EagleBase):
 
     def propose(self, draft_params, state, sequence, seq_len, key, cfg: SpecConfig):
         cache, tokens, probs = draft_levels(
-            self._forward(draft_params), self.tree, self.window, state[0], sequence, seq_len,
+            self._forward(draft_params), self.tree, self.window, state.cache, sequence, seq_len,
             key, cfg, self.eagle.vocab_size,
             first_features=self._first_features(draft_params, state, seq_len))
-        return DraftTree(tokens, probs), (cache, *state[1:])
+        return DraftTree(tokens, probs), state.replace(cache=cache)
 
 
 @dataclasses.dataclass(frozen=True)
-class Eagle2(_EagleBase):
+class Eagle2(EagleDrafter):
     """EAGLE-2's context-aware dynamic tree (static sizes, one compilation).
 
     Expansion: the root's top `top_k` children form depth 1; at each further depth
@@ -156,7 +179,7 @@ class Eagle2(_EagleBase):
 
     def propose(self, draft_params, state, sequence, seq_len, key, cfg: SpecConfig):
         forward = self._forward(draft_params)
-        cache = state[0]
+        cache = state.cache
         batch, k, window = seq_len.shape[0], self.top_k, self.window
         committed = seq_len - 1
         window_pos, window_valid, window_tokens = window_inputs(cache.length, committed, window,
@@ -179,9 +202,10 @@ class Eagle2(_EagleBase):
         # candidates: tokens, joint log-probability, parent (candidate index; root = 0)
         cand_tokens, cand_scores = [root[:, None], tokens], [jnp.zeros((batch, 1)), scores]
         cand_parents = [jnp.full((batch, 1), -1), jnp.zeros((batch, k), jnp.int32)]
-        frontier = dict(tokens=tokens, scores=scores, index=jnp.broadcast_to(1 + jnp.arange(k), (batch, k)),
-                        fed_parent=jnp.zeros((batch, k), jnp.int32),
-                        hidden=jnp.broadcast_to(hidden[:, -1:], (batch, k, hidden.shape[-1])))
+        frontier = Frontier(tokens=tokens, scores=scores,
+                            index=jnp.broadcast_to(1 + jnp.arange(k), (batch, k)),
+                            fed_parent=jnp.zeros((batch, k), jnp.int32),
+                            hidden=jnp.broadcast_to(hidden[:, -1:], (batch, k, hidden.shape[-1])))
         rows = jnp.arange(batch)[:, None]
         for d in range(1, self.depth):
             slots = 1 + (d - 1) * k + np.arange(k)  # fed-node indices of this frontier
@@ -189,22 +213,22 @@ class Eagle2(_EagleBase):
 
             def expand(carry, d=d, slots=slots, base=base):
                 cache, fed_mask, frontier = carry
-                seen = jnp.take_along_axis(fed_mask, frontier["fed_parent"][..., None], axis=1)
+                seen = jnp.take_along_axis(fed_mask, frontier.fed_parent[..., None], axis=1)
                 fed_mask = fed_mask.at[:, slots].set(seen | jnp.eye(fed_nodes, dtype=bool)[slots])
                 mask = region_mask(fed_mask, window_valid)[:, window + slots]
                 logits, hidden, cache = forward(
-                    frontier["tokens"], frontier["hidden"],
+                    frontier.tokens, frontier.hidden,
                     jnp.take(region_positions, window + slots, axis=1), cache, mask,
                     window + int(slots[0]), region_positions)
                 top_scores, top_tokens = jax.lax.top_k(jax.nn.log_softmax(logits), k)
-                joint = (frontier["scores"][..., None] + top_scores).reshape(batch, k * k)
+                joint = (frontier.scores[..., None] + top_scores).reshape(batch, k * k)
                 children = (top_tokens.reshape(batch, k * k), joint,
-                            jnp.repeat(frontier["index"], k, axis=1))
+                            jnp.repeat(frontier.index, k, axis=1))
                 best_scores, best = jax.lax.top_k(joint, k)
                 parent = best // k
-                frontier = dict(tokens=children[0][rows, best], scores=best_scores,
-                                index=base + best, fed_parent=jnp.asarray(slots)[parent],
-                                hidden=hidden[rows, parent])
+                frontier = Frontier(tokens=children[0][rows, best], scores=best_scores,
+                                    index=base + best, fed_parent=jnp.asarray(slots)[parent],
+                                    hidden=hidden[rows, parent])
                 return (cache, fed_mask, frontier), children
 
             def skip(carry):
@@ -212,11 +236,11 @@ class Eagle2(_EagleBase):
                 frontier = carry[2]
                 return carry, (jnp.zeros((batch, k * k), jnp.int32),
                                jnp.full((batch, k * k), -jnp.inf),
-                               jnp.repeat(frontier["index"], k, axis=1))
+                               jnp.repeat(frontier.index, k, axis=1))
 
             carry = (cache, fed_mask, frontier)
             if self.min_confidence > 0.0:
-                confident = jnp.any(frontier["scores"].max(-1) >= np.log(self.min_confidence))
+                confident = jnp.any(frontier.scores.max(-1) >= np.log(self.min_confidence))
                 carry, children = jax.lax.cond(confident, expand, skip, carry)
             else:
                 carry, children = expand(carry)
@@ -229,7 +253,7 @@ class Eagle2(_EagleBase):
                                  jnp.concatenate(cand_parents, 1), self.num_nodes)
         return (DraftTree(tokens, one_hot_probs(tokens, cfg),
                           topology=from_parents(parents, self.depth, self.top_k)),
-                (cache, *state[1:]))
+                state.replace(cache=cache))
 
 
 def rerank(tokens, scores, parents, num_nodes: int):

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdjax.config import SpecConfig
-from sdjax.drafters.base import DraftTree, add_children, root_filled
+from sdjax.drafters.base import add_children, root_filled
 from sdjax.heads.common import HeadsConfig, HeadsDrafter
+from sdjax.protocols import DraftTree
 
 
 def _pass_hidden(key, shape, dtype=jnp.float32):
@@ -29,6 +30,7 @@ def _pass_hidden(key, shape, dtype=jnp.float32):
 
 
 class HydraHeads(nn.Module):
+    """K Hydra heads, each reading h and the path drafted so far."""
     config: HeadsConfig
 
     def setup(self):
@@ -59,6 +61,14 @@ class HydraHeads(nn.Module):
         return jnp.stack([self.head(k, hidden, tokens[..., : k + 1])
                           for k in range(self.config.num_heads)], axis=-2)
 
+    def teacher_forced(self, hidden: jax.Array, windows: jax.Array) -> jax.Array:
+        """Training: hidden [B, T, D] of windows [B, T + 1] -> [B, T, K, V]; at t the
+        heads read the corpus tokens t + 1 .. t + K (zeros past the end)."""
+        length, heads = hidden.shape[1], self.config.num_heads
+        padded = jnp.pad(windows, ((0, 0), (0, heads)))
+        following = jnp.stack([padded[:, 1 + j: 1 + j + length] for j in range(heads)], -1)
+        return self(hidden, following)
+
 
 @dataclasses.dataclass(frozen=True)
 class Hydra(HeadsDrafter):
@@ -72,7 +82,8 @@ class Hydra(HeadsDrafter):
         for d in range(shape.max_depth):
             fed = np.flatnonzero(shape.depth == d)
             path_tokens = tokens[:, shape.paths[fed, : d + 1]]  # [B, n, d + 1]
-            hidden = jnp.broadcast_to(state[:, None], (batch, len(fed), state.shape[-1]))
+            hidden = jnp.broadcast_to(state.hidden[:, None],
+                                      (batch, len(fed), state.hidden.shape[-1]))
             logits = module.apply(draft_params, d, hidden, path_tokens, method=HydraHeads.head)
             tokens, probs = add_children(shape, fed, logits, tokens, probs,
                                          jax.random.fold_in(key, d), cfg)

@@ -18,11 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdjax.config import SpecConfig
-from sdjax.drafters.base import DraftTree, add_children, root_filled
+from sdjax.drafters.base import add_children, root_filled
 from sdjax.heads.common import HeadsConfig, HeadsDrafter
+from sdjax.protocols import DraftTree
 
 
 class MedusaHeads(nn.Module):
+    """K Medusa heads on one hidden state."""
     config: HeadsConfig
 
     def example_inputs(self):
@@ -41,13 +43,17 @@ class MedusaHeads(nn.Module):
             logits.append(nn.Dense(cfg.vocab_size, use_bias=False, name=f"head_{k}_lm")(x))
         return jnp.stack(logits, axis=-2)
 
+    def teacher_forced(self, hidden: jax.Array, windows: jax.Array) -> jax.Array:
+        """Training: hidden [B, T, D] -> [B, T, K, V] (heads read no tokens)."""
+        return self(hidden)
+
 
 @dataclasses.dataclass(frozen=True)
 class Medusa(HeadsDrafter):
     """Drafter: Medusa heads' candidates arranged by a choice tree (depth <= heads)."""
 
     def propose(self, draft_params, state, sequence, seq_len, key, cfg: SpecConfig):
-        logits = MedusaHeads(self.heads).apply(draft_params, state)  # [B, K, V]
+        logits = MedusaHeads(self.heads).apply(draft_params, state.hidden)  # [B, K, V]
         shape, batch = self.tree, seq_len.shape[0]
         tokens, probs = root_filled(sequence, seq_len, shape.num_nodes, self.heads.vocab_size,
                                     cfg)

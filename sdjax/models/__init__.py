@@ -2,7 +2,10 @@
 
 from sdjax.models.cache import KVCache
 from sdjax.models.families import (
-    FAMILIES, MissingExtraError, UnsupportedModelError, family_config,
+    FAMILIES,
+    MissingExtraError,
+    UnsupportedModelError,
+    family_config,
 )
 from sdjax.models.hf import LoadedModel, load_hf, save_hf
 from sdjax.models.transformer import ModelOutput, Transformer, init_params

@@ -20,6 +20,7 @@ from sdjax.config import ModelConfig
 
 @flax.struct.dataclass
 class KVCache:
+    """Per-layer keys and values at static size, and each row's committed length."""
     keys: Tuple[jax.Array, ...]  # per layer [B, S, kv_heads, head_dim]
     values: Tuple[jax.Array, ...]
     length: jax.Array  # [B] int32: committed tokens per row

@@ -11,15 +11,18 @@ model as a Hugging Face folder, which `transformers` and `load_hf` both read.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import numpy as np
-import transformers
 from tqdm import tqdm
 
 from sdjax.config import ModelConfig, RopeScaling
 from sdjax.models.families import MissingExtraError, UnsupportedModelError, family_config
-from sdjax.models.hf import LoadedModel, weight_names, params_from_hf_tensors, save_hf
+from sdjax.models.hf import LoadedModel, params_from_hf_tensors, save_hf, weight_names
+
+if TYPE_CHECKING:
+    pass
+
 
 # GGUF architecture -> the `transformers` model type sdjax builds for it.
 GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "gemma2": "gemma2",
@@ -172,8 +175,10 @@ def _tokenizer(reader, path: str, arch: str):
     tokenizer converter (which rebuilds Gemma's merges, pre-tokenizers and special
     tokens); `transformers`' own GGUF reader would need PyTorch.
     """
+    import transformers
     from transformers.integrations.gguf.gguf_tokenizer_mapping import (
-        GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer,
+        GGUF_TOKENIZER_MAPPING,
+        convert_gguf_tokenizer,
     )
 
     values = {key[len("tokenizer."):]: field.contents() for key, field in reader.fields.items()

@@ -11,18 +11,24 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import safetensors.flax
-import transformers
 
 from sdjax.config import ModelConfig, RopeScaling
 from sdjax.models.families import (
-    FAMILIES, SUPPORTED_MODEL_TYPES, UnsupportedModelError, family_config,
+    FAMILIES,
+    SUPPORTED_MODEL_TYPES,
+    UnsupportedModelError,
+    family_config,
 )
 from sdjax.models.transformer import param_shapes
+
+if TYPE_CHECKING:
+    import transformers
+
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 _GPT2_BUFFERS = (".attn.bias", ".attn.masked_bias")
@@ -38,6 +44,7 @@ _CONFIG_CLASSES = {"llama": "LlamaConfig", "mistral": "MistralConfig",
 
 
 class LoadedModel(NamedTuple):
+    """A checkpoint in memory: config, params pytree, tokenizer (or None)."""
     config: ModelConfig
     params: Dict[str, Any]
     tokenizer: Optional[Any]
@@ -171,6 +178,8 @@ def _rope_to_hf(cfg: ModelConfig) -> Dict[str, Any]:
 
 def config_to_hf(cfg: ModelConfig) -> transformers.PretrainedConfig:
     """The `transformers` config object that describes the same model."""
+    import transformers
+
     common = dict(
         vocab_size=cfg.vocab_size,
         bos_token_id=cfg.bos_token_id,
@@ -335,11 +344,12 @@ def params_from_hf_tensors(cfg: ModelConfig, tensors: Dict[str, jax.Array]) -> d
     unused = sorted(set(tensors) - used - {"lm_head.weight"})
     if unused:
         warnings.warn(f"checkpoint tensors not used by sdjax: {unused[:8]}"
-                      f"{' ...' if len(unused) > 8 else ''}")
+                      f"{' ...' if len(unused) > 8 else ''}", stacklevel=2)
     return {"params": params}
 
 
 def params_to_hf_tensors(cfg: ModelConfig, params: dict) -> Dict[str, jax.Array]:
+    """`transformers`-named tensors of `params` (what `save_hf` writes)."""
     tree = params["params"]
     out = {}
     for hf_name, path, transpose in weight_names(cfg):
@@ -360,6 +370,8 @@ def load_hf(
     load_tokenizer: bool = True,
 ) -> LoadedModel:
     """Loads config, parameters and (if present) tokenizer from a checkpoint folder."""
+    import transformers
+
     if os.path.isfile(path) and path.endswith(".gguf"):
         raise ValueError(f"{path} is a GGUF file, not a checkpoint folder: load it with "
                          "sdjax.load_gguf, or convert it with `sdjax convert`")

@@ -32,6 +32,7 @@ _INIT = nn.initializers.normal(0.02)
 
 
 class ModelOutput(NamedTuple):
+    """What a forward returns."""
     logits: jax.Array  # [B, T, V] float32
     hidden: jax.Array  # [B, T, D] final hidden state (after the final norm)
     intermediates: Tuple[jax.Array, ...]  # hidden states of the requested layers
@@ -102,7 +103,8 @@ class RMSNorm(nn.Module):
         return scale.astype(self.dtype) * normed.astype(self.dtype)
 
 
-def _norm(cfg: ModelConfig, name: str) -> nn.Module:
+def norm_layer(cfg: ModelConfig, name: str) -> nn.Module:
+    """The family's norm (RMSNorm, with Gemma's offset, or LayerNorm) named `name`."""
     if cfg.norm == "layer":
         return nn.LayerNorm(
             epsilon=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name
@@ -150,6 +152,7 @@ def _dense(cfg: ModelConfig, features: int, use_bias: bool, name: str) -> nn.Den
 
 
 class Attention(nn.Module):
+    """Grouped-query attention over the cache and the new tokens."""
     cfg: ModelConfig
     layer: int
 
@@ -170,8 +173,8 @@ class Attention(nn.Module):
         k = k.reshape(batch, num_new, cfg.num_kv_heads, cfg.head_dim)
         v = v.reshape(batch, num_new, cfg.num_kv_heads, cfg.head_dim)
         if cfg.qk_norm:
-            q = _norm(cfg, "q_norm")(q)
-            k = _norm(cfg, "k_norm")(k)
+            q = norm_layer(cfg, "q_norm")(q)
+            k = norm_layer(cfg, "k_norm")(k)
         if cfg.position_embedding == "rope":
             inv_freq = inverse_frequencies(cfg, cfg.uses_sliding_window(self.layer))
             q = apply_rope(q, positions, inv_freq)
@@ -190,6 +193,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """The feed-forward block (gated or not)."""
     cfg: ModelConfig
 
     @nn.compact
@@ -205,6 +209,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """One decoder layer: norms, attention, MLP."""
     cfg: ModelConfig
     layer: int
 
@@ -212,18 +217,19 @@ class Block(nn.Module):
     def __call__(self, x, positions, mask, cache, write_offset):
         cfg = self.cfg
         attn_out, cache = Attention(cfg, self.layer, name="attn")(
-            _norm(cfg, "attn_norm")(x), positions, mask, cache, write_offset
+            norm_layer(cfg, "attn_norm")(x), positions, mask, cache, write_offset
         )
         if cfg.sandwich_norms:
-            attn_out = _norm(cfg, "post_attn_norm")(attn_out)
+            attn_out = norm_layer(cfg, "post_attn_norm")(attn_out)
         x = x + attn_out
-        mlp_out = MLP(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x))
+        mlp_out = MLP(cfg, name="mlp")(norm_layer(cfg, "mlp_norm")(x))
         if cfg.sandwich_norms:
-            mlp_out = _norm(cfg, "post_mlp_norm")(mlp_out)
+            mlp_out = norm_layer(cfg, "post_mlp_norm")(mlp_out)
         return x + mlp_out, cache
 
 
 class Transformer(nn.Module):
+    """A decoder-only language model of any supported family."""
     config: ModelConfig
 
     def setup(self):
@@ -236,7 +242,7 @@ class Transformer(nn.Module):
         if cfg.position_embedding == "learned":
             self.pos_embed = embed(cfg.max_position_embeddings, "pos_embed")
         self.layers = [Block(cfg, i, name=f"layers_{i}") for i in range(cfg.num_layers)]
-        self.final_norm = _norm(cfg, "final_norm")
+        self.final_norm = norm_layer(cfg, "final_norm")
         if not cfg.tie_embeddings:
             self.lm_head = _dense(cfg, cfg.vocab_size, False, "lm_head")
 
@@ -290,6 +296,15 @@ class Transformer(nn.Module):
         logits = softcap(logits.astype(jnp.float32), cfg.final_logit_softcap)
         intermediates = tuple(states[i] for i in hidden_layers)
         return ModelOutput(logits, hidden, intermediates, cache)
+
+
+def sequence_forward(params, cfg: ModelConfig, tokens: jax.Array,
+                     hidden_layers: Sequence[int] = ()) -> ModelOutput:
+    """The whole-sequence forward of [B, T] tokens from position 0 (training, teachers)."""
+    batch, length = tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), tokens.shape)
+    return Transformer(cfg).apply(params, tokens, positions, KVCache.init(cfg, batch, length),
+                                  hidden_layers=hidden_layers)
 
 
 def init_params(cfg: ModelConfig, key: jax.Array) -> dict:

@@ -99,8 +99,8 @@ def read_generations(folder: str, target_config=None) -> np.ndarray:
 def run_generations(target_dir: str, output: str, corpus_output: Optional[str] = None,
                     **options) -> dict:
     """The CLI's job: load the target, its corpus stream, write the shards."""
+    from sdjax.data import prepare_corpus
     from sdjax.models.hf import load_hf
-    from sdjax.training.lm import prepare_corpus
 
     target = load_hf(target_dir)
     if target.tokenizer is None:

@@ -18,8 +18,8 @@ import numpy as np
 import optax
 
 from sdjax.config import ModelConfig, from_dict
-from sdjax.models.cache import KVCache
-from sdjax.models.transformer import Transformer, init_params
+from sdjax.data import prepare_corpus
+from sdjax.models.transformer import init_params, sequence_forward
 from sdjax.training.loop import LoopConfig, TrainResult, fit, load_yaml_config, write_summary
 
 
@@ -35,24 +35,17 @@ class LMTrainConfig(LoopConfig):
 
 
 def model_config(values: Dict[str, Any], vocab_size: int, eos_token_id: int) -> ModelConfig:
+    """The ModelConfig of a config's `model` section, with the tokenizer's ids."""
     values = {"max_position_embeddings": 2048, **values,
               "vocab_size": vocab_size, "eos_token_id": (eos_token_id,),
               "bos_token_id": eos_token_id, "pad_token_id": eos_token_id}
     return from_dict(ModelConfig, values)
 
 
-def forward(params, cfg: ModelConfig, inputs: jax.Array, hidden_layers=()):
-    """The whole-sequence (training) forward of [B, T] tokens: a ModelOutput."""
-    batch, length = inputs.shape
-    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), inputs.shape)
-    return Transformer(cfg).apply(params, inputs, positions, KVCache.init(cfg, batch, length),
-                                  hidden_layers=hidden_layers)
-
-
 def lm_loss(params, cfg: ModelConfig, windows: jax.Array) -> jax.Array:
     """Mean next-token cross entropy over [B, T + 1] windows."""
     chex.assert_rank(windows, 2)
-    logits = forward(params, cfg, windows[:, :-1]).logits
+    logits = sequence_forward(params, cfg, windows[:, :-1]).logits
     return optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:]).mean()
 
 
@@ -61,31 +54,9 @@ def train_lm(cfg: LMTrainConfig, model_cfg: ModelConfig, train_stream: np.ndarra
              progress: bool = True) -> TrainResult:
     """Trains (or resumes) a model of `model_cfg` from random initialisation."""
     params = init_params(model_cfg, jax.random.PRNGKey(cfg.seed))
-    loss_fn = lambda p, _, windows: (lm_loss(p, model_cfg, windows), {})
+    loss_fn = lambda p, _, windows, key: (lm_loss(p, model_cfg, windows), {})
     return fit(cfg, params, loss_fn, train_stream, val_stream, stop_at=stop_at,
                progress=progress)
-
-
-def prepare_corpus(tokenizer_dir: str, vocab_size: int, output: str):
-    """Tokenizer (loaded, or trained on the train split into `tokenizer_dir`) and the
-    train / validation token streams, cached under `output`/data."""
-    from sdjax import data
-
-    if os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
-        tokenizer = data.load_tokenizer(tokenizer_dir)
-    else:
-        print(f"training a {vocab_size}-entry BPE tokenizer on the train split "
-              f"into {tokenizer_dir}...")
-        tokenizer = data.train_tokenizer(data.read_split("train"), vocab_size)
-        tokenizer.save_pretrained(tokenizer_dir)
-    streams = {}
-    for split in ("train", "validation"):
-        path = os.path.join(output, "data", f"{split}.npy")
-        if not os.path.exists(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            np.save(path, data.encode_corpus(tokenizer, data.read_split(split)))
-        streams[split] = np.load(path)
-    return tokenizer, streams
 
 
 def run_lm(cfg: LMTrainConfig, stop_at: Optional[int] = None) -> str:
@@ -111,4 +82,5 @@ def run_lm(cfg: LMTrainConfig, stop_at: Optional[int] = None) -> str:
 
 
 def load_config(path: str, **overrides) -> LMTrainConfig:
+    """An LMTrainConfig from YAML; `overrides` that are not None win."""
     return load_yaml_config(LMTrainConfig, path, **overrides)

@@ -4,7 +4,8 @@ evaluation set, a progress bar and a metrics.jsonl log.
 
 The data order is a pure function of (seed, step): the batch of step s is a set
 of random windows of the token stream drawn from `np.random.default_rng([seed, s])`.
-A resumed run therefore sees exactly the batches the uninterrupted run would have,
+So is the loss function's PRNG key (`fold_in(key(seed), step)`, made inside the step).
+A resumed run therefore sees exactly the batches and noise the uninterrupted run would have,
 and resuming restores params, optimizer state and step: the result is the same
 parameters, bit for bit on one machine.
 """
@@ -26,8 +27,9 @@ from tqdm import tqdm
 
 from sdjax import sharding
 
-# loss_fn(params, frozen, windows [B, T + 1]) -> (loss, {metric name: value})
-LossFn = Callable[[Any, Any, jax.Array], tuple]
+# loss_fn(params, frozen, windows [B, T + 1], key) -> (loss, {metric name: value}); key
+# is the step's PRNG key in training, None in evaluation (no noise, no dropout).
+LossFn = Callable[[Any, Any, jax.Array, Optional[jax.Array]], tuple]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -52,6 +54,7 @@ class LoopConfig:
 
 
 class TrainResult(NamedTuple):
+    """What `fit` returns."""
     params: Any
     step: int
     history: List[Dict[str, float]]  # one row per logged step: step, loss, lr, eval_*
@@ -82,12 +85,14 @@ def learning_rate_schedule(cfg: LoopConfig) -> optax.Schedule:
 
 
 def make_optimizer(cfg: LoopConfig) -> optax.GradientTransformation:
+    """Gradient clipping, then AdamW on the warmup + cosine schedule."""
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
                        optax.adamw(learning_rate_schedule(cfg), b1=0.9, b2=0.95,
                                    weight_decay=cfg.weight_decay))
 
 
 def make_mesh(cfg: LoopConfig):
+    """The (data, model) training mesh; the batch must divide over `data`."""
     model = cfg.model_parallel
     data = cfg.data_parallel or max(1, jax.device_count() // model)
     if cfg.batch_size % data:
@@ -96,10 +101,11 @@ def make_mesh(cfg: LoopConfig):
     return sharding.make_mesh(data, model, jax.devices()[: data * model])
 
 
-def _train_step(loss_fn: LossFn, tx: optax.GradientTransformation):
+def _train_step(loss_fn: LossFn, tx: optax.GradientTransformation, seed: int):
     def step(state, frozen, windows):
+        key = jax.random.fold_in(jax.random.key(seed), state["step"])
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"], frozen, windows)
+            state["params"], frozen, windows, key)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, loss
@@ -132,8 +138,8 @@ def fit(cfg: LoopConfig, params, loss_fn: LossFn, train_stream: np.ndarray,
         state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
     start = int(state["step"])
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-    train_step = _train_step(loss_fn, tx)
-    eval_fn = jax.jit(loss_fn)
+    train_step = _train_step(loss_fn, tx, cfg.seed)
+    eval_fn = jax.jit(lambda params, frozen, windows: loss_fn(params, frozen, windows, None))
     val = None if val_stream is None else eval_windows(
         val_stream, cfg.eval_batches * cfg.batch_size, cfg.seq_len)
     history: List[Dict[str, float]] = []

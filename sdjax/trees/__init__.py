@@ -5,5 +5,5 @@ from sdjax.trees.sequoia import expected_tokens, sequoia
 from sdjax.trees.shape import TreeShape, branches, chain, from_choices, kary
 from sdjax.trees.topology import DynamicShape, Topology, as_topology, from_parents, static_topology
 
-__all__ = ["DynamicShape", "Topology", "TreeShape", "as_topology", "branches", "chain", "expected_tokens",
-           "from_choices", "from_parents", "kary", "sequoia", "static_topology"]
+__all__ = ["DynamicShape", "Topology", "TreeShape", "as_topology", "branches", "chain",
+           "expected_tokens", "from_choices", "from_parents", "kary", "sequoia", "static_topology"]

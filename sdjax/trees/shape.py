@@ -17,6 +17,7 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class TreeShape:
+    """A static draft tree: each node's parent, node 0 the root (see the module)."""
     parents: Tuple[int, ...]
 
     def __post_init__(self):

@@ -31,6 +31,7 @@ class DynamicShape:
 
 @flax.struct.dataclass
 class Topology:
+    """A tree's structure as per-row arrays (static or built each cycle)."""
     parents: jax.Array  # [B, N] node 0 (the root) has -1; parents precede children
     depth: jax.Array  # [B, N]
     paths: jax.Array  # [B, N, D + 1] root-to-node path, padded with the node
@@ -57,6 +58,7 @@ def static_topology(shape: TreeShape, batch: int) -> Topology:
 
 
 def as_topology(tree: Union[TreeShape, Topology], batch: int) -> Topology:
+    """`tree` as a Topology of `batch` rows."""
     return static_topology(tree, batch) if isinstance(tree, TreeShape) else tree
 
 

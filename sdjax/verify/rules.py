@@ -24,24 +24,17 @@ chain is Leviathan et al. / Chen et al. speculative sampling.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Union
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 
 from sdjax.config import SpecConfig
+from sdjax.protocols import Verifier, VerifyResult
 from sdjax.sampling import greedy_tokens, warp_logits
 from sdjax.trees import Topology, TreeShape, as_topology
-
-
-@flax.struct.dataclass
-class VerifyResult:
-    path: jax.Array  # [B, D+1] root-to-last-accepted node indices (padded with the last)
-    num_accepted: jax.Array  # [B] accepted drafted tokens, 0..D
-    next_token: jax.Array  # [B] correction or bonus token from the target
-
 
 Tree = Union[TreeShape, Topology]
 
@@ -202,10 +195,13 @@ def target_probs(logits: jax.Array, cfg: SpecConfig) -> jax.Array:
     return jax.nn.softmax(warp_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p), -1)
 
 
-class _Verifier:
-    """Greedy verification at temperature 0; otherwise `sampled` on the warped target."""
+class SampledVerifier(Verifier):
+    """Base of the verifiers here (and a user's own): greedy verification at
+    temperature 0; otherwise `sampled` on the warped target distribution."""
 
-    lossless = True
+    @abc.abstractmethod
+    def sampled(self, probs, draft_probs, tokens, tree: Tree, key) -> VerifyResult:
+        """The accepted path given target probs [B, N, V] and draft probs [B, N, V]."""
 
     def __call__(self, logits, tokens, draft_probs, tree: Tree, key, cfg) -> VerifyResult:
         if cfg.temperature == 0.0:
@@ -217,7 +213,7 @@ class _Verifier:
 
 
 @dataclasses.dataclass(frozen=True)
-class RejectionSampling(_Verifier):
+class RejectionSampling(SampledVerifier):
     """Lossless (recursive) rejection sampling over chains and trees. The default."""
 
     def sampled(self, probs, draft_probs, tokens, tree, key) -> VerifyResult:
@@ -225,7 +221,7 @@ class RejectionSampling(_Verifier):
 
 
 @dataclasses.dataclass(frozen=True)
-class BlockVerification(_Verifier):
+class BlockVerification(SampledVerifier):
     """Lossless block verification of chains (Sun et al., 2024)."""
 
     def sampled(self, probs, draft_probs, tokens, tree, key) -> VerifyResult:
@@ -233,7 +229,7 @@ class BlockVerification(_Verifier):
 
 
 @dataclasses.dataclass(frozen=True)
-class TypicalAcceptance(_Verifier):
+class TypicalAcceptance(SampledVerifier):
     """Medusa's typical acceptance: faster, but *not* lossless under sampling (it
     accepts any token the target finds plausible enough). Greedy at temperature 0."""
 

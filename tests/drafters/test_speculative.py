@@ -12,11 +12,19 @@ import pytest
 import sdjax
 from sdjax import trees
 from sdjax.drafters import DraftModel, Ensemble, PromptLookup
-from sdjax.heads import (Eagle, Eagle2, HeadsConfig, Hydra, Medusa, eagle_config, init_eagle,
-                         init_heads)
-from sdjax.verify import BlockVerification, RejectionSampling, TypicalAcceptance
+from sdjax.heads import (
+    Eagle,
+    Eagle2,
+    HeadsConfig,
+    Hydra,
+    Medusa,
+    eagle_config,
+    init_eagle,
+    init_heads,
+)
 from sdjax.models import KVCache, Transformer
 from sdjax.sampling import warp_logits
+from sdjax.verify import BlockVerification, RejectionSampling, TypicalAcceptance
 from tests.stats import tv, tv_bound
 
 TARGET = sdjax.ModelConfig(vocab_size=320, hidden_size=64, num_layers=2,
@@ -128,23 +136,25 @@ def test_ensemble_members_stay_in_step_with_tokens_others_proposed():
 def test_adaptive_draft_length_follows_the_heuristic():
     drafter = DraftModel(TARGET, num_draft=6, adaptive=True)
     cfg = spec(drafter, max_new_tokens=40)
-    _, limit = drafter.init(PARAMS, jnp.zeros((1, 4), jnp.int32), jnp.asarray([4]), 64)
-    assert limit.tolist() == [6]
+    state = drafter.init(PARAMS, jnp.zeros((1, 4), jnp.int32), jnp.asarray([4]), 64)
+    assert state.draft_len.tolist() == [6]
     perfect = sdjax.generate(PARAMS, PROMPTS, cfg, draft_params=PARAMS)
     assert perfect.stats["tau"] == 7.0  # starts at the maximum and stays there
     wrong = sdjax.generate(PARAMS, PROMPTS, cfg, draft_params=WRONG)
     assert wrong.stats["tau"] == 1.0
     # Never accepted: the length shrinks 6 -> 5 -> ... -> 1 and stays at 1.
+    from sdjax.drafters.draft_model import DraftModelState
     from sdjax.verify import VerifyResult
-    state = (None, jnp.asarray([6, 2, 1]))
     result = VerifyResult(path=jnp.zeros((3, 7), jnp.int32), num_accepted=jnp.asarray([6, 0, 0]),
                           next_token=jnp.zeros(3, jnp.int32))
     cache = sdjax.KVCache.init(TARGET, 3, 16)
-    _, limit = drafter.commit((cache, state[1]), result, jnp.ones(3, jnp.int32))
-    assert limit.tolist() == [6, 1, 1]
+    state = drafter.commit(DraftModelState(cache, jnp.asarray([6, 2, 1])), result,
+                           jnp.ones(3, jnp.int32))
+    assert state.draft_len.tolist() == [6, 1, 1]
     result = result.replace(num_accepted=jnp.asarray([3, 1, 1]))
-    _, limit = drafter.commit((cache, jnp.asarray([4, 1, 1])), result, jnp.ones(3, jnp.int32))
-    assert limit.tolist() == [3, 3, 3]
+    state = drafter.commit(DraftModelState(cache, jnp.asarray([4, 1, 1])), result,
+                           jnp.ones(3, jnp.int32))
+    assert state.draft_len.tolist() == [3, 3, 3]
 
 
 def perfect_eagle(target_cfg, params):
@@ -211,7 +221,8 @@ def test_prompt_lookup_proposes_what_followed_the_longest_recent_match():
     assert tree.probs is None
     sampled, _ = drafter.propose(None, (), sequence, seq_len, jax.random.PRNGKey(0),
                                  cfg.replace(temperature=1.0))
-    np.testing.assert_array_equal(sampled.probs.argmax(-1), sampled.tokens)
+    np.testing.assert_array_equal(sampled.tokens, tree.tokens)  # deterministic drafts
+    np.testing.assert_array_equal(sampled.probs, jax.nn.one_hot(tree.tokens, 320))
 
 
 def test_prompt_lookup_branches_are_distinct_continuations():
@@ -358,7 +369,8 @@ def sequence_tv(out, exact):
     (None, None, None),
 ], ids=["draft_model_chain", "draft_model_chain_block", "draft_model_tree_without_replacement",
         "draft_model_adaptive", "ensemble", "prompt_lookup", "prompt_lookup_branches",
-        "medusa_tree", "hydra_tree", "eagle_tree", "eagle2_dynamic", "eagle2_adaptive", "autoregressive"])
+        "medusa_tree", "hydra_tree", "eagle_tree", "eagle2_dynamic", "eagle2_adaptive",
+        "autoregressive"])
 def test_sampled_sequences_follow_the_target(drafter, draft_params, verifier):
     temperature = 0.9
     exact = exact_sequence_probs(temperature)
@@ -394,6 +406,7 @@ def test_sequence_check_rejects_the_draft_models_own_distribution():
 
 def test_out_of_range_draft_ids_and_nan_logits_raise():
     import dataclasses
+
     from sdjax.drafters import DraftTree
 
     @dataclasses.dataclass(frozen=True)

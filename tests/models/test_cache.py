@@ -95,6 +95,7 @@ def test_commit_path_equals_fresh_forward_over_committed_tokens(hf_checkpoints, 
     # The next step after the commit sees only the accepted path.
     nxt = forward(model, TOKENS[:, 23:24], committed.length[:, None], committed)
     for row in range(2):
-        seq = np.concatenate([TOKENS[row, :lengths[row]], nodes[row, accepted[row]], [TOKENS[row, 23]]])
+        seq = np.concatenate([TOKENS[row, :lengths[row]], nodes[row, accepted[row]],
+                              [TOKENS[row, 23]]])
         ref, _ = fresh_cache(model, seq[None])
         np.testing.assert_allclose(nxt.logits[row, 0], ref.logits[0, -1], atol=1e-5)

@@ -80,6 +80,7 @@ def test_intermediate_hidden_states_match_transformers(hf_checkpoints):
         model.params, jnp.asarray(SEQ), positions, cache, hidden_layers=(0, 1))
     with torch.no_grad():
         ref = hf_models.load_torch(path)(torch.as_tensor(SEQ), output_hidden_states=True)
+    assert len(out.intermediates) == 2
     for ours, layer in zip(out.intermediates, (0, 1)):
         np.testing.assert_allclose(np.asarray(ours), ref.hidden_states[layer].numpy(), atol=1e-4)
 

@@ -1,6 +1,8 @@
 """Medusa, Hydra and EAGLE training: losses fall, held-out agreement rises above untrained
 heads, resume is exact, sharded training matches one device, exported heads decode the same."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -71,7 +73,7 @@ def test_eagle_training_lowers_the_loss_and_raises_acceptance_by_depth(setup, tm
 def test_unrolled_training_sees_what_a_tree_node_sees():
     """Unrolled step s at position p stands for a depth-(s + 1) node whose root is at
     p - s: it sees the committed entries up to the root (step 0) and its own path."""
-    from sdjax.training.eagle import unrolled_mask
+    from sdjax.heads.losses import unrolled_mask
     length, steps = 6, 3
     mask = unrolled_mask(length, 2, steps).reshape(length, steps, length)
     p = 4
@@ -83,7 +85,23 @@ def test_unrolled_training_sees_what_a_tree_node_sees():
     assert not causal[:, 1:].any()
 
 
-@pytest.mark.parametrize("kind", [pytest.param("hydra", marks=pytest.mark.slow), "eagle3"])
+def test_eagle_feature_noise_comes_from_the_step_key(setup, tmp_path):
+    target, train, _ = setup
+    cfg = _config(tmp_path, kind="eagle")
+    eagle_cfg = sdjax.heads.eagle_config(target.config)
+    params = init_eagle(eagle_cfg, target.params, jax.random.PRNGKey(0))
+    loss_fn = heads_training.make_loss(cfg, target.config, eagle_cfg)
+    windows = loop.batch_at(train, 0, 4, cfg.seq_len, 0)
+    loss = lambda key, fn=loss_fn: float(fn(params, target.params, windows, key)[0])
+    noiseless = heads_training.make_loss(dataclasses.replace(cfg, feature_noise=0.0),
+                                         target.config, eagle_cfg)
+    # Evaluation (no key) sees no noise; each training key its own.
+    assert loss(None) == loss(jax.random.key(0), noiseless)
+    assert len({loss(None), loss(jax.random.key(0)), loss(jax.random.key(1))}) == 3
+
+
+@pytest.mark.parametrize("kind", [pytest.param("hydra", marks=pytest.mark.slow), "eagle",
+                                  pytest.param("eagle3", marks=pytest.mark.slow)])
 def test_resume_reproduces_the_uninterrupted_run(setup, tmp_path, kind):
     target, train, val = setup
     _, whole = heads_training.train_heads(_config(tmp_path / "whole", kind=kind), target,
@@ -105,6 +123,7 @@ def test_sharded_training_matches_one_device(setup, tmp_path, kind, metric):
     _, sharded = heads_training.train_heads(
         _config(tmp_path / "4x2", data_parallel=4, model_parallel=2, kind=kind), target,
         train, val, progress=False)
+    assert len(one.history) == len(sharded.history) == 2
     for a, b in zip(one.history, sharded.history):
         for key in ("loss", "eval_loss", metric):
             np.testing.assert_allclose(a[key], b[key], rtol=2e-4, atol=1e-6)

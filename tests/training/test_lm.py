@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sdjax import load_hf
-from sdjax.models.transformer import init_params
+from sdjax.models.transformer import init_params, sequence_forward
 from sdjax.training import lm, loop
 from tests.training.conftest import TINY_MODEL
 
@@ -71,6 +71,7 @@ def test_sharded_training_matches_one_device(corpus, tmp_path):
         cfg = _config(tmp_path / f"{data_parallel}x{model_parallel}",
                       data_parallel=data_parallel, model_parallel=model_parallel)
         sharded = lm.train_lm(cfg, model, train, val, progress=False)
+        assert len(one.history) == len(sharded.history) == 2
         for a, b in zip(one.history, sharded.history):
             np.testing.assert_allclose(a["loss"], b["loss"], rtol=2e-4)
             np.testing.assert_allclose(a["eval_loss"], b["eval_loss"], rtol=2e-4)
@@ -84,7 +85,7 @@ def test_batch_must_divide_over_data_devices(corpus, tmp_path):
 
 
 def test_config_file_errors(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         lm.load_config(str(tmp_path / "missing.yaml"))
     path = tmp_path / "bad.yaml"
     path.write_text("model: {}\noutput: x\nlearning_rat: 1\n")
@@ -104,7 +105,7 @@ def test_export_loads_in_transformers_with_matching_logits(corpus, tmp_path):
     save_hf(path, _model(tokenizer), result.params, tokenizer)
     loaded = load_hf(path)
     ids = np.asarray(val[:40], np.int32)[None]
-    ours = lm.forward(loaded.params, loaded.config, ids).logits
+    ours = sequence_forward(loaded.params, loaded.config, ids).logits
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     with torch.no_grad():
         theirs = hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()

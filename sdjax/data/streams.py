@@ -1,0 +1,30 @@
+"""Token streams for training: the corpus splits encoded once and cached as .npy."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from sdjax.data.corpus import read_split
+from sdjax.data.tokenizer import encode_corpus, load_tokenizer, train_tokenizer
+
+
+def prepare_corpus(tokenizer_dir: str, vocab_size: int, output: str):
+    """Tokenizer (loaded, or trained on the train split into `tokenizer_dir`) and the
+    train / validation token streams, cached under `output`/data."""
+    if os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
+        tokenizer = load_tokenizer(tokenizer_dir)
+    else:
+        print(f"training a {vocab_size}-entry BPE tokenizer on the train split "
+              f"into {tokenizer_dir}...")
+        tokenizer = train_tokenizer(read_split("train"), vocab_size)
+        tokenizer.save_pretrained(tokenizer_dir)
+    streams = {}
+    for split in ("train", "validation"):
+        path = os.path.join(output, "data", f"{split}.npy")
+        if not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            np.save(path, encode_corpus(tokenizer, read_split(split)))
+        streams[split] = np.load(path)
+    return tokenizer, streams

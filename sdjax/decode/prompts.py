@@ -1,0 +1,105 @@
+"""Prompt handling and prefill: user prompts in, right-padded id buckets out, and the
+target's first forward over them (which `sdjax.bench.cost` times on its own).
+
+Prompts are right-padded to a power-of-two bucket (at least `cfg.min_prompt_bucket`)
+so that a new prompt length inside a bucket reuses the compiled loop.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from sdjax import sharding
+from sdjax.config import ModelConfig, SpecConfig
+from sdjax.models.cache import KVCache
+from sdjax.models.transformer import Transformer
+
+Prompt = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], np.ndarray]
+
+
+def bucket_length(length: int, min_bucket: int) -> int:
+    """Smallest power of two >= length, and at least min_bucket."""
+    return max(min_bucket, 1 << max(0, int(length) - 1).bit_length())
+
+
+def encode(prompt: Prompt, tokenizer) -> list:
+    """Prompt(s) as a list of token-id lists."""
+    if isinstance(prompt, str) or (
+        isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], str)
+    ):
+        if tokenizer is None:
+            raise ValueError("a text prompt needs a tokenizer (pass tokenizer=...)")
+        texts = [prompt] if isinstance(prompt, str) else list(prompt)
+        return [tokenizer(t)["input_ids"] for t in texts]
+    array = np.asarray(prompt) if isinstance(prompt, (np.ndarray, jax.Array)) else None
+    if array is not None:
+        if array.ndim not in (1, 2):
+            raise ValueError(f"prompt ids must have rank 1 or 2, got shape {array.shape}")
+        return [list(r) for r in np.atleast_2d(array)]
+    prompt = list(prompt)
+    if prompt and np.ndim(prompt[0]) == 0:
+        return [prompt]
+    return [list(r) for r in prompt]
+
+
+def prepare_prompts(prompt: Prompt, cfg: SpecConfig, tokenizer=None,
+                    batch_multiple: int = 1) -> Tuple[np.ndarray, np.ndarray, int]:
+    """Validated, right-padded prompt ids [B', bucket], lengths [B'], and B.
+
+    B' is the batch B rounded up to `batch_multiple` with one-token dummy rows, so
+    that it divides over devices; the caller drops them again.
+    """
+    rows = encode(prompt, tokenizer)
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError("every prompt needs at least one token")
+    vocab = cfg.model.vocab_size
+    for i, row in enumerate(rows):
+        bad = [t for t in row if not 0 <= int(t) < vocab]
+        if bad:
+            raise ValueError(f"prompt {i} has token ids outside [0, {vocab}): {bad[:5]}")
+    longest = max(len(r) for r in rows)
+    if longest + cfg.max_new_tokens > cfg.seq_limit:
+        raise ValueError(
+            f"prompt of {longest} tokens + max_new_tokens={cfg.max_new_tokens} exceeds the "
+            f"model's {cfg.seq_limit} positions; shorten the prompt or the generation"
+        )
+    bucket = bucket_length(longest, cfg.min_prompt_bucket)
+    padded_batch = -(-len(rows) // batch_multiple) * batch_multiple
+    tokens = np.full((padded_batch, bucket), cfg.pad_token_id, np.int32)
+    lengths = np.ones((padded_batch,), np.int32)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = row
+        lengths[i] = len(row)
+    return tokens, lengths, len(rows)
+
+
+class Prefill(NamedTuple):
+    """The target after the prompt."""
+    cache: KVCache  # the target's KV of every row's prompt (length = prompt length)
+    last_logits: jax.Array  # [B, V] logits at each row's last prompt token
+    features: jax.Array  # [B, bucket, F] what drafters read (final or named layers)
+
+
+def prefill(params, config: ModelConfig, prompt_tokens: jax.Array, prompt_lengths: jax.Array,
+            max_len: int, feature_layers: Tuple[int, ...] = (),
+            mesh: Optional[Mesh] = None) -> Prefill:
+    """The target's forward over right-padded prompts [B, bucket] into a fresh cache
+    of `max_len` slots (sharded over `mesh` when given). Jittable."""
+    chex.assert_rank(prompt_tokens, 2)
+    batch, bucket = prompt_tokens.shape
+    chex.assert_shape(prompt_lengths, (batch,))
+    chex.assert_type([prompt_tokens, prompt_lengths], int)
+    cache = KVCache.init(config, batch, max_len)
+    if mesh is not None:
+        cache = sharding.constrain_cache(cache, mesh)
+    positions = jnp.broadcast_to(jnp.arange(bucket, dtype=jnp.int32), (batch, bucket))
+    out = Transformer(config).apply(params, prompt_tokens, positions, cache,
+                                    hidden_layers=feature_layers)
+    last = out.logits[jnp.arange(batch), prompt_lengths - 1]
+    return Prefill(out.cache.commit(prompt_lengths), last, out.features())

@@ -1,0 +1,101 @@
+"""Drafting a tree one depth level per draft forward, with a window of re-fed tokens:
+what every draft network that reads its own KV cache shares (draft models, EAGLE).
+
+The pending region of the draft's cache is [window (W slots), node 0, node 1, ...]:
+each cycle re-feeds the last W committed tokens (rewriting identical KV) with the
+root, then the tree's levels, all at static shapes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sdjax.config import SpecConfig
+from sdjax.drafters.base import add_children, root_filled
+from sdjax.trees import TreeShape
+
+
+def window_inputs(cache_length: jax.Array, committed: jax.Array, window: int,
+                  sequence: jax.Array):
+    """The last `window` committed tokens a draft re-feeds: positions [B, W] (from the
+    draft cache's length on), validity [B, W] (short prompts leave gaps), tokens [B, W]."""
+    positions = cache_length[:, None] + jnp.arange(window)
+    tokens = jnp.take_along_axis(sequence, jnp.minimum(positions, sequence.shape[1] - 1), 1)
+    return positions, positions < committed[:, None], tokens
+
+
+def region_mask(tree_mask: jax.Array, window_valid: jax.Array) -> jax.Array:
+    """[B, W + N, W + N] visibility in the pending region [window, tree nodes]: the window
+    is causal, every node sees the (valid) window and its ancestors (tree_mask
+    [N, N] or [B, N, N])."""
+    batch, window = window_valid.shape
+    nodes = tree_mask.shape[-1]
+    causal = jnp.tril(jnp.ones((window, window), bool))
+    top = jnp.broadcast_to(jnp.concatenate([causal, jnp.zeros((window, nodes), bool)], 1),
+                           (batch, window, window + nodes))
+    bottom = jnp.concatenate([jnp.ones((batch, nodes, window), bool),
+                              jnp.broadcast_to(tree_mask, (batch, nodes, nodes))], axis=2)
+    valid = jnp.concatenate([window_valid, jnp.ones((batch, nodes), bool)], axis=1)
+    return jnp.concatenate([top, bottom], axis=1) & valid[:, None, :]
+
+
+def draft_levels(forward, shape: TreeShape, window: int, cache, sequence, seq_len, key,
+                 cfg: SpecConfig, vocab_size: int, first_features=None, skip_past=None):
+    """Drafts the static tree `shape` one depth level per forward; returns (cache,
+    tokens [B, N], probs [B, N, V] or None).
+
+    forward(tokens, features, positions, cache, mask, write_offset, pending_positions,
+    logits_from) -> (logits of tokens[logits_from:], hidden, cache) runs the draft
+    network on some slots of the pending region [window (W slots), node 0, node 1, ...].
+    Level 0 feeds the window and the
+    root with `first_features` [B, W + 1, F] (None: a network that reads tokens only),
+    level d the nodes at depth d, each with the hidden output of its parent (EAGLE).
+    With `skip_past` [B], levels no row needs (d >= skip_past) are skipped (lax.cond).
+    """
+    nodes = shape.num_nodes
+    committed = seq_len - 1  # the target's cache length; the root is at this position
+    window_pos, window_valid, window_tokens = window_inputs(cache.length, committed, window,
+                                                            sequence)
+    mask = region_mask(jnp.asarray(shape.ancestor_mask), window_valid)
+    region_positions = jnp.concatenate(
+        [window_pos, committed[:, None] + jnp.asarray(shape.depth)[None]], axis=1)
+    parents = np.maximum(np.asarray(shape.parents), 0)
+
+    def level(d, fed, carry):
+        """Feeds nodes `fed` (level 0: the window and the root), drafts the children
+        of the nodes fed at depth d."""
+        cache, tokens, probs, hidden = carry
+        if d == 0:
+            slots = np.arange(window + 1)
+            fed_tokens = jnp.concatenate([window_tokens, tokens[:, :1]], axis=1)
+            features = first_features
+        else:
+            slots = fed + window
+            fed_tokens = tokens[:, fed]
+            features = None if hidden is None else hidden[:, parents[fed]]
+        logits, out_hidden, cache = forward(
+            fed_tokens, features, jnp.take(region_positions, slots, axis=1), cache,
+            mask[:, slots], int(slots[0]), region_positions, len(slots) - len(fed))
+        tokens, probs = add_children(shape, fed, logits, tokens, probs,
+                                     jax.random.fold_in(key, d), cfg)
+        if hidden is not None:
+            fed_hidden = out_hidden[:, len(slots) - len(fed):]
+            hidden = hidden.at[:, fed].set(fed_hidden.astype(jnp.float32))
+        return cache, tokens, probs, hidden
+
+    tokens, probs = root_filled(sequence, seq_len, nodes, vocab_size, cfg)
+    hidden = None
+    if first_features is not None:
+        hidden = jnp.zeros((seq_len.shape[0], nodes, first_features.shape[-1]), jnp.float32)
+    carry = (cache, tokens, probs, hidden)
+    for d in range(shape.max_depth):
+        step = functools.partial(level, d, np.flatnonzero(shape.depth == d))
+        if skip_past is not None and d > 0:
+            carry = jax.lax.cond(jnp.any(skip_past > d), step, lambda c: c, carry)
+        else:
+            carry = step(carry)
+    return carry[:3]

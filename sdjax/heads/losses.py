@@ -1,0 +1,116 @@
+"""Training losses of the draft heads, each a pure function of (params, frozen target
+params, windows [B, T + 1], key): what `sdjax.training.fit` minimises.
+
+Medusa / Hydra (`heads_loss`): the target runs over corpus windows (frozen); head k
+(0-based) at position t learns the token at t + k + 2: with `distill` the target's
+own distribution for that token (Medusa-2's self-distillation, so the heads learn
+what the target will accept), otherwise the corpus token. Hydra's head k also reads
+the corpus tokens t + 1 .. t + k + 1 (teacher forcing; at decode time, the drafted
+path). Head k's loss is weighted by head_decay**k (Medusa's 0.8); metrics
+`top1_head{k}`: head k's top-1 agreement with the target's greedy token.
+
+EAGLE (`eagle_loss`): the target gives its features and next-token distributions,
+then the draft unrolls `ttt_steps` times ("training-time test", EAGLE-3): step 0
+reads the target's features of the previous positions; step s > 0 reads the draft's
+own h from step s - 1 instead, and each position attends to step-0 entries up to s
+positions back plus its own unrolled entries since, exactly what a depth-(s + 1)
+tree node sees while drafting.
+
+- `eagle` (EAGLE-1): smooth-L1 regression of h onto the target's feature plus
+  `token_weight` x cross-entropy against the target's distribution, on step 0, with
+  uniform noise on the input features in training (EAGLE's robustness trick, drawn
+  from the step's key that `fit` derives from (seed, step), so a resumed run is
+  exact). Deeper steps are only measured.
+- `eagle3`: cross-entropy against the target at every unrolled step, step s
+  weighted by head_decay**s.
+
+Metrics `top1_depth{s+1}`: how often step s's argmax is the target's, i.e. the greedy
+acceptance at that depth given the shallower drafts were right.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sdjax.config import ModelConfig
+from sdjax.heads import eagle as eagle_net
+from sdjax.heads.eagle import EagleConfig, EagleNet
+from sdjax.models.cache import KVCache
+from sdjax.models.transformer import sequence_forward
+
+
+def heads_loss(heads_params, target_params, windows, key=None, *, target_cfg: ModelConfig,
+               module, head_decay: float, distill: bool):
+    """(weighted mean CE over heads, {top1_head{k}: agreement with the target});
+    deterministic, so `key` is unused."""
+    out = sequence_forward(jax.lax.stop_gradient(target_params), target_cfg, windows[:, :-1])
+    hidden, target_logits = jax.lax.stop_gradient((out.hidden, out.logits))
+    length = hidden.shape[1]
+    logits = module.apply(heads_params, hidden, windows,
+                          method=module.teacher_forced)  # [B, T, K, V]
+    total, weights, metrics = 0.0, 0.0, {}
+    for k in range(module.config.num_heads):
+        pred = logits[:, : length - k - 1, k]  # at t: the token at t + k + 2
+        teacher = target_logits[:, k + 1:]  # the target's prediction of that token
+        if distill:
+            ce = optax.softmax_cross_entropy(pred, jax.nn.softmax(teacher)).mean()
+        else:
+            ce = optax.softmax_cross_entropy_with_integer_labels(pred, windows[:, k + 2:]).mean()
+        total += head_decay**k * ce
+        weights += head_decay**k
+        metrics[f"top1_head{k}"] = (pred.argmax(-1) == teacher.argmax(-1)).mean()
+    return total / weights, metrics
+
+
+def unrolled_mask(length: int, step: int, steps: int) -> np.ndarray:
+    """[T, steps * T] what position p of unrolled step `step` attends to: step-0
+    entries at positions <= p - step, and the entry of step j (1 <= j <= step) at
+    position p - step + j."""
+    p = np.arange(length)[:, None]
+    q = np.arange(length)[None, :]
+    blocks = [q <= p - step] + [(q == p - step + j) & (j <= step) for j in range(1, steps)]
+    return np.concatenate(blocks, axis=1)
+
+
+def eagle_loss(draft_params, target_params, windows, key=None, *, target_cfg: ModelConfig,
+               eagle_cfg: EagleConfig, ttt_steps: int, head_decay: float,
+               token_weight: float, feature_noise: float):
+    """(loss, {top1_depth{d}: agreement with the target's greedy token}). With a `key`
+    (training), EAGLE-1's input features get uniform noise of +-`feature_noise`."""
+    inputs = windows[:, :-1]
+    target_params = jax.lax.stop_gradient(target_params)
+    out = sequence_forward(target_params, target_cfg, inputs,
+                           hidden_layers=eagle_cfg.feature_layers)
+    raw = out.features()
+    teacher = jax.nn.softmax(out.logits)
+    teacher_token = out.logits.argmax(-1)
+    params = eagle_net.bind(eagle_cfg, draft_params, target_params)
+    net = EagleNet(eagle_cfg)
+    target_features = net.apply(params, raw, method=EagleNet.features)
+    batch, length = inputs.shape
+    features = eagle_net.shift_features(target_features)
+    if eagle_cfg.kind == "eagle" and feature_noise > 0 and key is not None:
+        features += jax.random.uniform(key, features.shape, minval=-feature_noise,
+                                       maxval=feature_noise)
+    positions = jnp.broadcast_to(jnp.arange(length), inputs.shape)
+    cache = KVCache.init(eagle_cfg.layer, batch, ttt_steps * length)
+    total, weights, metrics = 0.0, 0.0, {}
+    for step in range(ttt_steps):
+        logits, hidden, cache = net.apply(
+            params, inputs, features, positions, cache,
+            jnp.asarray(unrolled_mask(length, step, ttt_steps)), step * length)
+        valid = (jnp.arange(length) >= step)[None].astype(jnp.float32)  # defined positions
+        mean = lambda x: (x * valid).sum() / (valid.sum() * batch)
+        ce = mean(optax.softmax_cross_entropy(logits, teacher))
+        metrics[f"top1_depth{step + 1}"] = mean(logits.argmax(-1) == teacher_token)
+        if eagle_cfg.kind == "eagle3":
+            total += head_decay**step * ce
+            weights += head_decay**step
+        elif step == 0:
+            regression = mean(optax.huber_loss(hidden, target_features).mean(-1))
+            total, weights = regression + token_weight * ce, 1.0
+        features = eagle_net.shift_features(hidden)
+    return total / weights, metrics

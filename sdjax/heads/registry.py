@@ -1,0 +1,196 @@
+"""One place that says what each kind of draft head is: its config, network,
+initialisation from the target, default drafter, the benchmark's drafters, training
+loss and sharding rules. Training, the bench, the CLI and `sdjax.sharding` read
+`KINDS` instead of branching on kind names; a new kind of head is one entry here.
+
+The folder format every kind shares (`heads_config.json` + `heads.safetensors`) is
+`save_heads` / `load_heads`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors.flax
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from sdjax import trees
+from sdjax.config import ModelConfig, from_dict, model_config_from_dict
+from sdjax.heads import eagle as eagle_net
+from sdjax.heads.common import HeadsConfig, init_from_target
+from sdjax.heads.eagle import EagleConfig, eagle_config, init_eagle
+from sdjax.heads.eagle_drafters import Eagle, Eagle2
+from sdjax.heads.hydra import Hydra, HydraHeads
+from sdjax.heads.losses import eagle_loss, heads_loss
+from sdjax.heads.medusa import Medusa, MedusaHeads
+from sdjax.protocols import Drafter
+
+# The default choice tree (8 nodes, depth 3): the top 3 of the first head, top 2 below
+# the best, the best path one level deeper. Shallower heads get a chain.
+DEFAULT_TREE = trees.from_choices([[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0],
+                                   [0, 0, 1]])
+# The benchmark's EAGLE drafts: EAGLE-1 on a chain (the fastest static shape on CPU),
+# EAGLE-2's dynamic tree, also with OPT-Tree-style adaptive depth (one level deeper,
+# only while some path is this likely). Sizes picked by measured tokens/s
+# (BENCHMARKS.md); the library defaults (`Eagle2()`) are wider.
+BENCH_EAGLE_TREE = trees.chain(3)
+BENCH_EAGLE2 = dict(depth=4, top_k=2, num_nodes=8)
+BENCH_EAGLE2_ADAPTIVE = dict(BENCH_EAGLE2, depth=5, min_confidence=0.02)
+
+# Parameter path regex -> logical axes (see `sdjax.sharding`), for every kind's weights.
+HEAD_AXES = (
+    (r"head_\d+_lm/kernel$", ("embed", "vocab")),
+    (r"head_\d+_(res|in)/kernel$", (None, None)),
+    (r"head_\d+_(res|in)/bias$", (None,)),
+)
+EAGLE_AXES = (
+    (r"(combine|fuse)/kernel$", (None, None)),
+    (r"combine/bias$", (None,)),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadKind:
+    """What sdjax needs to know about one kind of draft head. `settings` are the
+    training settings (`sdjax.training.heads.HeadsTrainConfig`)."""
+
+    name: str
+    new_config: Callable[[ModelConfig, Any], Any]  # (target config, settings) -> config
+    read_config: Callable[[dict], Any]  # heads_config.json -> config
+    init: Callable[[Any, dict, jax.Array], dict]  # (config, target params, key) -> params
+    saved_shapes: Callable[[Any], Any]  # config -> the params a folder holds (abstract)
+    loss: Callable[[Any, ModelConfig, Any], Callable]  # (config, target, settings) -> loss_fn
+    drafter: Callable[[Any, Optional[trees.TreeShape]], Drafter]  # default drafter
+    bench: Dict[str, Callable[[Any], Drafter]]  # the benchmark's methods by name
+    param_axes: Tuple[Tuple[str, Tuple[Optional[str], ...]], ...]
+    module: Optional[Callable[[Any], nn.Module]] = None  # heads that run all at once
+
+
+def _heads_drafter(drafter_class):
+    def make(cfg: HeadsConfig, tree: Optional[trees.TreeShape] = None) -> Drafter:
+        if tree is None:
+            deep_enough = cfg.num_heads >= DEFAULT_TREE.max_depth
+            tree = DEFAULT_TREE if deep_enough else trees.chain(cfg.num_heads)
+        return drafter_class(cfg, tree)
+    return make
+
+
+def _heads_kind(name: str, module_class, drafter_class) -> HeadKind:
+    """Medusa-style heads: K heads on the target's last hidden state."""
+    drafter = _heads_drafter(drafter_class)
+    return HeadKind(
+        name=name,
+        new_config=lambda target, settings: HeadsConfig(
+            num_heads=settings.num_heads, hidden_size=target.hidden_size,
+            vocab_size=target.vocab_size, kind=name),
+        read_config=lambda values: from_dict(HeadsConfig, values),
+        init=lambda cfg, target_params, key: init_from_target(
+            module_class(cfg), target_params, key),
+        saved_shapes=lambda cfg: jax.eval_shape(lambda: {"params": module_class(cfg).init(
+            jax.random.PRNGKey(0), *module_class(cfg).example_inputs())["params"]}),
+        loss=lambda cfg, target, settings: lambda p, frozen, windows, key=None: heads_loss(
+            p, frozen, windows, key, target_cfg=target, module=module_class(cfg),
+            head_decay=settings.head_decay, distill=settings.distill),
+        drafter=drafter,
+        bench={name: drafter},
+        param_axes=HEAD_AXES,
+        module=module_class,
+    )
+
+
+def _eagle_drafter(cfg: EagleConfig, tree: Optional[trees.TreeShape] = None) -> Drafter:
+    """EAGLE-2's dynamic tree, or EAGLE-1 on `tree` when one is given."""
+    return Eagle2(cfg) if tree is None else Eagle(cfg, tree)
+
+
+def _eagle_kind(name: str, bench: Dict[str, Callable]) -> HeadKind:
+    return HeadKind(
+        name=name,
+        new_config=lambda target, settings: eagle_config(target, name, settings.feature_layers),
+        read_config=lambda values: EagleConfig(
+            model_config_from_dict(values["layer"]), values["kind"],
+            tuple(values.get("feature_layers", ()))),
+        init=init_eagle,
+        saved_shapes=eagle_net.abstract_params,
+        loss=lambda cfg, target, settings: lambda p, frozen, windows, key=None: eagle_loss(
+            p, frozen, windows, key, target_cfg=target, eagle_cfg=cfg,
+            ttt_steps=settings.ttt_steps, head_decay=settings.head_decay,
+            token_weight=settings.token_weight, feature_noise=settings.feature_noise),
+        drafter=_eagle_drafter,
+        bench=bench,
+        param_axes=EAGLE_AXES,
+    )
+
+
+KINDS: Dict[str, HeadKind] = {
+    "medusa": _heads_kind("medusa", MedusaHeads, Medusa),
+    "hydra": _heads_kind("hydra", HydraHeads, Hydra),
+    "eagle": _eagle_kind("eagle", {
+        "eagle": lambda cfg: Eagle(cfg, BENCH_EAGLE_TREE),
+        "eagle2": lambda cfg: Eagle2(cfg, **BENCH_EAGLE2),
+        "eagle2_adaptive": lambda cfg: Eagle2(cfg, **BENCH_EAGLE2_ADAPTIVE)}),
+    "eagle3": _eagle_kind("eagle3", {"eagle3": lambda cfg: Eagle2(cfg, **BENCH_EAGLE2)}),
+}
+
+
+def head_kind(name: str) -> HeadKind:
+    """The registry entry of kind `name`; a clear error for an unknown one."""
+    if name not in KINDS:
+        raise ValueError(f"unknown head kind {name!r}; supported: {tuple(KINDS)}")
+    return KINDS[name]
+
+
+def heads_module(cfg: HeadsConfig) -> nn.Module:
+    """The network of Medusa / Hydra heads (all heads at one position)."""
+    return head_kind(cfg.kind).module(cfg)
+
+
+def init_heads(cfg, target_params, key: jax.Array) -> dict:
+    """Fresh draft params of `cfg`'s kind, started from the target's weights."""
+    return head_kind(cfg.kind).init(cfg, target_params, key)
+
+
+def make_drafter(cfg, tree: Optional[trees.TreeShape] = None) -> Drafter:
+    """The drafter for heads of `cfg.kind`: Medusa / Hydra on `tree` (default:
+    DEFAULT_TREE if deep enough), EAGLE drafts on EAGLE-2's dynamic tree, or on `tree`
+    (EAGLE-1) when one is given."""
+    return head_kind(cfg.kind).drafter(cfg, tree)
+
+
+def bench_drafters(cfg) -> Dict[str, Drafter]:
+    """The benchmark's drafters for trained heads of `cfg.kind`, by method name."""
+    return {name: make(cfg) for name, make in head_kind(cfg.kind).bench.items()}
+
+
+def save_heads(path: str, cfg, params) -> None:
+    """Writes heads (a HeadsConfig or an EagleConfig and the params) as a folder."""
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "heads_config.json"), "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=1)
+    flat = {"/".join(k): jnp.asarray(np.asarray(v))
+            for k, v in flatten_dict(params["params"]).items()}
+    safetensors.flax.save_file(flat, os.path.join(path, "heads.safetensors"))
+
+
+def load_heads(path: str):
+    """(config, params) from a folder written by `save_heads`: a HeadsConfig (Medusa,
+    Hydra) or an EagleConfig (EAGLE, EAGLE-3)."""
+    config_path = os.path.join(path, "heads_config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{path!r} has no heads_config.json")
+    with open(config_path) as f:
+        values = json.load(f)
+    cfg = head_kind(values.get("kind", "medusa")).read_config(values)
+    flat = safetensors.flax.load_file(os.path.join(path, "heads.safetensors"))
+    params = {"params": unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})}
+    shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
+    if shapes(head_kind(cfg.kind).saved_shapes(cfg)) != shapes(params):
+        raise ValueError(f"{path}: head weights do not match heads_config.json")
+    return cfg, params

@@ -1,0 +1,103 @@
+"""The two contracts every speculative method implements, and the data they exchange.
+
+A `Drafter` proposes a `DraftTree` each cycle; the target scores every node in one
+forward; a `Verifier` turns the scores into a `VerifyResult` (the accepted path and
+one more token). The decode loop (`sdjax.decode`) only ever talks to these two, so a
+new method is a new subclass of one of them, never a new loop.
+
+Both are abstract bases for frozen dataclasses: configs are hashable, because
+`SpecConfig` (which holds them) is part of what the compiled loop is keyed on.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Any, Optional, Tuple, Union
+
+import flax.struct
+import jax
+
+from sdjax.trees import DynamicShape, Topology, TreeShape
+
+if TYPE_CHECKING:
+    from sdjax.config import SpecConfig
+
+
+@flax.struct.dataclass
+class DraftTree:
+    """What a drafter proposes in one cycle."""
+
+    tokens: jax.Array  # [B, N] node 0 = the root
+    probs: Optional[jax.Array] = None  # [B, N, V] what each node was drawn from (sampling)
+    limit: Optional[jax.Array] = None  # [B] most drafts a row may accept (adaptive length)
+    topology: Optional[Topology] = None  # per-cycle structure (dynamic trees); None: `shape`
+
+
+@flax.struct.dataclass
+class VerifyResult:
+    """What a verifier accepted in one cycle."""
+
+    path: jax.Array  # [B, D+1] root-to-last-accepted node indices (padded with the last)
+    num_accepted: jax.Array  # [B] accepted drafted tokens, 0..D
+    next_token: jax.Array  # [B] correction or bonus token from the target
+
+
+class Drafter(abc.ABC):
+    """Proposes the tokens the target verifies. Pure methods, called inside the jit.
+
+    `features` are the target's final hidden states [B, T, D] of the forward that
+    precedes the call (the prefill's, then each verification's over the tree
+    nodes), or the layers named in `feature_layers`, side by side (EAGLE-3).
+    `sequence[B, L]` holds each row's prompt and generated tokens, `seq_len[B]` how
+    many; the last one is the tree's root (committed, its KV not yet in the cache).
+    The drafter's state is a pytree of its own (a small named struct).
+    """
+
+    @property
+    @abc.abstractmethod
+    def shape(self) -> Union[TreeShape, DynamicShape]:
+        """The static tree (or a dynamic tree's static bounds) every cycle proposes."""
+
+    @abc.abstractmethod
+    def init(self, draft_params, prompt_tokens: jax.Array, prompt_lengths: jax.Array,
+             max_len: int, features: jax.Array) -> Any:
+        """The state after the prompt (right-padded [B, bucket]) was prefilled."""
+
+    @abc.abstractmethod
+    def propose(self, draft_params, state, sequence: jax.Array, seq_len: jax.Array,
+                key: jax.Array, cfg: SpecConfig) -> Tuple[DraftTree, Any]:
+        """This cycle's tree, and the state it leaves."""
+
+    @abc.abstractmethod
+    def commit(self, state, result: VerifyResult, committed_length: jax.Array,
+               features: jax.Array) -> Any:
+        """The state once `result` was accepted; `committed_length` [B] is the target
+        cache's new length, `features` the verify forward's over the tree's nodes."""
+
+    @property
+    def feature_layers(self) -> Tuple[int, ...]:
+        """Target layers the drafter reads (`transformers` numbering); () = final."""
+        return ()
+
+    def check(self, cfg: SpecConfig, draft_params) -> None:
+        """Raises ValueError when `draft_params` cannot drive this drafter on cfg's
+        target (called by `generate` before compiling). No model: nothing to check."""
+        return None
+
+    def bind(self, draft_params, target_params):
+        """The params `init` / `propose` see: draft_params joined with any target
+        weights the draft shares (EAGLE's embedding), inside the jit."""
+        return draft_params
+
+
+class Verifier(abc.ABC):
+    """Accepts a path of a draft tree from the target's logits over its nodes."""
+
+    #: Whether sampled output follows the target's law exactly (greedy always does).
+    lossless: bool = True
+
+    @abc.abstractmethod
+    def __call__(self, logits: jax.Array, tokens: jax.Array, draft_probs: Optional[jax.Array],
+                 tree: Union[TreeShape, Topology], key: jax.Array,
+                 cfg: SpecConfig) -> VerifyResult:
+        """logits [B, N, V] of the target at the tree's N nodes (tokens [B, N])."""
