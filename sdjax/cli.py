@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import signal
 import sys
+import threading
 from typing import Optional, Sequence
 
 import jax
@@ -18,15 +21,52 @@ from sdjax.pretrained import NAMES
 
 # SpecConfig fields a preset or a flag may set (the model comes from --model).
 _GENERATION_FIELDS = [f.name for f in dataclasses.fields(SpecConfig) if f.name != "model"]
+# A preset names its verifier; the drafter comes from flags (it needs a model or heads).
+VERIFIERS = {"rejection": sdjax.verify.RejectionSampling,
+             "block": sdjax.verify.BlockVerification,
+             "typical": sdjax.verify.TypicalAcceptance}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `sdjax COMMAND: error: ...`, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _read_preset(path: str) -> dict:
+    """A YAML generation preset as SpecConfig values (every key checked by name)."""
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of SpecConfig fields")
+    if "model" in values:
+        raise ValueError(f"{path}: the model comes from --model, not from a preset")
+    if "drafter" in values:
+        raise ValueError(f"{path}: a preset cannot set the drafter ({values['drafter']!r}); "
+                         "choose it with --prompt-lookup, --draft-model or --heads")
+    if "verifier" in values:
+        name = values["verifier"]
+        if name not in VERIFIERS:
+            raise ValueError(f"{path}: unknown verifier {name!r}; choose from "
+                             f"{sorted(VERIFIERS)}")
+        values["verifier"] = VERIFIERS[name]()
+    return values
 
 
 def _spec_from_args(args, model_config: sdjax.ModelConfig) -> SpecConfig:
-    values = {}
-    if args.config:
-        with open(args.config) as f:
-            values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{args.config} must hold a mapping of SpecConfig fields")
+    values = _read_preset(args.config) if args.config else {}
     for name in _GENERATION_FIELDS:
         flag = getattr(args, name, None)
         if flag is not None:
@@ -64,14 +104,14 @@ def _print_result(out: sdjax.GenerateOutput, as_json: bool) -> None:
 
 def _drafter_from_args(args, target: sdjax.LoadedModel):
     """(drafter, draft params) chosen by --prompt-lookup / --draft-model / --heads."""
-    if sum(bool(x) for x in (args.prompt_lookup, args.draft_model, args.heads)) > 1:
+    if sum(x is not None for x in (args.prompt_lookup, args.draft_model, args.heads)) > 1:
         raise ValueError("choose one of --prompt-lookup, --draft-model and --heads")
     if args.heads:
         from sdjax.heads import load_heads, make_drafter
 
         heads, params = load_heads(args.heads)
         return make_drafter(heads), params
-    if args.prompt_lookup:
+    if args.prompt_lookup is not None:
         return sdjax.drafters.PromptLookup(num_draft=args.prompt_lookup), None
     if args.draft_model:
         draft = sdjax.load_hf(args.draft_model, dtype=args.dtype, load_tokenizer=False)
@@ -224,7 +264,7 @@ def cmd_train_generations(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sdjax", description="Speculative and multi-head decoding for JAX language models.")
     parser.add_argument("--version", action="version", version=sdjax.__version__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -312,14 +352,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "(`generations: FOLDER` in a heads config).")
     generations.add_argument("--target", required=True, help="target checkpoint folder")
     generations.add_argument("--output", required=True, help="folder for the shards")
-    generations.add_argument("--prompts", type=int, default=256)
-    generations.add_argument("--prompt-len", type=int, default=64)
-    generations.add_argument("--new-tokens", type=int, default=192)
+    generations.add_argument("--prompts", type=positive_int, default=256)
+    generations.add_argument("--prompt-len", type=positive_int, default=64)
+    generations.add_argument("--new-tokens", type=positive_int, default=192)
     generations.add_argument("--temperature", type=float, default=0.0)
-    generations.add_argument("--batch-size", type=int, default=8)
+    generations.add_argument("--batch-size", type=positive_int, default=8)
     generations.add_argument("--seed", type=int, default=0)
     generations.set_defaults(func=cmd_train_generations)
     return parser
+
+
+# What a user's mistake raises: a bad value or type, a missing or unreadable file, a
+# malformed YAML file, a missing extra. Each ends the command with one line.
+USER_ERRORS = (ValueError, TypeError, OSError, yaml.YAMLError, MissingExtraError)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -327,11 +372,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, MissingExtraError) as err:
-        print(f"sdjax {args.command}: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"sdjax {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 
 
-if __name__ == "__main__":
+def exit_on_interrupt() -> None:
+    """Ctrl-C ends the process at once, with one line and status 130, even while XLA
+    compiles or runs (a Python handler alone would wait for it to return): the signal
+    wakes a thread that exits for the blocked main thread."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+
+    def watch():
+        os.read(read_fd, 1)
+        sys.stderr.write("\nsdjax: interrupted\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    threading.Thread(target=watch, daemon=True).start()
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+
+def entry() -> None:
+    """The `sdjax` console command."""
+    exit_on_interrupt()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,34 +1,23 @@
 """Frozen, hashable configuration dataclasses.
 
 They are passed to `jax.jit` as static arguments, so every field is an immutable
-Python value (tuples, not lists). `from_dict` builds one from a mapping (a YAML
-preset, a JSON file) and names any key it does not know.
+Python value (tuples, not lists). Each checks its fields' types and ranges when built
+(`sdjax.validation`); `from_dict` builds one from a mapping (a YAML preset, a JSON
+file) and names any key it does not know.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, Mapping, Optional, Tuple, Union
 
 from sdjax.protocols import Drafter, Verifier
-
-T = TypeVar("T")
+from sdjax.validation import check_fields, check_range, from_dict
 
 NORMS = ("rms", "layer")
 POSITION_EMBEDDINGS = ("rope", "learned")
 ROPE_TYPES = ("default", "linear", "llama3")
 ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
-
-
-def from_dict(cls: Type[T], values: Mapping[str, Any]) -> T:
-    """Builds dataclass `cls` from `values`, rejecting unknown keys by name."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown {cls.__name__} key(s) {unknown}; valid keys are {sorted(known)}"
-        )
-    return cls(**values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +31,8 @@ class RopeScaling:
     original_max_position_embeddings: int = 8192
 
     def __post_init__(self):
+        check_fields(self)
+        check_range(self, "factor", 0, low_open=True)
         if self.rope_type not in ROPE_TYPES:
             raise ValueError(
                 f"unsupported rope_type {self.rope_type!r}; supported: {ROPE_TYPES}"
@@ -98,6 +89,17 @@ class ModelConfig:
     hf_model_type: str = "llama"
 
     def __post_init__(self):
+        check_fields(self)
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                     "head_dim", "intermediate_size", "max_position_embeddings"):
+            check_range(self, name, 1)
+        check_range(self, "norm_eps", 0, low_open=True)
+        if self.sliding_window is not None:
+            check_range(self, "sliding_window", 1)
+        bad = [i for i in self.eos_token_id if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"ModelConfig.eos_token_id {bad} outside the vocabulary "
+                             f"[0, {self.vocab_size})")
         for name, value, choices in (("norm", self.norm, NORMS),
                                      ("position_embedding", self.position_embedding,
                                       POSITION_EMBEDDINGS),
@@ -132,12 +134,7 @@ class ModelConfig:
 
 def model_config_from_dict(values: Mapping[str, Any]) -> ModelConfig:
     """A ModelConfig from its `dataclasses.asdict` form (e.g. read back from JSON)."""
-    values = dict(values)
-    values["rope_scaling"] = from_dict(RopeScaling, values.get("rope_scaling") or {})
-    for key in ("eos_token_id", "sliding_layers"):
-        if values.get(key) is not None:
-            values[key] = tuple(values[key])
-    return from_dict(ModelConfig, values)
+    return from_dict(ModelConfig, {**values, "rope_scaling": values.get("rope_scaling") or {}})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +146,8 @@ class SpecConfig:
     `sdjax.drafters` or `sdjax.heads`: frozen dataclasses, so the config stays
     hashable); `verifier=None` is lossless rejection sampling (`sdjax.verify`).
     temperature 0 is greedy decoding. `eos_token_id=None` stops on the model's own
-    EOS ids; `()` never stops early. `max_seq_len=None` allows up to the model's
+    EOS ids; `()` never stops early. `pad_token_id` fills each output row after its
+    end (any int: -1 marks the end unmistakably). `max_seq_len=None` allows up to the model's
     `max_position_embeddings` positions (prompt + new tokens).
     """
 
@@ -167,21 +165,20 @@ class SpecConfig:
     max_seq_len: Optional[int] = None
 
     def __post_init__(self):
-        for name, base in (("drafter", Drafter), ("verifier", Verifier)):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, base):
-                raise TypeError(f"{name} must be an sdjax.protocols.{base.__name__} or None, "
-                                f"got {type(value).__name__}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if isinstance(self.eos_token_id, list):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        check_fields(self)
+        check_range(self, "max_new_tokens", 1)
+        check_range(self, "temperature", 0)
+        check_range(self, "top_k", 0)
+        check_range(self, "top_p", 0, 1, low_open=True)
+        check_range(self, "min_prompt_bucket", 1)
+        if self.max_seq_len is not None:
+            check_range(self, "max_seq_len", 2)
+        vocab = self.model.vocab_size
+        bad = [i for i in self.eos_ids if not 0 <= i < vocab]
+        if bad:
+            raise ValueError(f"SpecConfig.eos_token_id {bad} outside the vocabulary [0, {vocab})")
 
     def program(self) -> "SpecConfig":
         """This config without the fields that only the host reads (the seed, the

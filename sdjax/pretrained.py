@@ -89,7 +89,7 @@ def resolve_model(spec: str, dtype: str = "float32") -> LoadedModel:
     """A model from a name in NAMES, a .gguf file or a checkpoint folder."""
     if spec in NAMES:
         return load_pretrained(spec, dtype=dtype)
-    if spec.endswith(".gguf"):
+    if spec.lower().endswith(".gguf"):
         from sdjax.models.gguf import load_gguf
 
         return load_gguf(spec, dtype=dtype)

@@ -18,6 +18,7 @@ import flax.struct
 import jax
 
 from sdjax.trees import DynamicShape, Topology, TreeShape
+from sdjax.validation import check_fields
 
 if TYPE_CHECKING:
     from sdjax.config import SpecConfig
@@ -50,8 +51,12 @@ class Drafter(abc.ABC):
     nodes), or the layers named in `feature_layers`, side by side (EAGLE-3).
     `sequence[B, L]` holds each row's prompt and generated tokens, `seq_len[B]` how
     many; the last one is the tree's root (committed, its KV not yet in the cache).
-    The drafter's state is a pytree of its own (a small named struct).
+    The drafter's state is a pytree of its own (a small named struct). Subclasses
+    that define `__post_init__` call this one first: it checks every field's type.
     """
+
+    def __post_init__(self):
+        check_fields(self)
 
     @property
     @abc.abstractmethod
@@ -81,8 +86,12 @@ class Drafter(abc.ABC):
 
     def check(self, cfg: SpecConfig, draft_params) -> None:
         """Raises ValueError when `draft_params` cannot drive this drafter on cfg's
-        target (called by `generate` before compiling). No model: nothing to check."""
-        return None
+        target (called by `generate` before compiling). This default is for drafters
+        without a model: draft params given to one would be silently ignored."""
+        if draft_params is not None:
+            raise ValueError(f"{type(self).__name__} drafts without a model; draft_params "
+                             "were given (pass draft_params=None, or choose a drafter "
+                             "that uses them)")
 
     def bind(self, draft_params, target_params):
         """The params `init` / `propose` see: draft_params joined with any target
@@ -95,6 +104,9 @@ class Verifier(abc.ABC):
 
     #: Whether sampled output follows the target's law exactly (greedy always does).
     lossless: bool = True
+
+    def __post_init__(self):
+        check_fields(self)
 
     @abc.abstractmethod
     def __call__(self, logits: jax.Array, tokens: jax.Array, draft_probs: Optional[jax.Array],

@@ -91,6 +91,8 @@ def put(tree, shardings):
         return jax.device_put(tree, shardings)
 
     def place(x, target):
+        if isinstance(x, jax.Array) and x.sharding == target:
+            return x  # already placed (params a pipeline shards once and reuses)
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # typed keys: their data
             return jax.random.wrap_key_data(place(jax.random.key_data(x), target),
                                             impl=jax.random.key_impl(x))

@@ -66,6 +66,101 @@ def test_generate_errors_are_clear(checkpoint, tmp_path, capsys, extra, message)
     assert message in capsys.readouterr().err
 
 
+# (what, preset YAML or None, extra flags, message fragment): each exits 2 with one line.
+CLI_CASES = [
+    ("NaN temperature", None, ["--temperature", "nan"], "temperature must be finite"),
+    ("zero new tokens", None, ["--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
+    ("EOS outside the vocabulary", None, ["--eos-token-id", "99999"], "outside the vocabulary"),
+    ("prompt lookup 0", None, ["--prompt-lookup", "0"], "num_draft"),
+    ("gamma 0", None, ["--draft-model", "SELF", "--gamma", "0"], "num_draft must be >= 1"),
+    ("two drafters", None, ["--prompt-lookup", "2", "--draft-model", "SELF"], "choose one"),
+    ("preset drafter", "drafter: medusa\n", [], "a preset cannot set the drafter ('medusa')"),
+    ("preset verifier", "verifier: fastest\n", [], "unknown verifier 'fastest'"),
+    ("preset model", "model: llama\n", [], "the model comes from --model"),
+    ("preset typo", "temprature: 0.5\n", [], "unknown SpecConfig key(s) ['temprature']"),
+    ("preset EOS string", "eos_token_id: '63'\n", [], "eos_token_id must be"),
+    ("preset float steps", "max_new_tokens: 2.5\n", [], "max_new_tokens must be int"),
+    ("preset not a mapping", "- 1\n- 2\n", [], "must hold a mapping"),
+    ("preset not YAML", "a: [1,\n", [], "expected"),
+    ("preset missing", "MISSING", [], "No such file"),
+    ("missing .gguf", None, ["--model", "absent.gguf"], "GGUF file 'absent.gguf' does not exist"),
+    ("missing folder", None, ["--model", "absent_dir"], "checkpoint folder 'absent_dir' does not"),
+]
+
+
+@pytest.mark.parametrize("what,preset,extra,message", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_generate_user_errors_exit_2_with_one_line(checkpoint, tmp_path, capsys, what, preset,
+                                                     extra, message):
+    flags = [checkpoint if a == "SELF" else a for a in extra]
+    if preset is not None:
+        path = tmp_path / "preset.yaml"
+        if preset != "MISSING":
+            path.write_text(preset)
+        flags += ["--config", str(path)]
+    model = [] if "--model" in flags else ["--model", checkpoint]
+    assert cli.main(["generate", *model, "--prompt", "x", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sdjax generate: error:"), err
+    assert message in err
+
+
+@pytest.mark.parametrize("command,config,message", [
+    ("lm", "model: {hiden_size: 32}\noutput: run\n", "unknown ModelConfig key(s)"),
+    ("lm", "model: {}\noutput: run\nlearning_rate: fast\n", "learning_rate must be float"),
+    ("heads", "target: t\noutput: run\nkind: medusa2\n", "unknown head kind 'medusa2'"),
+    ("heads", "target: t\noutput: run\nsteps: 0\n", "steps must be >= 1"),
+    ("heads", "target: t\noutput: run\nfeature_layers: 3\n", "feature_layers must be"),
+])
+def test_train_config_errors_exit_2_before_any_work(tmp_path, capsys, command, config,
+                                                     message):
+    path = tmp_path / "run.yaml"
+    path.write_text(config)
+    assert cli.main(["train", command, "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["bench", "--prompts", "0"], "argument --prompts: 0 must be >= 1"),
+    (["generate", "--model", "x", "--max-new-tokens", "many"], "invalid int value: 'many'"),
+    (["train", "generations", "--target", "t", "--output", "o", "--batch-size", "-1"],
+     "-1 must be >= 1"),
+    (["demo", "--model", "gpt5"], "invalid choice: 'gpt5'"),
+])
+def test_malformed_flags_are_one_line_too(capsys, argv, message):
+    with pytest.raises(SystemExit) as raised:
+        cli.main(argv)
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_a_preset_names_its_verifier(checkpoint, tmp_path, capsys):
+    preset = tmp_path / "typical.yaml"
+    preset.write_text("verifier: typical\nmax_new_tokens: 3\n")
+    assert cli.main(["generate", "--model", checkpoint, "--prompt", "x", "--config",
+                     str(preset), "--prompt-lookup", "2", "--eos-token-id", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["tokens"][0]) == 3
+
+
+def test_ctrl_c_ends_a_command_at_once_with_status_130(tmp_path):
+    """SIGINT while XLA compiles: one line and status 130 within seconds."""
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "sdjax.cli", "demo", "--model", "testbed"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    time.sleep(8)  # imports done; loading or compiling
+    sent = time.perf_counter()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-2000:]
+    assert time.perf_counter() - sent < 10
+    assert err.rstrip().splitlines()[-1] == "sdjax: interrupted"
+
+
 def test_generate_on_a_missing_folder_and_without_tokenizer(checkpoint, tmp_path, capsys):
     assert cli.main(["generate", "--model", str(tmp_path / "none"), "--prompt", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -24,11 +24,11 @@ def test_sharded_generate_matches_unsharded(hf_checkpoints, arch):
     np.testing.assert_array_equal(sharded.tokens, plain.tokens)
 
 
-# One of each drafter class in the default run (the rest are slow): draft models with
-# their caches, ensembles, heads with hidden-state state, EAGLE's feature buffers.
-DEFAULT_MESH_DRAFTERS = {"draft_model_g3", "target_copy_adaptive_g6", "draft_model_tree_2x2",
-                         "ensemble_chain_and_tree", "medusa_tree_noisy", "hydra_tree_noisy",
-                         "eagle_tree", "eagle3_dynamic_adaptive", "prompt_lookup_3_branches"}
+# One of each kind of drafter state in the default run (all 19 with -m slow): a draft
+# model's cache (tree), an ensemble's tuple of them, heads' hidden state, EAGLE's cache,
+# feature buffer and dynamic frontier, and no state at all.
+DEFAULT_MESH_DRAFTERS = {"draft_model_tree_2x2", "ensemble_chain_and_tree", "hydra_tree_noisy",
+                         "eagle3_dynamic_adaptive", "prompt_lookup_3_branches"}
 
 
 @pytest.mark.parametrize("name", [

@@ -26,6 +26,7 @@ from tqdm import tqdm
 import sdjax
 from sdjax import testbed, trees
 from sdjax.bench.tasks import CATEGORIES, build_tasks
+from sdjax.cli import positive_int
 from sdjax.decode import acceptance_summary
 from sdjax.drafters import DraftModel, PromptLookup
 from sdjax.heads import KINDS, bench_drafters, load_heads
@@ -280,9 +281,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", nargs="+", default=None, metavar="DIR",
                         help="draft-head folders (default: the bundled ones, with the "
                              "bundled target)")
-    parser.add_argument("--prompts", type=int, default=8, help="prompts per category")
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (median)")
+    parser.add_argument("--prompts", type=positive_int, default=8, help="prompts per category")
+    parser.add_argument("--new-tokens", type=positive_int, default=128)
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (median)")
     parser.add_argument("--categories", nargs="+", default=list(CATEGORIES),
                         choices=CATEGORIES)
     parser.add_argument("--methods", nargs="+", default=None,

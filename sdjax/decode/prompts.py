@@ -28,24 +28,55 @@ def bucket_length(length: int, min_bucket: int) -> int:
     return max(min_bucket, 1 << max(0, int(length) - 1).bit_length())
 
 
+PROMPT_TYPES = "text, a list of texts, token ids, or a list of token-id lists"
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _id_row(row, index: int) -> list:
+    """One prompt's ids as a list of ints; a TypeError naming what is not an id."""
+    if isinstance(row, (np.ndarray, jax.Array)):
+        if row.ndim != 1 or not np.issubdtype(row.dtype, np.integer):
+            raise TypeError(f"prompt {index} must be a rank-1 integer array, got "
+                            f"{row.dtype}{list(row.shape)}")
+        return np.asarray(row).tolist()
+    if not isinstance(row, (list, tuple)):
+        raise TypeError(f"prompt {index} must be a list of token ids, got "
+                        f"{type(row).__name__}")
+    bad = [t for t in row if not _is_id(t)]
+    if bad:
+        raise TypeError(f"prompt {index} holds non-integer token ids {bad[:3]} (types "
+                        f"{sorted({type(t).__name__ for t in bad})}); prompts are {PROMPT_TYPES}")
+    return [int(t) for t in row]
+
+
 def encode(prompt: Prompt, tokenizer) -> list:
-    """Prompt(s) as a list of token-id lists."""
-    if isinstance(prompt, str) or (
-        isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], str)
-    ):
+    """Prompt(s) as a list of token-id lists; anything else is a TypeError."""
+    texts = None
+    if isinstance(prompt, str):
+        texts = [prompt]
+    elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+        texts = list(prompt)
+    if texts is not None:
         if tokenizer is None:
             raise ValueError("a text prompt needs a tokenizer (pass tokenizer=...)")
-        texts = [prompt] if isinstance(prompt, str) else list(prompt)
         return [tokenizer(t)["input_ids"] for t in texts]
-    array = np.asarray(prompt) if isinstance(prompt, (np.ndarray, jax.Array)) else None
-    if array is not None:
-        if array.ndim not in (1, 2):
-            raise ValueError(f"prompt ids must have rank 1 or 2, got shape {array.shape}")
-        return [list(r) for r in np.atleast_2d(array)]
-    prompt = list(prompt)
-    if prompt and np.ndim(prompt[0]) == 0:
-        return [prompt]
-    return [list(r) for r in prompt]
+    if isinstance(prompt, (np.ndarray, jax.Array)):
+        if prompt.ndim not in (1, 2):
+            raise ValueError(f"prompt ids must have rank 1 or 2, got shape {prompt.shape}")
+        return [_id_row(row, i) for i, row in enumerate(np.atleast_2d(np.asarray(prompt)))]
+    if not isinstance(prompt, (list, tuple)):
+        raise TypeError(f"a prompt is {PROMPT_TYPES}; got {type(prompt).__name__}")
+    if prompt and all(np.ndim(t) == 0 and not isinstance(t, str) for t in prompt):
+        return [_id_row(prompt, 0)]  # one prompt of ids (or of things that are not ids)
+    if prompt and all(isinstance(r, (list, tuple, np.ndarray, jax.Array)) for r in prompt):
+        return [_id_row(row, i) for i, row in enumerate(prompt)]
+    if not prompt:
+        return []
+    raise TypeError(f"a prompt is {PROMPT_TYPES}; got a list of "
+                    f"{sorted({type(p).__name__ for p in prompt})}")
 
 
 def prepare_prompts(prompt: Prompt, cfg: SpecConfig, tokenizer=None,
@@ -60,7 +91,7 @@ def prepare_prompts(prompt: Prompt, cfg: SpecConfig, tokenizer=None,
         raise ValueError("every prompt needs at least one token")
     vocab = cfg.model.vocab_size
     for i, row in enumerate(rows):
-        bad = [t for t in row if not 0 <= int(t) < vocab]
+        bad = [t for t in row if not 0 <= t < vocab]
         if bad:
             raise ValueError(f"prompt {i} has token ids outside [0, {vocab}): {bad[:5]}")
     longest = max(len(r) for r in rows)
@@ -71,7 +102,7 @@ def prepare_prompts(prompt: Prompt, cfg: SpecConfig, tokenizer=None,
         )
     bucket = bucket_length(longest, cfg.min_prompt_bucket)
     padded_batch = -(-len(rows) // batch_multiple) * batch_multiple
-    tokens = np.full((padded_batch, bucket), cfg.pad_token_id, np.int32)
+    tokens = np.zeros((padded_batch, bucket), np.int32)  # padding is never attended to
     lengths = np.ones((padded_batch,), np.int32)
     for i, row in enumerate(rows):
         tokens[i, : len(row)] = row

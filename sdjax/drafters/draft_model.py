@@ -32,6 +32,7 @@ from sdjax.models.cache import KVCache
 from sdjax.models.transformer import Transformer
 from sdjax.protocols import Drafter, DraftTree
 from sdjax.trees import TreeShape, chain
+from sdjax.validation import check_range
 
 
 @flax.struct.dataclass
@@ -55,8 +56,10 @@ class DraftModel(Drafter):
     catch_up: int = 1
 
     def __post_init__(self):
-        if self.tree is None and self.num_draft < 1:
-            raise ValueError("num_draft must be >= 1")
+        super().__post_init__()
+        check_range(self, "catch_up", 1)
+        if self.tree is None:
+            check_range(self, "num_draft", 1)
         if self.tree is not None:
             self.tree.check_level_order()
         if self.adaptive and self.tree is not None:

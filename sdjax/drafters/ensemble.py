@@ -28,6 +28,7 @@ class Ensemble(Drafter):
     members: Tuple[DraftModel, ...]
 
     def __post_init__(self):
+        super().__post_init__()
         if len(self.members) < 2:
             raise ValueError("an ensemble needs at least two draft models")
         if any(m.adaptive for m in self.members):

@@ -28,6 +28,7 @@ class PromptLookup(Drafter):
     num_branches: int = 1
 
     def __post_init__(self):
+        super().__post_init__()
         if not 1 <= self.min_ngram <= self.max_ngram:
             raise ValueError("need 1 <= min_ngram <= max_ngram")
         if self.num_draft < 1 or self.num_branches < 1:

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from sdjax.config import SpecConfig
 from sdjax.protocols import Drafter
 from sdjax.trees import TreeShape
+from sdjax.validation import check_fields, check_range
 
 KINDS = ("medusa", "hydra")  # what a HeadsConfig may hold (EAGLE drafts: EagleConfig)
 
@@ -25,10 +26,11 @@ class HeadsConfig:
     kind: str = "medusa"
 
     def __post_init__(self):
+        check_fields(self)
         if self.kind not in KINDS:
             raise ValueError(f"unknown head kind {self.kind!r}; supported: {KINDS}")
-        if self.num_heads < 1:
-            raise ValueError("num_heads must be >= 1")
+        for name in ("num_heads", "hidden_size", "vocab_size"):
+            check_range(self, name, 1)
 
 
 def target_lm_head(target: dict) -> jax.Array:
@@ -81,6 +83,7 @@ class HeadsDrafter(Drafter):
     tree: TreeShape
 
     def __post_init__(self):
+        super().__post_init__()
         if self.tree.max_depth > self.heads.num_heads:
             raise ValueError(f"a tree of depth {self.tree.max_depth} needs that many heads; "
                              f"there are {self.heads.num_heads}")

@@ -31,6 +31,7 @@ from sdjax.config import ModelConfig
 from sdjax.heads.common import target_lm_head
 from sdjax.models.cache import KVCache
 from sdjax.models.transformer import Block, attention_mask, norm_layer
+from sdjax.validation import check_fields
 
 EAGLE_KINDS = ("eagle", "eagle3")
 
@@ -43,6 +44,7 @@ class EagleConfig:
     feature_layers: Tuple[int, ...] = ()  # eagle3: the fused target layers
 
     def __post_init__(self):
+        check_fields(self)
         if self.kind not in EAGLE_KINDS:
             raise ValueError(f"unknown EAGLE kind {self.kind!r}; supported: {EAGLE_KINDS}")
         if (self.kind == "eagle3") != bool(self.feature_layers):

@@ -28,6 +28,7 @@ from sdjax.heads.eagle import EagleConfig, EagleNet
 from sdjax.models.cache import KVCache
 from sdjax.protocols import Drafter, DraftTree
 from sdjax.trees import DynamicShape, TreeShape, from_choices, from_parents
+from sdjax.validation import check_range
 
 # 11 nodes, depth 5: the top 3 first tokens, the best path 5 deep, a few runners-up.
 DEFAULT_EAGLE_TREE = from_choices([[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0],
@@ -128,6 +129,7 @@ class Eagle(EagleDrafter):
     tree: TreeShape = DEFAULT_EAGLE_TREE
 
     def __post_init__(self):
+        super().__post_init__()
         self.tree.check_level_order()
 
     @property
@@ -166,8 +168,10 @@ class Eagle2(EagleDrafter):
     min_confidence: float = 0.0
 
     def __post_init__(self):
-        if self.depth < 1 or self.top_k < 1:
-            raise ValueError("depth and top_k must be >= 1")
+        super().__post_init__()
+        check_range(self, "depth", 1)
+        check_range(self, "top_k", 1)
+        check_range(self, "min_confidence", 0, 1)
         candidates = self.top_k + (self.depth - 1) * self.top_k ** 2
         if not 2 <= self.num_nodes <= candidates + 1:
             raise ValueError(f"num_nodes must be in [2, {candidates + 1}] (root + the "

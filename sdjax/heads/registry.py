@@ -30,6 +30,7 @@ from sdjax.heads.eagle_drafters import Eagle, Eagle2
 from sdjax.heads.hydra import Hydra, HydraHeads
 from sdjax.heads.losses import eagle_loss, heads_loss
 from sdjax.heads.medusa import Medusa, MedusaHeads
+from sdjax.models.hf import read_json, read_safetensors_file
 from sdjax.protocols import Drafter
 
 # The default choice tree (8 nodes, depth 3): the top 3 of the first head, top 2 below
@@ -185,10 +186,9 @@ def load_heads(path: str):
     config_path = os.path.join(path, "heads_config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{path!r} has no heads_config.json")
-    with open(config_path) as f:
-        values = json.load(f)
+    values = read_json(config_path)
     cfg = head_kind(values.get("kind", "medusa")).read_config(values)
-    flat = safetensors.flax.load_file(os.path.join(path, "heads.safetensors"))
+    flat = read_safetensors_file(os.path.join(path, "heads.safetensors"))
     params = {"params": unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})}
     shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
     if shapes(head_kind(cfg.kind).saved_shapes(cfg)) != shapes(params):

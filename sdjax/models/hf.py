@@ -275,20 +275,30 @@ def weight_names(cfg: ModelConfig) -> Iterator[Tuple[str, Tuple[str, ...], bool]
         yield from linear("lm_head", ("lm_head",), False)
 
 
+def read_safetensors_file(path: str) -> Dict[str, jax.Array]:
+    """One safetensors file; a damaged one is a ValueError that names it."""
+    try:
+        return safetensors.flax.load_file(path)
+    except Exception as err:  # safetensors raises its own error types
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or "
+                         f"corrupt?): {err}") from err
+
+
 def _read_safetensors(path: str) -> Dict[str, jax.Array]:
     single = os.path.join(path, "model.safetensors")
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.exists(single):
-        return safetensors.flax.load_file(single)
+        return read_safetensors_file(single)
     if os.path.exists(index):
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+        if not shards:
+            raise ValueError(f"{index} lists no weight files (no 'weight_map')")
         tensors: Dict[str, jax.Array] = {}
         for shard in shards:
             shard_path = os.path.join(path, shard)
             if not os.path.exists(shard_path):
                 raise FileNotFoundError(f"{index} lists shard {shard}, which is missing")
-            tensors.update(safetensors.flax.load_file(shard_path))
+            tensors.update(read_safetensors_file(shard_path))
         return tensors
     other = [f for f in ("pytorch_model.bin", "model.bin", "flax_model.msgpack")
              if os.path.exists(os.path.join(path, f))]
@@ -360,6 +370,18 @@ def params_to_hf_tensors(cfg: ModelConfig, params: dict) -> Dict[str, jax.Array]
     return out
 
 
+def read_json(path: str) -> dict:
+    """A JSON object from a file; malformed JSON is a ValueError naming the file."""
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return values
+
+
 # ------------------------------------------------------------------------- public API
 
 
@@ -372,13 +394,19 @@ def load_hf(
     """Loads config, parameters and (if present) tokenizer from a checkpoint folder."""
     import transformers
 
-    if os.path.isfile(path) and path.endswith(".gguf"):
-        raise ValueError(f"{path} is a GGUF file, not a checkpoint folder: load it with "
+    if path.lower().endswith(".gguf"):
+        raise ValueError(f"{path} names a GGUF file, not a checkpoint folder: load it with "
                          "sdjax.load_gguf, or convert it with `sdjax convert`")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint folder {path!r} does not exist")
-    if not os.path.exists(os.path.join(path, "config.json")):
+    config_path = os.path.join(path, "config.json")
+    if not os.path.exists(config_path):
         raise FileNotFoundError(f"{path!r} has no config.json")
+    model_type = read_json(config_path).get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES + ("gemma3",):  # before transformers' advice
+        raise UnsupportedModelError(
+            f"{config_path}: model_type {model_type!r} is not supported; supported: "
+            f"{SUPPORTED_MODEL_TYPES + ('gemma3',)}")
     hf_config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     cfg = config_from_hf(hf_config, dtype=dtype, param_dtype=param_dtype or dtype)
     params = params_from_hf_tensors(cfg, _read_safetensors(path))

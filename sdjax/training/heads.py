@@ -24,19 +24,21 @@ from sdjax.data import prepare_corpus
 from sdjax.heads import head_kind, save_heads
 from sdjax.models.hf import load_hf
 from sdjax.training.generations import read_generations
-from sdjax.training.loop import LoopConfig, fit, load_yaml_config, write_summary
+from sdjax.training.loop import PATH, LoopConfig, fit, load_yaml_config, write_summary
+from sdjax.validation import check_range
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class HeadsTrainConfig(LoopConfig):
     """`sdjax train heads` settings (a YAML file in configs/train/)."""
-    target: str  # target checkpoint folder (with its tokenizer)
+    target: str = dataclasses.field(metadata=PATH)  # checkpoint folder, with its tokenizer
     kind: str = "medusa"
     num_heads: int = 4
     head_decay: float = 0.8  # loss weight of head k (EAGLE-3: unrolled step k) is this**k
     distill: bool = True  # labels: the target's distribution (True) or corpus tokens
-    generations: Optional[str] = None  # train on these target generations (a folder
-    # from `sdjax train generations`) instead of the corpus; validation stays the corpus
+    # Train on the target's own generations (a folder from `sdjax train generations`)
+    # instead of the corpus; validation stays the corpus.
+    generations: Optional[str] = dataclasses.field(default=None, metadata=PATH)
     # EAGLE only:
     ttt_steps: int = 3  # unrolled draft steps (EAGLE-3's training-time test; eval depths)
     feature_layers: Optional[Tuple[int, ...]] = None  # eagle3 (None: low / mid / high)
@@ -44,7 +46,13 @@ class HeadsTrainConfig(LoopConfig):
     feature_noise: float = 0.1  # eagle: uniform noise on the input features
 
     def __post_init__(self):
+        super().__post_init__()
         head_kind(self.kind)  # an unknown kind is refused by name
+        check_range(self, "num_heads", 1)
+        check_range(self, "ttt_steps", 1)
+        check_range(self, "head_decay", 0, 1, low_open=True)
+        check_range(self, "token_weight", 0)
+        check_range(self, "feature_noise", 0)
 
 
 def make_loss(cfg: HeadsTrainConfig, target_cfg: ModelConfig, heads_cfg):

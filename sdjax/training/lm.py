@@ -20,7 +20,8 @@ import optax
 from sdjax.config import ModelConfig, from_dict
 from sdjax.data import prepare_corpus
 from sdjax.models.transformer import init_params, sequence_forward
-from sdjax.training.loop import LoopConfig, TrainResult, fit, load_yaml_config, write_summary
+from sdjax.training.loop import PATH, LoopConfig, TrainResult, fit, load_yaml_config, write_summary
+from sdjax.validation import check_range
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -28,10 +29,26 @@ class LMTrainConfig(LoopConfig):
     """A language-model run; YAML files under configs/train/ fill it."""
 
     model: Dict[str, Any]  # ModelConfig fields; vocab_size comes from the tokenizer
-    tokenizer: Optional[str] = None  # tokenizer folder, trained there if absent
-    # (None: output/tokenizer)
+    # The tokenizer folder, trained there if absent (None: output/tokenizer).
+    tokenizer: Optional[str] = dataclasses.field(default=None, metadata=PATH)
     vocab_size: int = 4096  # entries of a newly trained tokenizer
     export_dtype: str = "bfloat16"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range(self, "vocab_size", 2)
+        if self.export_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"LMTrainConfig.export_dtype must be float32, bfloat16 or "
+                             f"float16, got {self.export_dtype!r}")
+        from_tokenizer = sorted(TOKENIZER_FIELDS & set(self.model))
+        if from_tokenizer:
+            raise ValueError(f"model section: {from_tokenizer} come from the tokenizer "
+                             "(set LMTrainConfig.vocab_size for a newly trained one)")
+        model_config(self.model, self.vocab_size, 0)  # the section's keys and types, now
+
+
+# ModelConfig fields the tokenizer decides.
+TOKENIZER_FIELDS = {"vocab_size", "eos_token_id", "bos_token_id", "pad_token_id"}
 
 
 def model_config(values: Dict[str, Any], vocab_size: int, eos_token_id: int) -> ModelConfig:

@@ -22,10 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from sdjax import sharding
+from sdjax.training.checkpoints import RunCheckpoints
+from sdjax.validation import check_fields, check_range, from_dict
+
+# Field metadata of a path: in a YAML config it is relative to the file's folder.
+PATH = {"path": True}
 
 # loss_fn(params, frozen, windows [B, T + 1], key) -> (loss, {metric name: value}); key
 # is the step's PRNG key in training, None in evaluation (no noise, no dropout).
@@ -36,7 +40,7 @@ LossFn = Callable[[Any, Any, jax.Array, Optional[jax.Array]], tuple]
 class LoopConfig:
     """Optimisation and bookkeeping settings shared by every trainer."""
 
-    output: str  # run folder: checkpoints/, metrics.jsonl, exports
+    output: str = dataclasses.field(metadata=PATH)  # checkpoints/, metrics.jsonl, exports
     seq_len: int = 512
     batch_size: int = 16
     steps: int = 1000
@@ -51,6 +55,18 @@ class LoopConfig:
     seed: int = 0
     data_parallel: int = 0  # devices on the `data` axis; 0 = all of them / model_parallel
     model_parallel: int = 1  # devices on the `model` axis (parameter sharding)
+
+    def __post_init__(self):
+        check_fields(self)
+        for name in ("batch_size", "steps", "eval_every", "eval_batches", "checkpoint_every",
+                     "model_parallel"):
+            check_range(self, name, 1)
+        check_range(self, "seq_len", 2)
+        check_range(self, "learning_rate", 0, low_open=True)
+        check_range(self, "grad_clip", 0, low_open=True)
+        check_range(self, "end_lr_ratio", 0, 1)
+        for name in ("warmup_steps", "weight_decay", "data_parallel"):
+            check_range(self, name, 0)
 
 
 class TrainResult(NamedTuple):
@@ -120,9 +136,10 @@ def fit(cfg: LoopConfig, params, loss_fn: LossFn, train_stream: np.ndarray,
 
     `frozen` (e.g. a target model's params) enters the loss but is never updated;
     both are sharded by the rules of `sdjax.sharding`. Checkpoints go to
-    `cfg.output`/checkpoints every `cfg.checkpoint_every` steps and at the end; an
-    existing checkpoint there is resumed from. Evaluation logs eval_loss and the
-    loss function's metrics, averaged over the fixed validation windows.
+    `cfg.output`/checkpoints every `cfg.checkpoint_every` steps and at the end; the
+    newest intact checkpoint there is resumed from (`sdjax.training.checkpoints`).
+    Evaluation logs eval_loss and the loss function's metrics, averaged over the fixed
+    validation windows.
     """
     mesh = make_mesh(cfg)
     tx = make_optimizer(cfg)
@@ -130,12 +147,8 @@ def fit(cfg: LoopConfig, params, loss_fn: LossFn, train_stream: np.ndarray,
     frozen = None if frozen is None else sharding.shard_params(frozen, mesh)
     state = {"params": params, "opt_state": jax.jit(tx.init)(params),
              "step": jnp.zeros((), jnp.int32)}
-    manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(cfg.output, "checkpoints")),
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-    if manager.latest_step() is not None:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
+    checkpoints = RunCheckpoints(cfg.output, params)
+    state = checkpoints.restore(state) or state
     start = int(state["step"])
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     train_step = _train_step(loss_fn, tx, cfg.seed)
@@ -160,16 +173,16 @@ def fit(cfg: LoopConfig, params, loss_fn: LossFn, train_stream: np.ndarray,
                 row.update(_evaluate(eval_fn, state["params"], frozen, val, cfg.batch_size,
                                      mesh))
             history.append(row)
-            with open(os.path.join(cfg.output, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(row) + "\n")
+            if jax.process_index() == 0:
+                with open(os.path.join(cfg.output, "metrics.jsonl"), "a") as f:
+                    f.write(json.dumps(row) + "\n")
         if done % 10 == 0 or row:
             bar.set_postfix(loss=f"{float(loss):.3f}",
                             **({"eval": f"{row['eval_loss']:.3f}"} if row and val is not None
                                else {}))
         if done % cfg.checkpoint_every == 0 or done == end:
-            manager.save(done, args=ocp.args.StandardSave(state))
-    manager.wait_until_finished()
-    manager.close()
+            checkpoints.save(done, state)
+    checkpoints.close()
     return TrainResult(state["params"], int(state["step"]), history)
 
 
@@ -183,10 +196,10 @@ def _evaluate(eval_fn, params, frozen, windows, batch_size, mesh) -> Dict[str, f
 
 
 def load_yaml_config(cls, path: str, **overrides):
-    """A config dataclass from a YAML file; `overrides` (not None) win."""
+    """A config dataclass from a YAML file; `overrides` (not None) win. Paths in the
+    file (fields marked PATH) are relative to the file's folder, overrides to the
+    current directory."""
     import yaml
-
-    from sdjax.config import from_dict
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"training config {path!r} does not exist")
@@ -194,6 +207,11 @@ def load_yaml_config(cls, path: str, **overrides):
         values = yaml.safe_load(f) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of {cls.__name__} fields")
+    folder = os.path.dirname(os.path.abspath(path))
+    for field in dataclasses.fields(cls):
+        value = values.get(field.name)
+        if field.metadata.get("path") and isinstance(value, str):
+            values[field.name] = os.path.normpath(os.path.join(folder, value))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(cls, values)
 

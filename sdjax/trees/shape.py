@@ -14,6 +14,8 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
+from sdjax.validation import check_fields
+
 
 @dataclasses.dataclass(frozen=True)
 class TreeShape:
@@ -21,6 +23,7 @@ class TreeShape:
     parents: Tuple[int, ...]
 
     def __post_init__(self):
+        check_fields(self)
         if not self.parents or self.parents[0] != -1:
             raise ValueError("node 0 must be the root (parent -1)")
         for i, p in enumerate(self.parents[1:], start=1):

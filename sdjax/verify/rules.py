@@ -35,6 +35,7 @@ from sdjax.config import SpecConfig
 from sdjax.protocols import Verifier, VerifyResult
 from sdjax.sampling import greedy_tokens, warp_logits
 from sdjax.trees import Topology, TreeShape, as_topology
+from sdjax.validation import check_range
 
 Tree = Union[TreeShape, Topology]
 
@@ -236,6 +237,11 @@ class TypicalAcceptance(SampledVerifier):
     epsilon: float = 0.09
     delta: float = 0.3
     lossless = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range(self, "epsilon", 0, 1)
+        check_range(self, "delta", 0, 1)
 
     def sampled(self, probs, draft_probs, tokens, tree, key) -> VerifyResult:
         return verify_typical(probs, tokens, tree, key, self.epsilon, self.delta)

@@ -63,6 +63,94 @@ def test_resume_reproduces_the_uninterrupted_run(corpus, tmp_path):
     assert resumed.history[-1]["eval_loss"] == whole.history[-1]["eval_loss"]
 
 
+def _damage(step_dir, kind: str) -> None:
+    """Damages one orbax checkpoint the way a crash or a bad disk would."""
+    data_files = [os.path.join(root, f) for root, _, files in os.walk(step_dir)
+                  for f in files if os.sep + "d" + os.sep in os.path.join(root, f)]
+    largest = max(data_files, key=os.path.getsize)
+    if kind == "truncate":
+        with open(largest, "r+b") as f:
+            f.truncate(os.path.getsize(largest) // 2)
+    elif kind == "corrupt":  # orbax itself restores these bytes without complaint
+        with open(largest, "r+b") as f:
+            f.seek(os.path.getsize(largest) // 2)
+            chunk = f.read(32)
+            f.seek(os.path.getsize(largest) // 2)
+            f.write(bytes(b ^ 0xFF for b in chunk))
+    else:
+        os.remove(os.path.join(step_dir, "default", "manifest.ocdbt"))
+
+
+@pytest.fixture(scope="module")
+def undamaged_run(corpus, tmp_path_factory):
+    """The 9-step run every damaged one must end equal to."""
+    tokenizer, train, val = corpus
+    return lm.train_lm(_config(tmp_path_factory.mktemp("whole"), steps=9), _model(tokenizer),
+                       train, val, progress=False)
+
+
+@pytest.mark.parametrize("kind", ["truncate", "corrupt", "manifest"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(corpus, tmp_path, kind,
+                                                                      undamaged_run):
+    from sdjax.training.checkpoints import CheckpointWarning
+
+    tokenizer, train, val = corpus
+    model = _model(tokenizer)
+    cfg = _config(tmp_path / "split", steps=9)
+    lm.train_lm(cfg, model, train, val, stop_at=6, progress=False)  # checkpoints 3 and 6
+    _damage(tmp_path / "split" / "checkpoints" / "6", kind)
+    with pytest.warns(CheckpointWarning, match="step 6 .*resuming from step 3"):
+        resumed = lm.train_lm(cfg, model, train, val, progress=False)
+    assert resumed.step == 9
+    jax.tree.map(np.testing.assert_array_equal, undamaged_run.params, resumed.params)
+
+
+def test_no_intact_checkpoint_or_another_model_is_a_clear_error(corpus, tmp_path):
+    from sdjax.training.checkpoints import CheckpointError
+
+    tokenizer, train, val = corpus
+    model = _model(tokenizer)
+    cfg = _config(tmp_path, steps=9)
+    lm.train_lm(cfg, model, train, val, stop_at=6, progress=False)
+    for step in (3, 6):
+        _damage(tmp_path / "checkpoints" / str(step), "corrupt")
+    with pytest.raises(CheckpointError, match="no intact checkpoint in .*remove it"):
+        lm.train_lm(cfg, model, train, val, progress=False)
+    wider = lm.model_config({**MODEL, "hidden_size": 64}, len(tokenizer),
+                            tokenizer.eos_token_id)
+    with pytest.raises(CheckpointError, match="holds a run of a different model"):
+        lm.train_lm(cfg, wider, train, val, progress=False)
+
+
+def test_config_paths_are_relative_to_the_config_file(tmp_path):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "run.yaml").write_text("model: {hidden_size: 32, num_layers: 1, num_heads: 2, "
+                                     "num_kv_heads: 2, head_dim: 16, intermediate_size: 64}\n"
+                                     "output: ../runs/x\ntokenizer: tok\nlearning_rate: 1e-3\n")
+    cfg = lm.load_config(str(folder / "run.yaml"), steps=5)
+    assert cfg.output == str(tmp_path / "runs" / "x")
+    assert cfg.tokenizer == str(folder / "tok")
+    assert cfg.learning_rate == 1e-3 and cfg.steps == 5
+    assert lm.load_config(str(folder / "run.yaml"), output="here").output == "here"
+
+
+@pytest.mark.parametrize("section,message", [
+    ("{hiden_size: 32}", "unknown ModelConfig key(s) ['hiden_size']"),
+    ("{vocab_size: 99, hidden_size: 32}", "['vocab_size'] come from the tokenizer"),
+    ("{hidden_size: '32', num_layers: 1, num_heads: 2, num_kv_heads: 2, head_dim: 16, "
+     "intermediate_size: 64}", "hidden_size must be int"),
+])
+def test_a_typo_in_the_model_section_is_refused_when_the_config_is_read(tmp_path, section,
+                                                                          message):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"model: {section}\noutput: run\n")
+    with pytest.raises((ValueError, TypeError)) as raised:
+        lm.load_config(str(path))
+    assert message in str(raised.value)
+    assert not (tmp_path / "run").exists()  # before any data preparation
+
+
 def test_sharded_training_matches_one_device(corpus, tmp_path):
     tokenizer, train, val = corpus
     model = _model(tokenizer)
