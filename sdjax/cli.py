@@ -373,6 +373,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args.func(args)
     except USER_ERRORS as err:
+        if os.environ.get("SDJAX_DEBUG"):
+            raise  # the traceback, for a bug report
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"sdjax {args.command}: error: {message}", file=sys.stderr)
         return 2
@@ -387,7 +389,12 @@ def exit_on_interrupt() -> None:
     os.set_blocking(write_fd, False)
 
     def watch():
-        os.read(read_fd, 1)
+        while os.read(read_fd, 1) != bytes([signal.SIGINT]):
+            pass
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
         sys.stderr.write("\nsdjax: interrupted\n")
         sys.stderr.flush()
         os._exit(130)

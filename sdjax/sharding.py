@@ -91,8 +91,10 @@ def put(tree, shardings):
         return jax.device_put(tree, shardings)
 
     def place(x, target):
-        if isinstance(x, jax.Array) and x.sharding == target:
+        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(target, x.ndim):
             return x  # already placed (params a pipeline shards once and reuses)
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.device_put(x, target)  # global already: jax moves it
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # typed keys: their data
             return jax.random.wrap_key_data(place(jax.random.key_data(x), target),
                                             impl=jax.random.key_impl(x))

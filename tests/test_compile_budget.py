@@ -55,6 +55,7 @@ def test_many_configurations_near_the_map_limit_decode_and_exit_0():
     assert "decoded" in result.stdout
 
 
+@pytest.mark.slow  # 25 s: the negative control, run with -m slow (it aborts in LLVM)
 def test_without_the_budget_the_same_run_aborts():
     result = _run("off")
     assert result.returncode != 0 and "decoded" not in result.stdout, result.stdout

@@ -158,3 +158,15 @@ def test_a_damaged_heads_folder_names_its_file(tmp_path):
     (tmp_path / "heads_config.json").write_text('{"kind": "medusa3"}')
     with pytest.raises(ValueError, match="unknown head kind 'medusa3'"):
         heads.load_heads(str(tmp_path))
+
+
+def test_params_of_another_model_are_named_before_tracing():
+    wider = sdjax.init_params(MODEL.replace(intermediate_size=96), jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match=r"params do not fit the model config: .*down_proj"
+                                         r".*has shape \(96, 32\), the model needs \(64, 32\)"):
+        sdjax.generate(wider, [1, 2], spec())
+    with pytest.raises(TypeError, match="must be a {'params': ...} pytree"):
+        sdjax.generate(PARAMS["params"], [1, 2], spec())
+    with pytest.raises(ValueError, match="draft_params do not fit the model config"):
+        sdjax.generate(PARAMS, [1, 2], spec(drafter=DraftModel(MODEL.replace(num_layers=2))),
+                       draft_params=PARAMS)

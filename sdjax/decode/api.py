@@ -15,6 +15,7 @@ from sdjax.config import SpecConfig
 from sdjax.decode.compiled import compiled_decode
 from sdjax.decode.loop import ERRORS, DecodeResult, drafter_of
 from sdjax.decode.prompts import Prompt, prepare_prompts
+from sdjax.models.transformer import check_params
 
 
 class GenerateOutput(NamedTuple):
@@ -106,6 +107,7 @@ def generate(
     `sdjax.sharding`, the batch over its `data` axis, caches and drafter state over
     both; the mesh may span processes (`jax.distributed`).
     """
+    check_params(params, cfg.model)
     drafter_of(cfg).check(cfg, draft_params)
     multiple = mesh.shape[sharding.DATA] if mesh is not None else 1
     tokens, lengths, real_batch = prepare_prompts(prompt, cfg, tokenizer, multiple)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from sdjax.config import ModelConfig, SpecConfig
 from sdjax.drafters.levels import draft_levels
 from sdjax.models.cache import KVCache
-from sdjax.models.transformer import Transformer
+from sdjax.models.transformer import Transformer, check_params
 from sdjax.protocols import Drafter, DraftTree
 from sdjax.trees import TreeShape, chain
 from sdjax.validation import check_range
@@ -77,6 +77,7 @@ class DraftModel(Drafter):
                 f"draft model vocabulary ({self.config.vocab_size}) differs from the "
                 f"target's ({cfg.model.vocab_size}); they must share a tokenizer"
             )
+        check_params(draft_params, self.config, "draft_params")
 
     def init(self, draft_params, prompt_tokens, prompt_lengths, max_len, features=None):
         """State: the draft's KV cache and each row's current draft length."""

@@ -28,6 +28,8 @@ class Ensemble(Drafter):
     members: Tuple[DraftModel, ...]
 
     def __post_init__(self):
+        if isinstance(self.members, list):
+            object.__setattr__(self, "members", tuple(self.members))
         super().__post_init__()
         if len(self.members) < 2:
             raise ValueError("an ensemble needs at least two draft models")

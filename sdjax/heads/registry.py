@@ -111,13 +111,19 @@ def _eagle_drafter(cfg: EagleConfig, tree: Optional[trees.TreeShape] = None) -> 
     return Eagle2(cfg) if tree is None else Eagle(cfg, tree)
 
 
+def _read_eagle_config(values: dict) -> EagleConfig:
+    """An EagleConfig from its heads_config.json form."""
+    if not isinstance(values.get("layer"), dict):
+        raise ValueError("an EAGLE heads_config.json needs its draft 'layer' (a ModelConfig)")
+    return EagleConfig(model_config_from_dict(values["layer"]), values["kind"],
+                       tuple(values.get("feature_layers", ())))
+
+
 def _eagle_kind(name: str, bench: Dict[str, Callable]) -> HeadKind:
     return HeadKind(
         name=name,
         new_config=lambda target, settings: eagle_config(target, name, settings.feature_layers),
-        read_config=lambda values: EagleConfig(
-            model_config_from_dict(values["layer"]), values["kind"],
-            tuple(values.get("feature_layers", ()))),
+        read_config=_read_eagle_config,
         init=init_eagle,
         saved_shapes=eagle_net.abstract_params,
         loss=lambda cfg, target, settings: lambda p, frozen, windows, key=None: eagle_loss(

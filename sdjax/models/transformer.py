@@ -10,12 +10,14 @@ as pending entries (see `KVCache`).
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sdjax.config import ModelConfig
 from sdjax.models.cache import KVCache
@@ -314,6 +316,27 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
     return Transformer(cfg).init(key, tokens, tokens, cache)
 
 
+@functools.lru_cache(maxsize=16)
 def param_shapes(cfg: ModelConfig) -> dict:
     """The parameter pytree's shapes and dtypes, without allocating it."""
     return jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+
+
+def _leaf_shapes(tree) -> dict:
+    return {jax.tree_util.keystr(path): tuple(np.shape(x))
+            for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def check_params(params, cfg: ModelConfig, what: str = "params") -> None:
+    """Raises ValueError unless `params` has exactly the tensors and shapes `cfg` needs
+    (any float dtype): params of another model fail here, by name, not inside a jit."""
+    if not isinstance(params, Mapping) or "params" not in params:
+        raise TypeError(f"{what} must be a {{'params': ...}} pytree (as init_params and "
+                        f"load_hf return), got {type(params).__name__}")
+    have, need = _leaf_shapes(params), _leaf_shapes(param_shapes(cfg))
+    for name in sorted(set(have) | set(need)):
+        if have.get(name) != need.get(name):
+            detail = ("is missing" if name not in have else "is not in the model" if
+                      name not in need else f"has shape {have[name]}, the model needs "
+                      f"{need[name]}")
+            raise ValueError(f"{what} do not fit the model config: {name} {detail}")

@@ -6,9 +6,10 @@ After each save the SHA-256 of every file is recorded in
 were corrupted without complaint. Resuming takes the newest step whose files match
 their digests and that orbax restores; a damaged newer step (truncated, corrupted,
 a file missing) is skipped with a `CheckpointWarning` that names it, and when no
-step is intact `CheckpointError` says which folder to remove. `output/run.json`
-records the parameters' shapes, so a folder reused for a different model is refused
-before anything is restored.
+step is intact `CheckpointError` says which folder to remove. Skipped steps are
+deleted, so the run writes them again. `output/run.json` records the parameters' shapes
+at the first save, so a folder reused for a different model is refused before anything
+is restored.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Dict, Optional
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 DIGESTS = "checkpoint_digests.json"
 RUN = "run.json"
@@ -79,20 +81,28 @@ class RunCheckpoints:
     def __init__(self, output: str, params):
         self.output = output
         self.folder = os.path.abspath(os.path.join(output, "checkpoints"))
-        shapes = _shapes(params)
+        self.shapes = _shapes(params)
+        self.manager = ocp.CheckpointManager(
+            self.folder, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
         recorded = _read_json(os.path.join(output, RUN))
-        if recorded is not None and recorded.get("params") != shapes:
+        if self.manager.all_steps() and recorded is not None and \
+                recorded.get("params") != self.shapes:
             theirs = recorded.get("params", {})
-            differ = sorted(k for k in set(shapes) | set(theirs)
-                            if shapes.get(k) != theirs.get(k))
+            differ = sorted(k for k in set(self.shapes) | set(theirs)
+                            if self.shapes.get(k) != theirs.get(k))
             raise CheckpointError(
                 f"{output} holds a run of a different model (parameters {differ[:3]} "
                 f"differ); give another output folder or remove it")
+
+    def _digests(self) -> dict:
+        """The recorded digests of the steps that still exist."""
+        kept = {str(s) for s in self.manager.all_steps()}
+        recorded = _read_json(os.path.join(self.output, DIGESTS)) or {}
+        return {step: files for step, files in recorded.items() if step in kept}
+
+    def _write_digests(self, digests: dict) -> None:
         if jax.process_index() == 0:
-            os.makedirs(output, exist_ok=True)
-            _write_json(os.path.join(output, RUN), {"params": shapes})
-        self.manager = ocp.CheckpointManager(
-            self.folder, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+            _write_json(os.path.join(self.output, DIGESTS), digests)
 
     def _damage(self, step: int, digests: dict) -> Optional[str]:
         """What is wrong with step's files (None: they match, or none were recorded)."""
@@ -109,9 +119,9 @@ class RunCheckpoints:
     def restore(self, state) -> Optional[Any]:
         """The newest intact checkpoint (restored like `state`), or None when the run
         has none yet."""
-        digests = _read_json(os.path.join(self.output, DIGESTS)) or {}
+        digests = self._digests()
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        damaged = []
+        damaged, bad_steps = [], []
         for step in sorted(self.manager.all_steps(), reverse=True):
             problem = self._damage(step, digests)
             if problem is None:
@@ -125,23 +135,38 @@ class RunCheckpoints:
                     warnings.warn(f"skipped damaged checkpoint(s) in {self.folder}: "
                                   f"{'; '.join(damaged)}; resuming from step {step}",
                                   CheckpointWarning, stacklevel=3)
+                    self._forget(bad_steps, digests)
                 return restored
             damaged.append(f"step {step} ({problem})")
+            bad_steps.append(step)
         if damaged:
             raise CheckpointError(f"no intact checkpoint in {self.folder} "
                                   f"({'; '.join(damaged)}); remove it to start over")
         return None
 
+    def _forget(self, steps, digests: dict) -> None:
+        """Deletes damaged steps (orbax would not save a step it believes it has)."""
+        if jax.process_index() == 0:
+            for step in steps:
+                self.manager.delete(step)
+            self._write_digests({k: v for k, v in digests.items()
+                                 if int(k) not in steps})
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("sdjax checkpoints: damaged steps deleted")
+        self.manager.reload()
+
     def save(self, step: int, state) -> None:
-        """Saves `state` as `step`, waits for it, and records its files' digests."""
-        self.manager.save(step, args=ocp.args.StandardSave(state))
+        """Saves `state` as `step`, waits for it, and records its files' digests (and,
+        at the first save, the parameters' shapes)."""
+        if not self.manager.save(step, args=ocp.args.StandardSave(state)):
+            raise CheckpointError(f"orbax declined to save step {step} in {self.folder} "
+                                  f"(it has steps {self.manager.all_steps()})")
         self.manager.wait_until_finished()
         if jax.process_index() == 0:
-            path = os.path.join(self.output, DIGESTS)
-            kept = {str(s) for s in self.manager.all_steps()}
-            digests = {k: v for k, v in (_read_json(path) or {}).items() if k in kept}
+            _write_json(os.path.join(self.output, RUN), {"params": self.shapes})
+            digests = self._digests()
             digests[str(step)] = _file_digests(os.path.join(self.folder, str(step)))
-            _write_json(path, digests)
+            self._write_digests(digests)
 
     def close(self) -> None:
         self.manager.wait_until_finished()

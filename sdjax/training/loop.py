@@ -148,41 +148,43 @@ def fit(cfg: LoopConfig, params, loss_fn: LossFn, train_stream: np.ndarray,
     state = {"params": params, "opt_state": jax.jit(tx.init)(params),
              "step": jnp.zeros((), jnp.int32)}
     checkpoints = RunCheckpoints(cfg.output, params)
-    state = checkpoints.restore(state) or state
-    start = int(state["step"])
-    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-    train_step = _train_step(loss_fn, tx, cfg.seed)
-    eval_fn = jax.jit(lambda params, frozen, windows: loss_fn(params, frozen, windows, None))
-    val = None if val_stream is None else eval_windows(
-        val_stream, cfg.eval_batches * cfg.batch_size, cfg.seq_len)
-    history: List[Dict[str, float]] = []
-    schedule = learning_rate_schedule(cfg)
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not progress,
-               desc="train", unit="step", dynamic_ncols=True)
-    started = time.perf_counter()
-    for step in bar:
-        windows = sharding.shard_batch(
-            batch_at(train_stream, step, cfg.batch_size, cfg.seq_len, cfg.seed), mesh)
-        state, loss = train_step(state, frozen, windows)
-        done = step + 1
-        row = None
-        if done % cfg.eval_every == 0 or done == end:
-            row = {"step": done, "loss": float(loss), "lr": float(schedule(step)),
-                   "seconds": time.perf_counter() - started}
-            if val is not None:
-                row.update(_evaluate(eval_fn, state["params"], frozen, val, cfg.batch_size,
-                                     mesh))
-            history.append(row)
-            if jax.process_index() == 0:
-                with open(os.path.join(cfg.output, "metrics.jsonl"), "a") as f:
-                    f.write(json.dumps(row) + "\n")
-        if done % 10 == 0 or row:
-            bar.set_postfix(loss=f"{float(loss):.3f}",
-                            **({"eval": f"{row['eval_loss']:.3f}"} if row and val is not None
-                               else {}))
-        if done % cfg.checkpoint_every == 0 or done == end:
-            checkpoints.save(done, state)
-    checkpoints.close()
+    try:
+        state = checkpoints.restore(state) or state
+        start = int(state["step"])
+        end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+        train_step = _train_step(loss_fn, tx, cfg.seed)
+        eval_fn = jax.jit(lambda params, frozen, windows: loss_fn(params, frozen, windows, None))
+        val = None if val_stream is None else eval_windows(
+            val_stream, cfg.eval_batches * cfg.batch_size, cfg.seq_len)
+        history: List[Dict[str, float]] = []
+        schedule = learning_rate_schedule(cfg)
+        bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not progress,
+                   desc="train", unit="step", dynamic_ncols=True)
+        started = time.perf_counter()
+        for step in bar:
+            windows = sharding.shard_batch(
+                batch_at(train_stream, step, cfg.batch_size, cfg.seq_len, cfg.seed), mesh)
+            state, loss = train_step(state, frozen, windows)
+            done = step + 1
+            row = None
+            if done % cfg.eval_every == 0 or done == end:
+                row = {"step": done, "loss": float(loss), "lr": float(schedule(step)),
+                       "seconds": time.perf_counter() - started}
+                if val is not None:
+                    row.update(_evaluate(eval_fn, state["params"], frozen, val, cfg.batch_size,
+                                         mesh))
+                history.append(row)
+                if jax.process_index() == 0:
+                    with open(os.path.join(cfg.output, "metrics.jsonl"), "a") as f:
+                        f.write(json.dumps(row) + "\n")
+            if done % 10 == 0 or row:
+                bar.set_postfix(loss=f"{float(loss):.3f}",
+                                **({"eval": f"{row['eval_loss']:.3f}"} if row and val is not None
+                                   else {}))
+            if done % cfg.checkpoint_every == 0 or done == end:
+                checkpoints.save(done, state)
+    finally:
+        checkpoints.close()
     return TrainResult(state["params"], int(state["step"]), history)
 
 

@@ -103,6 +103,11 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(corpus, tmp_
         resumed = lm.train_lm(cfg, model, train, val, progress=False)
     assert resumed.step == 9
     jax.tree.map(np.testing.assert_array_equal, undamaged_run.params, resumed.params)
+    if kind == "corrupt":  # the skipped step was written again: it is a sound fallback now
+        _damage(tmp_path / "split" / "checkpoints" / "9", kind)
+        with pytest.warns(CheckpointWarning, match="step 9 .*resuming from step 6"):
+            again = lm.train_lm(cfg, model, train, val, progress=False)
+        jax.tree.map(np.testing.assert_array_equal, undamaged_run.params, again.params)
 
 
 def test_no_intact_checkpoint_or_another_model_is_a_clear_error(corpus, tmp_path):
@@ -120,6 +125,11 @@ def test_no_intact_checkpoint_or_another_model_is_a_clear_error(corpus, tmp_path
                             tokenizer.eos_token_id)
     with pytest.raises(CheckpointError, match="holds a run of a different model"):
         lm.train_lm(cfg, wider, train, val, progress=False)
+    # A folder whose run stopped before its first checkpoint holds nothing to protect.
+    fresh = _config(tmp_path / "fresh", steps=2, checkpoint_every=2, eval_every=2)
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "run.json").write_text('{"params": {}}')
+    assert lm.train_lm(fresh, wider, train, val, progress=False).step == 2
 
 
 def test_config_paths_are_relative_to_the_config_file(tmp_path):
