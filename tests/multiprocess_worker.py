@@ -50,13 +50,18 @@ def train(output: str) -> dict:
                                                                        tiled=True))
 
 
+def flatten(tree) -> dict:
+    """Leaf path -> leaf, as np.savez can store them."""
+    return {jax.tree_util.keystr(path): leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 if __name__ == "__main__":
     address, process_id, output = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     jax.distributed.initialize(address, num_processes=2, process_id=process_id)
     assert jax.device_count() == 8 and jax.local_device_count() == 4
     tokens = decode()
-    flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
-            for path, leaf in jax.tree_util.tree_leaves_with_path(train(output + "/run"))}
+    flat = flatten(train(output + "/run"))
     if process_id == 0:
         np.savez(output + "/result.npz", tokens=tokens, **flat)
     jax.distributed.shutdown()

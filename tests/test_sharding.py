@@ -110,9 +110,7 @@ def test_two_processes_on_one_mesh_equal_one_process(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
     result = np.load(tmp_path / "result.npz")
     np.testing.assert_array_equal(result["tokens"], worker.decode())
-    trained = worker.train(str(tmp_path / "single"))
-    flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
-            for path, leaf in jax.tree_util.tree_leaves_with_path(trained)}
+    flat = worker.flatten(worker.train(str(tmp_path / "single")))
     assert set(flat) == set(result.files) - {"tokens"}
     for name, value in flat.items():
         np.testing.assert_allclose(result[name], value, rtol=1e-5, atol=1e-6, err_msg=name)

@@ -14,7 +14,7 @@ from sdjax.protocols import Drafter
 from sdjax.trees import TreeShape
 from sdjax.validation import check_fields, check_range
 
-KINDS = ("medusa", "hydra")  # what a HeadsConfig may hold (EAGLE drafts: EagleConfig)
+HEADS_CONFIG_KINDS = ("medusa", "hydra")  # a HeadsConfig's kinds (EAGLE: EagleConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +27,8 @@ class HeadsConfig:
 
     def __post_init__(self):
         check_fields(self)
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown head kind {self.kind!r}; supported: {KINDS}")
+        if self.kind not in HEADS_CONFIG_KINDS:
+            raise ValueError(f"unknown head kind {self.kind!r}; supported: {HEADS_CONFIG_KINDS}")
         for name in ("num_heads", "hidden_size", "vocab_size"):
             check_range(self, name, 1)
 

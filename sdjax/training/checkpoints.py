@@ -52,8 +52,8 @@ def _file_digests(folder: str) -> Dict[str, str]:
 
 
 def _shapes(tree) -> Dict[str, list]:
-    """'a/b/c' -> [shape, dtype] of every leaf (what makes two runs the same model)."""
-    return {"/".join(str(getattr(k, "key", k)) for k in path): [list(x.shape), str(x.dtype)]
+    """Leaf path -> [shape, dtype] of every leaf (what makes two runs the same model)."""
+    return {jax.tree_util.keystr(path): [list(x.shape), str(x.dtype)]
             for path, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
