@@ -108,8 +108,9 @@ def _drafter_from_args(args, target: sdjax.LoadedModel):
         raise ValueError("choose one of --prompt-lookup, --draft-model and --heads")
     if args.heads:
         from sdjax.heads import load_heads, make_drafter
+        from sdjax.pretrained import heads_folder
 
-        heads, params = load_heads(args.heads)
+        heads, params = load_heads(heads_folder(args.heads, args.model))
         return make_drafter(heads), params
     if args.prompt_lookup is not None:
         return sdjax.drafters.PromptLookup(num_draft=args.prompt_lookup), None
@@ -149,18 +150,20 @@ DEMO_SKIPS = ("draft_adaptive", "eagle", "eagle2_adaptive")
 
 def _demo_setup(args):
     """(target, drafters by method, prompts) for the demo's model."""
-    from sdjax.bench.suite import bundled_heads, load_pair, methods
+    from sdjax.bench.suite import load_pair, methods
     from sdjax.bench.tasks import build_tasks
-    from sdjax.pretrained import TESTBED, pretrained_path
+    from sdjax.pretrained import TESTBED, pretrained_path, shipped_drafts
 
+    heads = list(shipped_drafts(args.model).values())
     if args.model == TESTBED:
         from sdjax import testbed
 
         target, draft, heads = load_pair(testbed.path("target"), testbed.path("draft"),
-                                         bundled_heads(), dtype=args.dtype)
+                                         heads, dtype=args.dtype)
         categories = ["function_body"]
-    else:  # a model with no trained drafts: the methods that need no training
-        target, draft, heads = load_pair(pretrained_path(args.model), None, dtype=args.dtype)
+    else:  # a real model: no draft model, the drafts shipped for it
+        target, draft, heads = load_pair(pretrained_path(args.model), None, heads,
+                                         dtype=args.dtype)
         categories = ["function_body", "prose"]
     tasks = build_tasks(target.tokenizer, 1, categories=categories)
     return (target, methods(draft, args.gamma, args.lookup, heads),
@@ -282,9 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--draft-model", metavar="DIR",
                      help="speculate with this checkpoint as draft model (same tokenizer)")
     gen.add_argument("--gamma", type=int, default=4, help="draft-model tokens per cycle")
-    gen.add_argument("--heads", metavar="DIR",
-                     help="speculate with Medusa / Hydra heads or an EAGLE draft trained on "
-                          "this model (`sdjax train heads`)")
+    gen.add_argument("--heads", metavar="DIR|KIND",
+                     help="speculate with Medusa / Hydra / MLP-speculator heads or an EAGLE "
+                          "draft trained on this model (`sdjax train heads`): their folder, "
+                          "or the kind of one shipped for a named model (e.g. eagle3)")
     _add_generation_flags(gen)
     gen.set_defaults(func=cmd_generate)
 

@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Optional
+from typing import Dict, Optional
 
 from sdjax.models import LoadedModel, load_hf
 from sdjax.models.families import MissingExtraError
@@ -83,6 +83,42 @@ def load_pretrained(name: str, dtype: str = "float32",
                     param_dtype: Optional[str] = None) -> LoadedModel:
     """Loads a named model ("gemma3-270m", "testbed"), converting it on first use."""
     return load_hf(pretrained_path(name), dtype=dtype, param_dtype=param_dtype)
+
+
+# Trained drafts shipped inside the package, by model name: DRAFTS_ROOT/<model>/<kind>
+# (heads_config.json + bfloat16 heads.safetensors). The testbed's live in sdjax.testbed.
+DRAFTS_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "drafts")
+
+
+def shipped_drafts(name: str) -> Dict[str, str]:
+    """kind -> folder of the trained drafts shipped for a named model (may be empty)."""
+    if name == TESTBED:
+        from sdjax import testbed
+
+        root, kinds = testbed.ROOT, testbed.HEADS
+    else:
+        root = os.path.join(DRAFTS_ROOT, name)
+        kinds = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    folders = {kind: os.path.join(root, kind) for kind in kinds}
+    return {kind: folder for kind, folder in folders.items()
+            if os.path.exists(os.path.join(folder, "heads_config.json"))}
+
+
+def heads_folder(spec: str, model: str) -> str:
+    """A heads folder, or the kind of a draft shipped for `model` ("eagle3")."""
+    shipped = shipped_drafts(model) if model in NAMES else {}
+    if spec in shipped:
+        return shipped[spec]
+    if not os.path.isdir(spec):
+        known = f"; shipped for {model}: {', '.join(shipped)}" if shipped else (
+            f"; no drafts are shipped for {model}")
+        raise FileNotFoundError(f"heads {spec!r}: not a folder{known}")
+    return spec
+
+
+def model_folder(spec: str) -> str:
+    """The checkpoint folder of a named model (converted on first use) or a folder."""
+    return pretrained_path(spec) if spec in NAMES else spec
 
 
 def resolve_model(spec: str, dtype: str = "float32") -> LoadedModel:

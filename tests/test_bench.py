@@ -52,12 +52,17 @@ def test_bench_writes_a_well_formed_report(pair, tmp_path, capsys):
                                      "draft_adaptive": 7}.get(row["method"], 5)
         if row["method"] == "autoregressive":
             assert row["acceptance_by_depth"] == []
+            assert row["predicted_speedup"] == 1.0 and row["draft_ms"] == 0.0
+        else:  # tau x one step / (the tree's verify forward + one draft), from measured costs
+            assert row["draft_ms"] > 0 and row["verify_ms"] > 0
+            assert row["predicted_speedup"] == pytest.approx(
+                row["tau"] * row["ar_ms"] / (row["verify_ms"] + row["draft_ms"]))
         if row["method"] in ("autoregressive", "draft_chain", "prompt_lookup"):
             assert row["vs_transformers"] > 0
             assert row["transformers_same_as_greedy"] is True
     table = (out / "results.md").read_text().splitlines()
     assert len(table) == 2 + len(report["rows"])
-    assert "transformers tok/s" in table[0]
+    assert "transformers tok/s" in table[0] and "measured / predicted" in table[0]
     assert "results.json" in capsys.readouterr().out
 
 

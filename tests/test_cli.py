@@ -197,7 +197,7 @@ def test_training_presets_are_valid():
         heads = "kind" in yaml.safe_load(preset.read_text())
         cfg = load_yaml_config(HeadsTrainConfig if heads else LMTrainConfig, str(preset))
         kinds.add(getattr(cfg, "kind", "lm"))
-    assert kinds == {"lm", "medusa", "hydra", "eagle", "eagle3"}
+    assert kinds == {"lm", "medusa", "hydra", "mlp_speculator", "eagle", "eagle3"}
 
 
 def test_demo_runs_end_to_end(capsys):
@@ -264,6 +264,25 @@ def test_generate_with_draft_heads_gives_the_same_greedy_tokens(checkpoint, tmp_
         assert json.loads(capsys.readouterr().out)["tokens"] == plain["tokens"]
     assert cli.main(common + ["--heads", str(tmp_path / "medusa"), "--prompt-lookup", "3"]) == 2
     assert "choose one of" in capsys.readouterr().err
+    assert cli.main(common + ["--heads", "eagle3"]) == 2  # a folder model ships no drafts
+    assert "heads 'eagle3': not a folder; no drafts are shipped for" in capsys.readouterr().err
+
+
+def test_heads_by_kind_name_are_the_drafts_shipped_for_the_named_model(capsys):
+    from sdjax import testbed
+    from sdjax.pretrained import heads_folder, shipped_drafts
+
+    assert shipped_drafts("testbed") == {kind: testbed.path(kind) for kind in testbed.HEADS}
+    assert heads_folder("hydra", "testbed") == testbed.path("hydra")
+    common = ["generate", "--model", "testbed", "--prompt", "import os\nimport sys\n",
+              "--max-new-tokens", "12", "--eos-token-id", "--json"]
+    assert cli.main(common) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert cli.main(common + ["--heads", "hydra"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == plain["tokens"]
+    assert cli.main(common + ["--heads", "eagle9"]) == 2
+    assert "shipped for testbed: medusa, hydra, mlp_speculator, eagle, eagle3" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.slow  # 2 min: encodes the whole stdlib three times; the pieces have fast tests

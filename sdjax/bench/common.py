@@ -1,8 +1,16 @@
-"""Shared pieces of the benchmark commands: the random-weight test checkpoint."""
+"""Shared pieces of the benchmark commands: the random-weight test checkpoint, the
+draft-model tree the benchmarks use."""
 
 from __future__ import annotations
 
 import argparse
+
+from sdjax import trees
+
+# A static draft tree for the draft model: two candidates at the first two levels,
+# then the best path goes two levels deeper (8 nodes).
+DRAFT_TREE = trees.from_choices([[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 1, 0],
+                                 [0, 0, 0, 0]])
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

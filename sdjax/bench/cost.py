@@ -23,7 +23,7 @@ import numpy as np
 
 import sdjax
 from sdjax import testbed
-from sdjax.bench.suite import DRAFT_TREE
+from sdjax.bench.common import DRAFT_TREE
 from sdjax.bench.tasks import build_tasks
 from sdjax.decode import prefill
 from sdjax.drafters import DraftModel

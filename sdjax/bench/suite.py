@@ -24,23 +24,20 @@ import numpy as np
 from tqdm import tqdm
 
 import sdjax
-from sdjax import testbed, trees
+from sdjax import testbed
+from sdjax.bench.common import DRAFT_TREE
+from sdjax.bench.cost import forward_ms, propose_ms
 from sdjax.bench.tasks import CATEGORIES, build_tasks
 from sdjax.cli import positive_int
 from sdjax.decode import acceptance_summary
 from sdjax.drafters import DraftModel, PromptLookup
 from sdjax.heads import KINDS, bench_drafters, load_heads
-from sdjax.pretrained import NAMES, TESTBED, cache_dir, pretrained_path
-
-# A static draft tree for the draft model: two candidates at the first two levels,
-# then the best path goes two levels deeper (8 nodes).
-DRAFT_TREE = trees.from_choices([[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 1, 0],
-                                 [0, 0, 0, 0]])
+from sdjax.pretrained import NAMES, TESTBED, cache_dir, pretrained_path, shipped_drafts
 
 # The methods each kind of trained draft runs (`sdjax.heads.registry` sizes them).
 HEAD_METHODS = {name: tuple(kind.bench) for name, kind in KINDS.items()}
 METHODS = ("autoregressive", "prompt_lookup", "draft_chain", "draft_adaptive", "draft_tree",
-           *(m for kind in testbed.HEADS for m in HEAD_METHODS[kind]))
+           *(m for kind in KINDS for m in HEAD_METHODS[kind]))
 
 # sdjax method -> the `transformers` configuration that does the same thing.
 TORCH_COUNTERPART = {"autoregressive": "greedy", "draft_chain": "assisted",
@@ -65,12 +62,6 @@ def methods(draft: Optional[sdjax.LoadedModel], gamma: int, lookup: int,
     for cfg, params in heads:
         found.update({name: (drafter, params) for name, drafter in bench_drafters(cfg).items()})
     return found
-
-
-def bundled_heads() -> List[str]:
-    """The folders of the draft heads bundled with the testbed target."""
-    folders = [os.path.join(testbed.ROOT, kind) for kind in testbed.HEADS]
-    return [f for f in folders if os.path.exists(os.path.join(f, "heads_config.json"))]
 
 
 def load_pair(target: str, draft: Optional[str], heads: Sequence[str] = (),
@@ -125,6 +116,8 @@ def run(args) -> dict:
     if args.vs_transformers:
         torch_seconds, torch_same = _run_transformers(args, prompts, first)
 
+    costs = {category: step_costs(target, chosen, ts[0].prompt, args.cost_repeats)
+             for category, ts in tqdm(tasks.items(), desc="cost split", unit="category")}
     rows = []
     for category in tasks:
         index = [k for k, (c, _, _) in enumerate(prompts) if c == category]
@@ -145,7 +138,9 @@ def run(args) -> dict:
                 "same_as_greedy": None if args.temperature else all(
                     np.array_equal(first[name][k].tokens, first["autoregressive"][k].tokens)
                     for k in index),
+                **costs[category][name],
             }
+            row["predicted_speedup"] = tau * row["ar_ms"] / (row["verify_ms"] + row["draft_ms"])
             counterpart = TORCH_COUNTERPART.get(name)
             if torch_seconds and counterpart:
                 theirs = rate(torch_seconds[counterpart])
@@ -163,6 +158,24 @@ def run(args) -> dict:
         "gamma": args.gamma, "lookup": args.lookup, "rows": rows,
         "prompt_sources": {c: [t.source for t in ts] for c, ts in tasks.items()},
     }
+
+
+def step_costs(target, chosen: dict, prompt, repeats: int) -> dict:
+    """method -> {ar_ms, verify_ms, draft_ms}: one target forward of 1 token and of the
+    method's tree size over the prompt's cache, and one `propose` alone (median ms).
+    tau x ar / (verify + draft) is the speedup the method would reach if the loop's
+    bookkeeping (verification rule, commits, drafter state) cost nothing."""
+    context = len(prompt)
+    forward = {}  # nodes -> ms, measured once per size
+    out = {}
+    for name, (drafter, draft_params) in chosen.items():
+        nodes = 1 if drafter is None else drafter.shape.num_nodes
+        for n in {1, nodes} - set(forward):
+            forward[n] = forward_ms(target, n, context, repeats)
+        draft = 0.0 if drafter is None else propose_ms(target, drafter, draft_params,
+                                                       np.asarray(prompt), repeats)
+        out[name] = {"ar_ms": forward[1], "verify_ms": forward[nodes], "draft_ms": draft}
+    return out
 
 
 def _name(folder: str) -> str:
@@ -207,9 +220,10 @@ def _run_transformers(args, prompts, first):
 def markdown(report: dict) -> str:
     """The results table: one row per category and method."""
     torch = any("transformers_tokens_per_second" in r for r in report["rows"])
-    head = ("| category | method | tok/s | speedup vs AR | tau | acceptance by depth "
-            "| compile s | memory MB | = greedy |")
-    rule = "|---|---|---:|---:|---:|---|---:|---:|---|"
+    head = ("| category | method | tok/s | speedup vs AR | predicted | measured / predicted "
+            "| tau | acceptance by depth | draft ms | verify ms | compile s | memory MB "
+            "| = greedy |")
+    rule = "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"
     if torch:
         head += " transformers tok/s | its speedup | sdjax / transformers |"
         rule += "---:|---:|---:|"
@@ -217,7 +231,9 @@ def markdown(report: dict) -> str:
     for r in report["rows"]:
         depth = " ".join(f"{a:.2f}" for a in r["acceptance_by_depth"]) or "—"
         line = (f"| {r['category']} | {r['method']} | {r['tokens_per_second']:.1f} | "
-                f"{r['speedup']:.2f}x | {r['tau']:.2f} | {depth} | {r['compile_seconds']:.1f} "
+                f"{r['speedup']:.2f}x | {r['predicted_speedup']:.2f}x | "
+                f"{r['speedup'] / r['predicted_speedup']:.2f} | {r['tau']:.2f} | {depth} | "
+                f"{r['draft_ms']:.1f} | {r['verify_ms']:.1f} | {r['compile_seconds']:.1f} "
                 f"| {r['memory_mb']:.0f} | {r['same_as_greedy']} |")
         if torch:
             if "transformers_tokens_per_second" in r:
@@ -279,8 +295,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draft", help="draft checkpoint folder (default: the testbed's, "
                                         "with the testbed target; none otherwise)")
     parser.add_argument("--heads", nargs="+", default=None, metavar="DIR",
-                        help="draft-head folders (default: the bundled ones, with the "
-                             "bundled target)")
+                        help="draft-head folders (default: the drafts shipped for the "
+                             "named model)")
     parser.add_argument("--prompts", type=positive_int, default=8, help="prompts per category")
     parser.add_argument("--new-tokens", type=positive_int, default=128)
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (median)")
@@ -293,6 +309,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cost-repeats", type=positive_int, default=10,
+                        help="timed calls per cost (target forwards, one draft) for the "
+                             "predicted speedup")
     parser.add_argument("--vs-transformers", action="store_true",
                         help="also time the matching transformers configurations")
     parser.add_argument("--out", default="bench_out", help="folder for the report files")
@@ -307,7 +326,8 @@ def main(args) -> dict:
         args.target = pretrained_path(args.model or TESTBED)
     on_testbed = os.path.samefile(args.target, testbed.path("target"))
     if args.heads is None:
-        args.heads = bundled_heads() if on_testbed else []
+        named = TESTBED if on_testbed else args.model
+        args.heads = list(shipped_drafts(named).values()) if named else []
     if args.draft is None and on_testbed:
         args.draft = testbed.path("draft")
     if args.methods is None:

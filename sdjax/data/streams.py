@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import numpy as np
 
-from sdjax.data.corpus import read_split
+from sdjax.data.corpus import SOURCES, read_split
 from sdjax.data.tokenizer import encode_corpus, load_tokenizer, train_tokenizer
 
 
-def prepare_corpus(tokenizer_dir: str, vocab_size: int, output: str):
-    """Tokenizer (loaded, or trained on the train split into `tokenizer_dir`) and the
-    train / validation token streams, cached under `output`/data."""
+def prepare_corpus(tokenizer_dir: str, vocab_size: int, output: str,
+                   sources: Sequence[str] = ("stdlib",)):
+    """Tokenizer (loaded, or trained on the stdlib's train split into `tokenizer_dir`)
+    and the train / validation token streams of `sources` (one after the other),
+    each source's cached under `output`/data."""
+    for source in sources:
+        if source not in SOURCES:
+            raise ValueError(f"unknown corpus {source!r}; choose from {tuple(SOURCES)}")
     if os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
         tokenizer = load_tokenizer(tokenizer_dir)
     else:
@@ -22,9 +28,12 @@ def prepare_corpus(tokenizer_dir: str, vocab_size: int, output: str):
         tokenizer.save_pretrained(tokenizer_dir)
     streams = {}
     for split in ("train", "validation"):
-        path = os.path.join(output, "data", f"{split}.npy")
-        if not os.path.exists(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            np.save(path, encode_corpus(tokenizer, read_split(split)))
-        streams[split] = np.load(path)
+        parts = []
+        for source in sources:
+            path = os.path.join(output, "data", f"{source}-{split}.npy")
+            if not os.path.exists(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                np.save(path, encode_corpus(tokenizer, read_split(split, source=source)))
+            parts.append(np.load(path))
+        streams[split] = np.concatenate(parts)
     return tokenizer, streams

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdjax.config import SpecConfig
+from sdjax.drafters.vocab import to_target, widen
 from sdjax.protocols import Drafter, DraftTree
 from sdjax.sampling import warp_logits
 from sdjax.trees import TreeShape, chain
@@ -20,9 +21,16 @@ def roots(sequence: jax.Array, seq_len: jax.Array) -> jax.Array:
     return jnp.take_along_axis(sequence, (seq_len - 1)[:, None], axis=1)[:, 0]
 
 
-def choose_children(logits: jax.Array, width: int, key: jax.Array, cfg: SpecConfig):
+def choose_children(logits: jax.Array, width: int, key: jax.Array, cfg: SpecConfig,
+                    vocab_ids: Optional[jax.Array] = None):
     """Children tokens [B, n, width] of n nodes with draft logits [B, n, V], and the
-    distribution each child was drawn from ([B, n, width, V], None when greedy)."""
+    distribution each child was drawn from ([B, n, width, V], None when greedy).
+    With `vocab_ids` [K] the logits are over a reduced draft vocabulary [B, n, K]
+    (`sdjax.heads.vocab`): tokens and distributions come back in target ids."""
+    if vocab_ids is not None:
+        tokens, dists = choose_children(logits, width, key, cfg)
+        return to_target(vocab_ids, tokens), None if dists is None else widen(dists, vocab_ids,
+                                                        cfg.model.vocab_size)
     if cfg.temperature == 0.0:
         return jax.lax.top_k(logits, width)[1].astype(jnp.int32), None
     warped = warp_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p)
@@ -37,12 +45,14 @@ def choose_children(logits: jax.Array, width: int, key: jax.Array, cfg: SpecConf
 
 
 def add_children(shape: TreeShape, fed: np.ndarray, logits: jax.Array, tokens: jax.Array,
-                 probs: Optional[jax.Array], key: jax.Array, cfg: SpecConfig):
+                 probs: Optional[jax.Array], key: jax.Array, cfg: SpecConfig,
+                 vocab_ids: Optional[jax.Array] = None):
     """Fills in the children of tree nodes `fed` (one level) from their draft logits
-    [B, len(fed), V]: tokens [B, N] and, when sampling, probs [B, N, V]."""
+    [B, len(fed), V] (or [.., K] over `vocab_ids`): tokens [B, N] and, when sampling,
+    probs [B, N, V]."""
     kids = shape.children[fed]  # [n, K], -1 padded
     width = int((kids >= 0).sum(axis=1).max())
-    chosen, dists = choose_children(logits, width, key, cfg)
+    chosen, dists = choose_children(logits, width, key, cfg, vocab_ids)
     has = kids[:, :width] >= 0
     tokens = tokens.at[:, kids[:, :width][has]].set(chosen[:, has])
     if probs is not None:

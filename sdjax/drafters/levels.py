@@ -44,7 +44,8 @@ def region_mask(tree_mask: jax.Array, window_valid: jax.Array) -> jax.Array:
 
 
 def draft_levels(forward, shape: TreeShape, window: int, cache, sequence, seq_len, key,
-                 cfg: SpecConfig, vocab_size: int, first_features=None, skip_past=None):
+                 cfg: SpecConfig, vocab_size: int, first_features=None, skip_past=None,
+                 vocab_ids=None):
     """Drafts the static tree `shape` one depth level per forward; returns (cache,
     tokens [B, N], probs [B, N, V] or None).
 
@@ -55,6 +56,7 @@ def draft_levels(forward, shape: TreeShape, window: int, cache, sequence, seq_le
     root with `first_features` [B, W + 1, F] (None: a network that reads tokens only),
     level d the nodes at depth d, each with the hidden output of its parent (EAGLE).
     With `skip_past` [B], levels no row needs (d >= skip_past) are skipped (lax.cond).
+    `vocab_ids` [K]: the network's logits are over that reduced draft vocabulary.
     """
     nodes = shape.num_nodes
     committed = seq_len - 1  # the target's cache length; the root is at this position
@@ -81,7 +83,7 @@ def draft_levels(forward, shape: TreeShape, window: int, cache, sequence, seq_le
             fed_tokens, features, jnp.take(region_positions, slots, axis=1), cache,
             mask[:, slots], int(slots[0]), region_positions, len(slots) - len(fed))
         tokens, probs = add_children(shape, fed, logits, tokens, probs,
-                                     jax.random.fold_in(key, d), cfg)
+                                     jax.random.fold_in(key, d), cfg, vocab_ids)
         if hidden is not None:
             fed_hidden = out_hidden[:, len(slots) - len(fed):]
             hidden = hidden.at[:, fed].set(fed_hidden.astype(jnp.float32))

@@ -1,8 +1,10 @@
-"""Self-drafting heads on the target's hidden states: Medusa-1, Hydra, EAGLE-1/2/3.
+"""Self-drafting heads on the target's hidden states: Medusa-1, Hydra, the MLP
+speculator, EAGLE-1/2/3 (each optionally over a reduced draft vocabulary).
 
 `init_heads` starts them from the target, `sdjax train heads` trains them,
 `save_heads` / `load_heads` move them as a folder, and the drafters
-`Medusa(cfg, tree)`, `Hydra(cfg, tree)`, `Eagle(cfg, tree)` (static tree) and
+`Medusa(cfg, tree)`, `Hydra(cfg, tree)`, `MLPSpeculator(cfg, tree)`, `Eagle(cfg, tree)`
+(static tree) and
 `Eagle2(cfg, ...)` (dynamic tree) run them (`draft_params=` the saved params);
 `make_drafter(cfg)` picks the drafter of the kind with default settings.
 `registry.KINDS` says everything else sdjax knows about each kind.
@@ -13,6 +15,7 @@ from sdjax.heads.eagle import EagleConfig, EagleNet, eagle_config, init_eagle
 from sdjax.heads.eagle_drafters import DEFAULT_EAGLE_TREE, Eagle, Eagle2
 from sdjax.heads.hydra import Hydra, HydraHeads
 from sdjax.heads.medusa import Medusa, MedusaHeads
+from sdjax.heads.mlp_speculator import MLPSpeculator, MLPSpeculatorHeads
 from sdjax.heads.registry import (
     DEFAULT_TREE,
     KINDS,
@@ -27,6 +30,7 @@ from sdjax.heads.registry import (
 )
 
 __all__ = ["DEFAULT_EAGLE_TREE", "DEFAULT_TREE", "KINDS", "Eagle", "Eagle2", "EagleConfig",
-           "EagleNet", "HeadKind", "HeadsConfig", "Hydra", "HydraHeads", "Medusa",
-           "MedusaHeads", "bench_drafters", "eagle_config", "head_kind", "heads_module",
-           "init_eagle", "init_heads", "load_heads", "make_drafter", "save_heads"]
+           "EagleNet", "HeadKind", "HeadsConfig", "Hydra", "HydraHeads", "MLPSpeculator",
+           "MLPSpeculatorHeads", "Medusa", "MedusaHeads", "bench_drafters", "eagle_config",
+           "head_kind", "heads_module", "init_eagle", "init_heads", "load_heads",
+           "make_drafter", "save_heads"]

@@ -1,29 +1,46 @@
-"""What Medusa and Hydra heads share: their config, initialisation from the target,
-the drafter's checks and state (EAGLE drafts share `check_fits` and the LM head)."""
+"""What Medusa, Hydra and MLP-speculator heads share: their config, initialisation
+from the target, the drafter's checks and state; and what every draft head shares:
+the target weights it reads without training (`bind_shared`), its own LM heads
+(`own_lm_heads`, over a reduced vocabulary or not), and `check_fits`.
+
+Medusa and Hydra heads read logits through one LM head: the target's (shared, not
+trained, not saved), or with `draft_vocab` = K a reduced head of their own over K
+frequent target tokens (`sdjax.drafters.vocab`), one for all heads: on Gemma 3 a
+full-vocabulary head per head would be 168M parameters each, and cost more than a
+target step to run. MLP-speculator stages each have their own head (reduced on a
+large vocabulary). Token embeddings are always the target's.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional, Tuple
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sdjax.config import SpecConfig
 from sdjax.protocols import Drafter
 from sdjax.trees import TreeShape
 from sdjax.validation import check_fields, check_range
 
-HEADS_CONFIG_KINDS = ("medusa", "hydra")  # a HeadsConfig's kinds (EAGLE: EagleConfig)
+# a HeadsConfig's kinds (EAGLE: EagleConfig)
+HEADS_CONFIG_KINDS = ("medusa", "hydra", "mlp_speculator")
 
 
 @dataclasses.dataclass(frozen=True)
 class HeadsConfig:
-    """Medusa / Hydra heads: how many, and the target's width and vocabulary."""
+    """Medusa / Hydra heads or MLP-speculator stages: how many, the target's width and
+    vocabulary, and the draft vocabulary."""
     num_heads: int
     hidden_size: int
     vocab_size: int
     kind: str = "medusa"
+    draft_vocab: int = 0  # rows of the heads' own LM head (0: read the target's)
+    scale_embeddings: bool = False  # the target scales its embeddings by sqrt(D) (Gemma)
 
     def __post_init__(self):
         check_fields(self)
@@ -31,6 +48,27 @@ class HeadsConfig:
             raise ValueError(f"unknown head kind {self.kind!r}; supported: {HEADS_CONFIG_KINDS}")
         for name in ("num_heads", "hidden_size", "vocab_size"):
             check_range(self, name, 1)
+        check_range(self, "draft_vocab", 0, self.vocab_size)
+
+    @property
+    def head_size(self) -> int:
+        """Rows of the LM head the heads read: their logits' width."""
+        return self.draft_vocab or self.vocab_size
+
+    @property
+    def own_heads(self) -> Tuple[str, ...]:
+        """The LM heads of the heads' own: one per MLP-speculator stage; Medusa's and
+        Hydra's reduced one (with the full vocabulary they read the target's)."""
+        if self.kind == "mlp_speculator":
+            return tuple(f"head_{k}_lm" for k in range(self.num_heads))
+        return ("lm_head",) if self.draft_vocab else ()
+
+    @property
+    def shared_names(self) -> Tuple[str, ...]:
+        """The target's weights the heads read (joined in by `bind_shared`)."""
+        reads_tokens = self.kind in ("hydra", "mlp_speculator")
+        return (("embed",) if reads_tokens else ()) + (
+            ("lm_head",) if self.kind != "mlp_speculator" and not self.draft_vocab else ())
 
 
 def target_lm_head(target: dict) -> jax.Array:
@@ -38,22 +76,58 @@ def target_lm_head(target: dict) -> jax.Array:
     return target["lm_head"]["kernel"] if "lm_head" in target else target["embed"]["embedding"].T
 
 
-def init_from_target(module, target_params, key: jax.Array) -> dict:
-    """Random heads (a Medusa / Hydra module) whose LM heads (and Hydra's token
-    embedding) are the target's, and whose other layers start as (near) identities:
-    untrained heads echo the target."""
-    params = module.init(key, *module.example_inputs())["params"]
+def bind_shared(draft_params, target_params, names: Tuple[str, ...]) -> dict:
+    """The draft's params joined with the target weights `names` ("embed": the token
+    embedding; "lm_head": the LM head as a Dense kernel) it reads without training."""
     target = target_params["params"]
-    lm_head = target_lm_head(target)
-    copy = lambda x: jnp.array(x, jnp.float32, copy=True)  # one buffer per leaf (donation)
-    out = {}
-    for name, value in params.items():
-        if name.endswith("_lm"):
-            value = {**value, "kernel": copy(lm_head)}
-        elif name == "embed":
-            value = {"embedding": copy(target["embed"]["embedding"])}
-        out[name] = value
-    return {"params": out}
+    shared = {"embed": lambda: target["embed"],
+              "lm_head": lambda: {"kernel": target_lm_head(target)}}
+    return {"params": {**draft_params["params"], **{name: shared[name]() for name in names}}}
+
+
+def without(params, names: Tuple[str, ...]) -> dict:
+    """{'params': ...} without the entries `names`."""
+    return {"params": {k: v for k, v in params["params"].items() if k not in names}}
+
+
+def own_lm_heads(params: dict, target_params, names: Tuple[str, ...], draft_vocab: int,
+                 vocab_ids: Optional[np.ndarray]) -> dict:
+    """Module params whose own LM heads `names` start as copies of the target's (its
+    rows `vocab_ids`, required when draft_vocab > 0, which are then stored too)."""
+    kernel = target_lm_head(target_params["params"])
+    params = dict(params)
+    if draft_vocab:
+        if vocab_ids is None or np.shape(vocab_ids) != (draft_vocab,):
+            raise ValueError(f"a reduced draft vocabulary needs its {draft_vocab} target ids "
+                             "(sdjax.drafters.vocab.frequent_tokens)")
+        params["vocab_ids"] = jnp.asarray(vocab_ids, jnp.int32)
+        kernel = jnp.take(kernel, params["vocab_ids"], axis=1)
+    for name in names:  # one buffer per head (donation)
+        params[name] = {"kernel": jnp.array(kernel, jnp.float32, copy=True)}
+    return params
+
+
+def declare_vocab_ids(module: nn.Module, draft_vocab: int) -> None:
+    """Declares a reduced vocabulary's ids (int32 [K]) as a parameter of `module`, in
+    its `setup`; `own_lm_heads` sets them, the drafters read them (`vocab_ids`)."""
+    if draft_vocab:
+        module.param("vocab_ids", lambda key: jnp.arange(draft_vocab, dtype=jnp.int32))
+
+
+def vocab_ids(draft_params) -> Optional[jax.Array]:
+    """The target ids of a reduced draft vocabulary's logits, or None (full)."""
+    return draft_params["params"].get("vocab_ids")
+
+
+def init_from_target(module, target_params, key: jax.Array,
+                     vocab_ids: Optional[np.ndarray] = None) -> dict:
+    """Random heads (a Medusa / Hydra / MLP-speculator module) whose own LM heads start
+    as the target's (rows), so that untrained Medusa / Hydra heads echo the target.
+    The target's shared weights are left out (see `bind_shared`)."""
+    cfg = module.config
+    params = module.init(key, *module.example_inputs())["params"]
+    params = own_lm_heads(params, target_params, cfg.own_heads, cfg.draft_vocab, vocab_ids)
+    return without({"params": params}, cfg.shared_names)
 
 
 def check_fits(drafter, draft_params, heads, cfg: SpecConfig, what: str) -> None:
@@ -95,6 +169,9 @@ class HeadsDrafter(Drafter):
 
     def check(self, cfg: SpecConfig, draft_params) -> None:
         check_fits(self, draft_params, self.heads, cfg, "the heads' params")
+
+    def bind(self, draft_params, target_params):
+        return bind_shared(draft_params, target_params, self.heads.shared_names)
 
     def init(self, draft_params, prompt_tokens, prompt_lengths, max_len, features=None):
         return HeadsState(

@@ -16,6 +16,10 @@ the feature at p, read as next-token logits:
 While drafting deeper than one token the draft feeds its own h in place of f.
 The token embedding (and EAGLE-1's LM head) are the target's: the saved heads
 hold only what is trained, and `bind` joins the target's weights in at decode time.
+
+With `draft_vocab` = K > 0 (EAGLE-3's draft-to-target map) the draft's own LM head
+has K rows, for the target ids in its `vocab_ids` parameter (int32, fixed in
+training: `sdjax.drafters.vocab`), and the network's logits are over those K.
 """
 
 from __future__ import annotations
@@ -26,12 +30,18 @@ from typing import Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sdjax.config import ModelConfig
-from sdjax.heads.common import target_lm_head
+from sdjax.heads.common import (
+    bind_shared,
+    declare_vocab_ids,
+    own_lm_heads,
+    without,
+)
 from sdjax.models.cache import KVCache
 from sdjax.models.transformer import Block, attention_mask, norm_layer
-from sdjax.validation import check_fields
+from sdjax.validation import check_fields, check_range
 
 EAGLE_KINDS = ("eagle", "eagle3")
 
@@ -42,9 +52,14 @@ class EagleConfig:
     layer: ModelConfig  # the draft layer: the target's architecture, one layer
     kind: str = "eagle"
     feature_layers: Tuple[int, ...] = ()  # eagle3: the fused target layers
+    draft_vocab: int = 0  # eagle3: rows of the draft's LM head (0: the whole vocabulary)
 
     def __post_init__(self):
         check_fields(self)
+        check_range(self, "draft_vocab", 0, self.vocab_size)
+        if self.draft_vocab and self.kind != "eagle3":
+            raise ValueError("a reduced draft_vocab needs an LM head of the draft's own "
+                             "(kind='eagle3'); EAGLE-1 reads the target's")
         if self.kind not in EAGLE_KINDS:
             raise ValueError(f"unknown EAGLE kind {self.kind!r}; supported: {EAGLE_KINDS}")
         if (self.kind == "eagle3") != bool(self.feature_layers):
@@ -61,6 +76,11 @@ class EagleConfig:
     def vocab_size(self) -> int:
         return self.layer.vocab_size
 
+    @property
+    def head_size(self) -> int:
+        """Rows of the LM head the draft reads: its logits' width."""
+        return self.draft_vocab or self.vocab_size
+
 
 def default_feature_layers(num_layers: int) -> Tuple[int, ...]:
     """EAGLE-3's low / mid / high layers (2, L/2, L-3); (1, L/2, L-1) below 8 layers,
@@ -71,7 +91,8 @@ def default_feature_layers(num_layers: int) -> Tuple[int, ...]:
 
 
 def eagle_config(target: ModelConfig, kind: str = "eagle",
-                 feature_layers: Optional[Tuple[int, ...]] = None) -> EagleConfig:
+                 feature_layers: Optional[Tuple[int, ...]] = None,
+                 draft_vocab: int = 0) -> EagleConfig:
     """The EAGLE draft for `target`: one float32 layer of its architecture."""
     if kind == "eagle3" and feature_layers is None:
         feature_layers = default_feature_layers(target.num_layers)
@@ -80,7 +101,7 @@ def eagle_config(target: ModelConfig, kind: str = "eagle",
             raise ValueError(f"feature layer {layer} outside 0..{target.num_layers}")
     layer = target.replace(num_layers=1, dtype="float32", param_dtype="float32",
                            sliding_window=None, sliding_layers=None, tie_embeddings=False)
-    return EagleConfig(layer, kind, tuple(feature_layers or ()))
+    return EagleConfig(layer, kind, tuple(feature_layers or ()), draft_vocab)
 
 
 class EagleNet(nn.Module):
@@ -95,9 +116,10 @@ class EagleNet(nn.Module):
             self.embed_norm = norm_layer(cfg.layer, "embed_norm")
             self.feature_norm = norm_layer(cfg.layer, "feature_norm")
             self.norm = norm_layer(cfg.layer, "norm")
+        declare_vocab_ids(self, cfg.draft_vocab)
         self.combine = nn.Dense(cfg.hidden_size, name="combine")
         self.layer = Block(cfg.layer, 0, name="layer")
-        self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, name="lm_head")
+        self.lm_head = nn.Dense(cfg.head_size, use_bias=False, name="lm_head")
 
     def example_inputs(self):
         cfg = self.config
@@ -115,10 +137,13 @@ class EagleNet(nn.Module):
                  write_offset: int = 0, pending_positions=None, fuse: bool = False,
                  logits_from: int = 0):
         """tokens [B, T] with the features f of their predecessors [B, T, D] (raw target
-        features when `fuse`) -> (logits [B, T - logits_from, V], h [B, T, D], cache)."""
+        features when `fuse`) -> (logits [B, T - logits_from, head_size], h [B, T, D],
+        cache)."""
         if fuse:
             features = self.features(features)
         embedded = self.embed(tokens).astype(jnp.float32)
+        if self.config.layer.scale_embeddings:  # as the target embeds (Gemma)
+            embedded = embedded * jnp.float32(self.config.hidden_size**0.5)
         features = features.astype(jnp.float32)
         if self.config.kind == "eagle3":  # residual streams: normalise both inputs
             embedded, features = self.embed_norm(embedded), self.feature_norm(features)
@@ -140,28 +165,26 @@ def shared_names(cfg: EagleConfig) -> Tuple[str, ...]:
     return ("embed", "lm_head") if cfg.kind == "eagle" else ("embed",)
 
 
-def init_eagle(cfg: EagleConfig, target_params, key: jax.Array) -> dict:
+def init_eagle(cfg: EagleConfig, target_params, key: jax.Array,
+               vocab_ids: Optional[np.ndarray] = None) -> dict:
     """Random draft params (without the target's shared weights); EAGLE-3's own LM head
-    starts as a copy of the target's."""
+    starts as a copy of the target's (its rows `vocab_ids` when reduced: then they are
+    required)."""
     module = EagleNet(cfg)
     params = dict(module.init(key, *module.example_inputs(), fuse=True)["params"])
     if cfg.kind == "eagle3":
-        params["lm_head"] = {"kernel": jnp.array(target_lm_head(target_params["params"]),
-                                                 jnp.float32, copy=True)}
-    return {"params": {k: v for k, v in params.items() if k not in shared_names(cfg)}}
+        params = own_lm_heads(params, target_params, ("lm_head",), cfg.draft_vocab, vocab_ids)
+    return without({"params": params}, shared_names(cfg))
 
 
 def bind(cfg: EagleConfig, draft_params, target_params) -> dict:
     """The draft's params joined with the target weights it shares."""
-    target = target_params["params"]
-    shared = {"embed": target["embed"], "lm_head": {"kernel": target_lm_head(target)}}
-    return {"params": {**draft_params["params"],
-                       **{name: shared[name] for name in shared_names(cfg)}}}
+    return bind_shared(draft_params, target_params, shared_names(cfg))
 
 
 def abstract_params(cfg: EagleConfig):
     """Shapes of the saved (unshared) params, for checking a loaded folder."""
     module = EagleNet(cfg)
     params = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0),
-                                                *module.example_inputs(), fuse=True))["params"]
-    return {"params": {k: v for k, v in params.items() if k not in shared_names(cfg)}}
+                                                *module.example_inputs(), fuse=True))
+    return without(params, shared_names(cfg))

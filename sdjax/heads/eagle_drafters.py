@@ -22,8 +22,9 @@ import numpy as np
 from sdjax.config import SpecConfig
 from sdjax.drafters.base import one_hot_probs, roots
 from sdjax.drafters.levels import draft_levels, region_mask, window_inputs
+from sdjax.drafters.vocab import to_target
 from sdjax.heads import eagle as eagle_net
-from sdjax.heads.common import check_fits
+from sdjax.heads.common import check_fits, vocab_ids
 from sdjax.heads.eagle import EagleConfig, EagleNet
 from sdjax.models.cache import KVCache
 from sdjax.protocols import Drafter, DraftTree
@@ -140,7 +141,8 @@ class Eagle(EagleDrafter):
         cache, tokens, probs = draft_levels(
             self._forward(draft_params), self.tree, self.window, state.cache, sequence, seq_len,
             key, cfg, self.eagle.vocab_size,
-            first_features=self._first_features(draft_params, state, seq_len))
+            first_features=self._first_features(draft_params, state, seq_len),
+            vocab_ids=vocab_ids(draft_params))
         return DraftTree(tokens, probs), state.replace(cache=cache)
 
 
@@ -202,7 +204,9 @@ class Eagle2(EagleDrafter):
             self._first_features(draft_params, state, seq_len),
             region_positions[:, : window + 1], cache, mask[:, : window + 1], 0, region_positions,
             logits_from=window)
+        ids = vocab_ids(draft_params)
         scores, tokens = jax.lax.top_k(jax.nn.log_softmax(logits[:, 0]), k)  # [B, k]
+        tokens = to_target(ids, tokens)
         # candidates: tokens, joint log-probability, parent (candidate index; root = 0)
         cand_tokens, cand_scores = [root[:, None], tokens], [jnp.zeros((batch, 1)), scores]
         cand_parents = [jnp.full((batch, 1), -1), jnp.zeros((batch, k), jnp.int32)]
@@ -225,6 +229,7 @@ class Eagle2(EagleDrafter):
                     jnp.take(region_positions, window + slots, axis=1), cache, mask,
                     window + int(slots[0]), region_positions)
                 top_scores, top_tokens = jax.lax.top_k(jax.nn.log_softmax(logits), k)
+                top_tokens = to_target(ids, top_tokens)
                 joint = (frontier.scores[..., None] + top_scores).reshape(batch, k * k)
                 children = (top_tokens.reshape(batch, k * k), joint,
                             jnp.repeat(frontier.index, k, axis=1))

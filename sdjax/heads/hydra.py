@@ -3,9 +3,10 @@
 Head k (k = 1..K) sees the target's hidden state h and the embeddings of the tokens
 on the path before its own: the root (the target's own next token) and the tokens
 heads 1..k-1 drafted. An input layer maps [h; e(t_0); ...; e(t_{k-1})] to the
-hidden size (initialised to pass h through), then a residual SiLU block and an LM
-head (the target's). Because a node's candidates depend on its path, the tree
-is drafted level by level.
+hidden size (initialised to pass h through), then a residual SiLU block and the LM
+head all heads share (the target's, or a reduced one of their own). The embedding
+is the target's (scaled as the target scales it). Because a node's candidates
+depend on its path, the tree is drafted level by level.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from sdjax.config import SpecConfig
 from sdjax.drafters.base import add_children, root_filled
-from sdjax.heads.common import HeadsConfig, HeadsDrafter
+from sdjax.heads.common import HeadsConfig, HeadsDrafter, declare_vocab_ids, vocab_ids
 from sdjax.protocols import DraftTree
 
 
@@ -27,6 +28,13 @@ def _pass_hidden(key, shape, dtype=jnp.float32):
     """[D * (k + 2), D] kernel that starts as the projection onto h (the first D inputs)."""
     eye = jnp.eye(shape[1], dtype=dtype)
     return jnp.concatenate([eye, jnp.zeros((shape[0] - shape[1], shape[1]), dtype)], axis=0)
+
+
+def following_tokens(windows: jax.Array, length: int, count: int) -> jax.Array:
+    """[B, length, count]: at t, the corpus tokens t + 1 .. t + count of windows
+    [B, length + 1] (zeros past the end): the path a head reads, teacher-forced."""
+    padded = jnp.pad(windows, ((0, 0), (0, count)))
+    return jnp.stack([padded[:, 1 + j: 1 + j + length] for j in range(count)], -1)
 
 
 class HydraHeads(nn.Module):
@@ -40,21 +48,24 @@ class HydraHeads(nn.Module):
                        for k in range(cfg.num_heads)]
         self.residuals = [nn.Dense(cfg.hidden_size, kernel_init=nn.initializers.zeros,
                                    name=f"head_{k}_res") for k in range(cfg.num_heads)]
-        self.lm_heads = [nn.Dense(cfg.vocab_size, use_bias=False, name=f"head_{k}_lm")
-                         for k in range(cfg.num_heads)]
+        self.lm_head = nn.Dense(cfg.head_size, use_bias=False, name="lm_head")
+        declare_vocab_ids(self, cfg.draft_vocab)
 
     def example_inputs(self):
         return (jnp.zeros((1, self.config.hidden_size)),
                 jnp.zeros((1, self.config.num_heads), jnp.int32))
 
     def head(self, k: int, hidden: jax.Array, path_tokens: jax.Array) -> jax.Array:
-        """Head k (0-based): hidden [..., D] and path tokens [..., k + 1] -> logits [..., V]."""
-        embedded = self.embed(path_tokens)  # [..., k + 1, D]
+        """Head k (0-based): hidden [..., D] and path tokens [..., k + 1] -> logits
+        [..., head_size]."""
+        embedded = self.embed(path_tokens).astype(jnp.float32)  # [..., k + 1, D]
+        if self.config.scale_embeddings:
+            embedded = embedded * jnp.float32(self.config.hidden_size**0.5)
         x = jnp.concatenate([hidden.astype(jnp.float32),
                              embedded.reshape(*embedded.shape[:-2], -1)], axis=-1)
         x = self.inputs[k](x)
         x = x + nn.silu(self.residuals[k](x))
-        return self.lm_heads[k](x)
+        return self.lm_head(x)
 
     def __call__(self, hidden: jax.Array, tokens: jax.Array) -> jax.Array:
         """Teacher-forced: hidden [..., D], tokens [..., K] (t_0..t_{K-1}) -> [..., K, V]."""
@@ -62,21 +73,20 @@ class HydraHeads(nn.Module):
                           for k in range(self.config.num_heads)], axis=-2)
 
     def teacher_forced(self, hidden: jax.Array, windows: jax.Array) -> jax.Array:
-        """Training: hidden [B, T, D] of windows [B, T + 1] -> [B, T, K, V]; at t the
-        heads read the corpus tokens t + 1 .. t + K (zeros past the end)."""
-        length, heads = hidden.shape[1], self.config.num_heads
-        padded = jnp.pad(windows, ((0, 0), (0, heads)))
-        following = jnp.stack([padded[:, 1 + j: 1 + j + length] for j in range(heads)], -1)
-        return self(hidden, following)
+        """Training: hidden [B, T, D] of windows [B, T + 1] -> [B, T, K, V]."""
+        return self(hidden, following_tokens(windows, hidden.shape[1], self.config.num_heads))
 
 
 @dataclasses.dataclass(frozen=True)
-class Hydra(HeadsDrafter):
-    """Drafter: Hydra heads, level by level over a choice tree (depth <= heads)."""
+class PathHeadsDrafter(HeadsDrafter):
+    """Drafter of heads whose head k reads the path drafted before it (its module's
+    `head(k, hidden, path_tokens)`): level by level over a choice tree."""
+
+    module_class = None  # the heads' flax module (a class attribute, not a field)
 
     def propose(self, draft_params, state, sequence, seq_len, key, cfg: SpecConfig):
-        module = HydraHeads(self.heads)
-        shape, batch = self.tree, seq_len.shape[0]
+        module = self.module_class(self.heads)
+        shape, batch, ids = self.tree, seq_len.shape[0], vocab_ids(draft_params)
         tokens, probs = root_filled(sequence, seq_len, shape.num_nodes, self.heads.vocab_size,
                                     cfg)
         for d in range(shape.max_depth):
@@ -84,7 +94,15 @@ class Hydra(HeadsDrafter):
             path_tokens = tokens[:, shape.paths[fed, : d + 1]]  # [B, n, d + 1]
             hidden = jnp.broadcast_to(state.hidden[:, None],
                                       (batch, len(fed), state.hidden.shape[-1]))
-            logits = module.apply(draft_params, d, hidden, path_tokens, method=HydraHeads.head)
+            logits = module.apply(draft_params, d, hidden, path_tokens,
+                                  method=self.module_class.head)
             tokens, probs = add_children(shape, fed, logits, tokens, probs,
-                                         jax.random.fold_in(key, d), cfg)
+                                         jax.random.fold_in(key, d), cfg, ids)
         return DraftTree(tokens, probs), state
+
+
+@dataclasses.dataclass(frozen=True)
+class Hydra(PathHeadsDrafter):
+    """Drafter: Hydra heads, level by level over a choice tree (depth <= heads)."""
+
+    module_class = HydraHeads

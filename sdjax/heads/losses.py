@@ -22,7 +22,10 @@ tree node sees while drafting.
   from the step's key that `fit` derives from (seed, step), so a resumed run is
   exact). Deeper steps are only measured.
 - `eagle3`: cross-entropy against the target at every unrolled step, step s
-  weighted by head_decay**s.
+  weighted by head_decay**s. With a reduced draft vocabulary the teacher is the
+  target's distribution restricted to it and renormalised (as EAGLE-3 trains), and
+  in training the target's LM head computes only those rows (on Gemma 3 the full
+  head is most of the target's cost).
 
 Metrics `top1_depth{s+1}`: how often step s's argmax is the target's, i.e. the greedy
 acceptance at that depth given the shallower drafts were right.
@@ -30,38 +33,70 @@ acceptance at that depth given the shallower drafts were right.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from sdjax.config import ModelConfig
+from sdjax.drafters.vocab import restrict, to_target
 from sdjax.heads import eagle as eagle_net
+from sdjax.heads.common import bind_shared, target_lm_head, vocab_ids
 from sdjax.heads.eagle import EagleConfig, EagleNet
 from sdjax.models.cache import KVCache
-from sdjax.models.transformer import sequence_forward
+from sdjax.models.transformer import ModelOutput, sequence_forward, softcap
+
+
+class Teacher(NamedTuple):
+    """What the frozen target tells a draft over corpus windows."""
+    out: ModelOutput  # its forward (logits empty when only the draft vocabulary's are made)
+    logits: jax.Array  # [B, T, head_size] next-token logits over the draft's vocabulary
+    token: jax.Array  # [B, T] the greedy token the draft is measured against (target ids)
+
+
+def teach(target_params, target_cfg: ModelConfig, inputs, ids, training: bool,
+          hidden_layers=()) -> Teacher:
+    """The target's forward over `inputs` and its next-token logits over the draft's
+    vocabulary (`ids`, None: all of it). With a reduced vocabulary in training, only
+    those rows of the LM head are computed (on Gemma 3 the full head is most of the
+    target's cost) and `token` is the best of them; in evaluation the full head runs
+    and `token` is the target's own greedy token."""
+    target_params = jax.lax.stop_gradient(target_params)
+    reduced_only = ids is not None and training
+    out = sequence_forward(target_params, target_cfg, inputs, hidden_layers=hidden_layers,
+                           logits=not reduced_only)
+    if reduced_only:
+        kernel = restrict(target_lm_head(target_params["params"]), ids).astype(jnp.float32)
+        logits = softcap(out.hidden.astype(jnp.float32) @ kernel, target_cfg.final_logit_softcap)
+        return Teacher(out, logits, jnp.take(ids, logits.argmax(-1)))
+    logits = out.logits if ids is None else restrict(out.logits, ids)
+    return Teacher(out, logits, out.logits.argmax(-1))
 
 
 def heads_loss(heads_params, target_params, windows, key=None, *, target_cfg: ModelConfig,
                module, head_decay: float, distill: bool):
-    """(weighted mean CE over heads, {top1_head{k}: agreement with the target});
-    deterministic, so `key` is unused."""
-    out = sequence_forward(jax.lax.stop_gradient(target_params), target_cfg, windows[:, :-1])
-    hidden, target_logits = jax.lax.stop_gradient((out.hidden, out.logits))
+    """(weighted mean CE over heads, {top1_head{k}: agreement with the target}); `key`
+    None means evaluation (the loss is deterministic)."""
+    ids = vocab_ids(heads_params)
+    teacher = teach(target_params, target_cfg, windows[:, :-1], ids, key is not None)
+    hidden = teacher.out.hidden
     length = hidden.shape[1]
-    logits = module.apply(heads_params, hidden, windows,
-                          method=module.teacher_forced)  # [B, T, K, V]
+    params = bind_shared(heads_params, target_params, module.config.shared_names)
+    logits = module.apply(params, hidden, windows,
+                          method=module.teacher_forced)  # [B, T, K, head_size]
     total, weights, metrics = 0.0, 0.0, {}
     for k in range(module.config.num_heads):
         pred = logits[:, : length - k - 1, k]  # at t: the token at t + k + 2
-        teacher = target_logits[:, k + 1:]  # the target's prediction of that token
-        if distill:
-            ce = optax.softmax_cross_entropy(pred, jax.nn.softmax(teacher)).mean()
+        if distill:  # the target's prediction of that token
+            ce = optax.softmax_cross_entropy(pred, jax.nn.softmax(teacher.logits[:, k + 1:]))
         else:
-            ce = optax.softmax_cross_entropy_with_integer_labels(pred, windows[:, k + 2:]).mean()
-        total += head_decay**k * ce
+            ce = optax.softmax_cross_entropy_with_integer_labels(pred, windows[:, k + 2:])
+        total += head_decay**k * ce.mean()
         weights += head_decay**k
-        metrics[f"top1_head{k}"] = (pred.argmax(-1) == teacher.argmax(-1)).mean()
+        metrics[f"top1_head{k}"] = (to_target(ids, pred.argmax(-1)) ==
+                                    teacher.token[:, k + 1:]).mean()
     return total / weights, metrics
 
 
@@ -81,13 +116,12 @@ def eagle_loss(draft_params, target_params, windows, key=None, *, target_cfg: Mo
     """(loss, {top1_depth{d}: agreement with the target's greedy token}). With a `key`
     (training), EAGLE-1's input features get uniform noise of +-`feature_noise`."""
     inputs = windows[:, :-1]
-    target_params = jax.lax.stop_gradient(target_params)
-    out = sequence_forward(target_params, target_cfg, inputs,
-                           hidden_layers=eagle_cfg.feature_layers)
-    raw = out.features()
-    teacher = jax.nn.softmax(out.logits)
-    teacher_token = out.logits.argmax(-1)
-    params = eagle_net.bind(eagle_cfg, draft_params, target_params)
+    ids = vocab_ids(draft_params)
+    taught = teach(target_params, target_cfg, inputs, ids, key is not None,
+                   eagle_cfg.feature_layers)
+    raw = taught.out.features()
+    teacher = jax.nn.softmax(taught.logits)
+    params = eagle_net.bind(eagle_cfg, draft_params, jax.lax.stop_gradient(target_params))
     net = EagleNet(eagle_cfg)
     target_features = net.apply(params, raw, method=EagleNet.features)
     batch, length = inputs.shape
@@ -105,7 +139,8 @@ def eagle_loss(draft_params, target_params, windows, key=None, *, target_cfg: Mo
         valid = (jnp.arange(length) >= step)[None].astype(jnp.float32)  # defined positions
         mean = lambda x: (x * valid).sum() / (valid.sum() * batch)
         ce = mean(optax.softmax_cross_entropy(logits, teacher))
-        metrics[f"top1_depth{step + 1}"] = mean(logits.argmax(-1) == teacher_token)
+        metrics[f"top1_depth{step + 1}"] = mean(to_target(ids, logits.argmax(-1)) ==
+                                                taught.token)
         if eagle_cfg.kind == "eagle3":
             total += head_decay**step * ce
             weights += head_decay**step

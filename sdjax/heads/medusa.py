@@ -2,8 +2,9 @@
 
 Head k (k = 1..K) reads the final hidden state h_t of the token that produced the
 next token and predicts the token k positions after that one: a residual SiLU
-block (zero-initialised, so it starts as the identity) and its own LM head
-(initialised from the target's). Heads do not see each other's tokens, so every
+block (zero-initialised, so it starts as the identity), then the LM head all heads
+share (the target's, or a reduced one of their own: `sdjax.heads.common`). Heads
+do not see each other's tokens, so every
 node at depth k takes its candidates from head k: greedy, the parent's top-w of
 head k's logits; sampling, w draws without replacement (the lossless tree rule).
 """
@@ -19,7 +20,7 @@ import numpy as np
 
 from sdjax.config import SpecConfig
 from sdjax.drafters.base import add_children, root_filled
-from sdjax.heads.common import HeadsConfig, HeadsDrafter
+from sdjax.heads.common import HeadsConfig, HeadsDrafter, declare_vocab_ids, vocab_ids
 from sdjax.protocols import DraftTree
 
 
@@ -27,21 +28,21 @@ class MedusaHeads(nn.Module):
     """K Medusa heads on one hidden state."""
     config: HeadsConfig
 
+    def setup(self):
+        cfg = self.config
+        self.residuals = [nn.Dense(cfg.hidden_size, kernel_init=nn.initializers.zeros,
+                                   name=f"head_{k}_res") for k in range(cfg.num_heads)]
+        self.lm_head = nn.Dense(cfg.head_size, use_bias=False, name="lm_head")
+        declare_vocab_ids(self, cfg.draft_vocab)
+
     def example_inputs(self):
         return (jnp.zeros((1, self.config.hidden_size)),)
 
-    @nn.compact
     def __call__(self, hidden: jax.Array) -> jax.Array:
-        """[..., D] hidden states -> [..., K, V] float32 logits of the K heads."""
-        cfg = self.config
+        """[..., D] hidden states -> [..., K, head_size] float32 logits of the K heads."""
         hidden = hidden.astype(jnp.float32)
-        logits = []
-        for k in range(cfg.num_heads):
-            residual = nn.Dense(cfg.hidden_size, kernel_init=nn.initializers.zeros,
-                                name=f"head_{k}_res")(hidden)
-            x = hidden + nn.silu(residual)
-            logits.append(nn.Dense(cfg.vocab_size, use_bias=False, name=f"head_{k}_lm")(x))
-        return jnp.stack(logits, axis=-2)
+        return jnp.stack([self.lm_head(hidden + nn.silu(residual(hidden)))
+                          for residual in self.residuals], axis=-2)
 
     def teacher_forced(self, hidden: jax.Array, windows: jax.Array) -> jax.Array:
         """Training: hidden [B, T, D] -> [B, T, K, V] (heads read no tokens)."""
@@ -54,12 +55,12 @@ class Medusa(HeadsDrafter):
 
     def propose(self, draft_params, state, sequence, seq_len, key, cfg: SpecConfig):
         logits = MedusaHeads(self.heads).apply(draft_params, state.hidden)  # [B, K, V]
-        shape, batch = self.tree, seq_len.shape[0]
+        shape, batch, ids = self.tree, seq_len.shape[0], vocab_ids(draft_params)
         tokens, probs = root_filled(sequence, seq_len, shape.num_nodes, self.heads.vocab_size,
                                     cfg)
         for d in range(shape.max_depth):
             fed = np.flatnonzero(shape.depth == d)
             level = jnp.broadcast_to(logits[:, d:d + 1], (batch, len(fed), logits.shape[-1]))
             tokens, probs = add_children(shape, fed, level, tokens, probs,
-                                         jax.random.fold_in(key, d), cfg)
+                                         jax.random.fold_in(key, d), cfg, ids)
         return DraftTree(tokens, probs), state

@@ -24,12 +24,13 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from sdjax import trees
 from sdjax.config import ModelConfig, from_dict, model_config_from_dict
 from sdjax.heads import eagle as eagle_net
-from sdjax.heads.common import HeadsConfig, init_from_target
+from sdjax.heads.common import HeadsConfig, init_from_target, without
 from sdjax.heads.eagle import EagleConfig, eagle_config, init_eagle
 from sdjax.heads.eagle_drafters import Eagle, Eagle2
 from sdjax.heads.hydra import Hydra, HydraHeads
 from sdjax.heads.losses import eagle_loss, heads_loss
 from sdjax.heads.medusa import Medusa, MedusaHeads
+from sdjax.heads.mlp_speculator import MLPSpeculator, MLPSpeculatorHeads
 from sdjax.models.hf import read_json, read_safetensors_file
 from sdjax.protocols import Drafter
 
@@ -47,9 +48,11 @@ BENCH_EAGLE2_ADAPTIVE = dict(BENCH_EAGLE2, depth=5, min_confidence=0.02)
 
 # Parameter path regex -> logical axes (see `sdjax.sharding`), for every kind's weights.
 HEAD_AXES = (
-    (r"head_\d+_lm/kernel$", ("embed", "vocab")),
-    (r"head_\d+_(res|in)/kernel$", (None, None)),
+    (r"head_\d+_(res|in|proj)/kernel$", (None, None)),
     (r"head_\d+_(res|in)/bias$", (None,)),
+    (r"head_\d+_norm/(scale|bias)$", (None,)),
+    (r"head_\d+_lm/kernel$", ("embed", "vocab")),
+    (r"vocab_ids$", (None,)),  # a reduced vocabulary's ids (every kind's)
 )
 EAGLE_AXES = (
     (r"(combine|fuse)/kernel$", (None, None)),
@@ -65,13 +68,15 @@ class HeadKind:
     name: str
     new_config: Callable[[ModelConfig, Any], Any]  # (target config, settings) -> config
     read_config: Callable[[dict], Any]  # heads_config.json -> config
-    init: Callable[[Any, dict, jax.Array], dict]  # (config, target params, key) -> params
+    # (config, target params, key, reduced vocabulary ids or None) -> params
+    init: Callable[[Any, dict, jax.Array, Optional[np.ndarray]], dict]
     saved_shapes: Callable[[Any], Any]  # config -> the params a folder holds (abstract)
     loss: Callable[[Any, ModelConfig, Any], Callable]  # (config, target, settings) -> loss_fn
     drafter: Callable[[Any, Optional[trees.TreeShape]], Drafter]  # default drafter
     bench: Dict[str, Callable[[Any], Drafter]]  # the benchmark's methods by name
     param_axes: Tuple[Tuple[str, Tuple[Optional[str], ...]], ...]
     module: Optional[Callable[[Any], nn.Module]] = None  # heads that run all at once
+    reduced_vocab: bool = False  # whether its LM head can be a reduced draft vocabulary
 
 
 def _heads_drafter(drafter_class):
@@ -90,12 +95,13 @@ def _heads_kind(name: str, module_class, drafter_class) -> HeadKind:
         name=name,
         new_config=lambda target, settings: HeadsConfig(
             num_heads=settings.num_heads, hidden_size=target.hidden_size,
-            vocab_size=target.vocab_size, kind=name),
+            vocab_size=target.vocab_size, kind=name, draft_vocab=settings.draft_vocab,
+            scale_embeddings=target.scale_embeddings),
         read_config=lambda values: from_dict(HeadsConfig, values),
-        init=lambda cfg, target_params, key: init_from_target(
-            module_class(cfg), target_params, key),
-        saved_shapes=lambda cfg: jax.eval_shape(lambda: {"params": module_class(cfg).init(
-            jax.random.PRNGKey(0), *module_class(cfg).example_inputs())["params"]}),
+        init=lambda cfg, target_params, key, vocab_ids=None: init_from_target(
+            module_class(cfg), target_params, key, vocab_ids),
+        saved_shapes=lambda cfg: without(jax.eval_shape(lambda: module_class(cfg).init(
+            jax.random.PRNGKey(0), *module_class(cfg).example_inputs())), cfg.shared_names),
         loss=lambda cfg, target, settings: lambda p, frozen, windows, key=None: heads_loss(
             p, frozen, windows, key, target_cfg=target, module=module_class(cfg),
             head_decay=settings.head_decay, distill=settings.distill),
@@ -103,6 +109,7 @@ def _heads_kind(name: str, module_class, drafter_class) -> HeadKind:
         bench={name: drafter},
         param_axes=HEAD_AXES,
         module=module_class,
+        reduced_vocab=True,
     )
 
 
@@ -116,13 +123,14 @@ def _read_eagle_config(values: dict) -> EagleConfig:
     if not isinstance(values.get("layer"), dict):
         raise ValueError("an EAGLE heads_config.json needs its draft 'layer' (a ModelConfig)")
     return EagleConfig(model_config_from_dict(values["layer"]), values["kind"],
-                       tuple(values.get("feature_layers", ())))
+                       tuple(values.get("feature_layers", ())), values.get("draft_vocab", 0))
 
 
 def _eagle_kind(name: str, bench: Dict[str, Callable]) -> HeadKind:
     return HeadKind(
         name=name,
-        new_config=lambda target, settings: eagle_config(target, name, settings.feature_layers),
+        new_config=lambda target, settings: eagle_config(
+            target, name, settings.feature_layers, settings.draft_vocab),
         read_config=_read_eagle_config,
         init=init_eagle,
         saved_shapes=eagle_net.abstract_params,
@@ -133,12 +141,14 @@ def _eagle_kind(name: str, bench: Dict[str, Callable]) -> HeadKind:
         drafter=_eagle_drafter,
         bench=bench,
         param_axes=EAGLE_AXES,
+        reduced_vocab=name == "eagle3",
     )
 
 
 KINDS: Dict[str, HeadKind] = {
     "medusa": _heads_kind("medusa", MedusaHeads, Medusa),
     "hydra": _heads_kind("hydra", HydraHeads, Hydra),
+    "mlp_speculator": _heads_kind("mlp_speculator", MLPSpeculatorHeads, MLPSpeculator),
     "eagle": _eagle_kind("eagle", {
         "eagle": lambda cfg: Eagle(cfg, BENCH_EAGLE_TREE),
         "eagle2": lambda cfg: Eagle2(cfg, **BENCH_EAGLE2),
@@ -159,9 +169,11 @@ def heads_module(cfg: HeadsConfig) -> nn.Module:
     return head_kind(cfg.kind).module(cfg)
 
 
-def init_heads(cfg, target_params, key: jax.Array) -> dict:
-    """Fresh draft params of `cfg`'s kind, started from the target's weights."""
-    return head_kind(cfg.kind).init(cfg, target_params, key)
+def init_heads(cfg, target_params, key: jax.Array,
+               vocab_ids: Optional[np.ndarray] = None) -> dict:
+    """Fresh draft params of `cfg`'s kind, started from the target's weights (and, for a
+    reduced draft vocabulary, its target ids)."""
+    return head_kind(cfg.kind).init(cfg, target_params, key, vocab_ids)
 
 
 def make_drafter(cfg, tree: Optional[trees.TreeShape] = None) -> Drafter:
@@ -176,12 +188,14 @@ def bench_drafters(cfg) -> Dict[str, Drafter]:
     return {name: make(cfg) for name, make in head_kind(cfg.kind).bench.items()}
 
 
-def save_heads(path: str, cfg, params) -> None:
-    """Writes heads (a HeadsConfig or an EagleConfig and the params) as a folder."""
+def save_heads(path: str, cfg, params, dtype: Optional[str] = None) -> None:
+    """Writes heads (a HeadsConfig or an EagleConfig and the params) as a folder; with
+    `dtype` ("bfloat16" to ship them) the floating-point weights are cast (ids stay)."""
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "heads_config.json"), "w") as f:
         json.dump(dataclasses.asdict(cfg), f, indent=1)
-    flat = {"/".join(k): jnp.asarray(np.asarray(v))
+    cast = lambda x: x.astype(dtype) if dtype and jnp.issubdtype(x.dtype, jnp.floating) else x
+    flat = {"/".join(k): cast(jnp.asarray(np.asarray(v)))
             for k, v in flatten_dict(params["params"]).items()}
     safetensors.flax.save_file(flat, os.path.join(path, "heads.safetensors"))
 

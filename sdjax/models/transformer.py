@@ -301,12 +301,14 @@ class Transformer(nn.Module):
 
 
 def sequence_forward(params, cfg: ModelConfig, tokens: jax.Array,
-                     hidden_layers: Sequence[int] = ()) -> ModelOutput:
-    """The whole-sequence forward of [B, T] tokens from position 0 (training, teachers)."""
+                     hidden_layers: Sequence[int] = (), logits: bool = True) -> ModelOutput:
+    """The whole-sequence forward of [B, T] tokens from position 0 (training, teachers);
+    without `logits` the LM head is skipped (logits [B, 0, V])."""
     batch, length = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), tokens.shape)
     return Transformer(cfg).apply(params, tokens, positions, KVCache.init(cfg, batch, length),
-                                  hidden_layers=hidden_layers)
+                                  hidden_layers=hidden_layers,
+                                  logits_from=0 if logits else length)
 
 
 def init_params(cfg: ModelConfig, key: jax.Array) -> dict:

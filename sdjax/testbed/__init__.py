@@ -11,7 +11,8 @@ import os
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MODELS = ("target", "draft")
-HEADS = ("medusa", "hydra", "eagle", "eagle3")  # drafts trained on the target (sdjax.heads)
+# drafts trained on the target (sdjax.heads)
+HEADS = ("medusa", "hydra", "mlp_speculator", "eagle", "eagle3")
 
 
 def path(name: str) -> str:

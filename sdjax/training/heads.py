@@ -21,17 +21,20 @@ import numpy as np
 
 from sdjax.config import ModelConfig
 from sdjax.data import prepare_corpus
-from sdjax.heads import head_kind, save_heads
+from sdjax.drafters.vocab import frequent_tokens
+from sdjax.heads import KINDS, head_kind, save_heads
 from sdjax.models.hf import load_hf
+from sdjax.pretrained import model_folder
 from sdjax.training.generations import read_generations
-from sdjax.training.loop import PATH, LoopConfig, fit, load_yaml_config, write_summary
+from sdjax.training.loop import MODEL, PATH, LoopConfig, fit, load_yaml_config, write_summary
 from sdjax.validation import check_range
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class HeadsTrainConfig(LoopConfig):
     """`sdjax train heads` settings (a YAML file in configs/train/)."""
-    target: str = dataclasses.field(metadata=PATH)  # checkpoint folder, with its tokenizer
+    # checkpoint folder with its tokenizer, or a named model ("gemma3-270m")
+    target: str = dataclasses.field(metadata=MODEL)
     kind: str = "medusa"
     num_heads: int = 4
     head_decay: float = 0.8  # loss weight of head k (EAGLE-3: unrolled step k) is this**k
@@ -44,6 +47,10 @@ class HeadsTrainConfig(LoopConfig):
     feature_layers: Optional[Tuple[int, ...]] = None  # eagle3 (None: low / mid / high)
     token_weight: float = 0.1  # eagle: weight of the cross-entropy next to the regression
     feature_noise: float = 0.1  # eagle: uniform noise on the input features
+    # Rows of the draft's LM head: the K most frequent target tokens of the training
+    # data (0: the whole vocabulary). Kinds whose head can be reduced only.
+    draft_vocab: int = 0
+    corpus: Tuple[str, ...] = ("stdlib",)  # `sdjax.data.corpus.SOURCES`, concatenated
 
     def __post_init__(self):
         super().__post_init__()
@@ -53,6 +60,14 @@ class HeadsTrainConfig(LoopConfig):
         check_range(self, "head_decay", 0, 1, low_open=True)
         check_range(self, "token_weight", 0)
         check_range(self, "feature_noise", 0)
+        check_range(self, "draft_vocab", 0)
+        if self.draft_vocab and not head_kind(self.kind).reduced_vocab:
+            reducible = tuple(name for name, kind in KINDS.items() if kind.reduced_vocab)
+            raise ValueError(f"draft_vocab: {self.kind} heads read the full vocabulary; "
+                             f"a reduced one is for {reducible}")
+        if self.draft_vocab and not self.distill:
+            raise ValueError("draft_vocab needs distill: true (corpus tokens outside the "
+                             "draft vocabulary could not be labels)")
 
 
 def make_loss(cfg: HeadsTrainConfig, target_cfg: ModelConfig, heads_cfg):
@@ -66,7 +81,9 @@ def train_heads(cfg: HeadsTrainConfig, target, train_stream: np.ndarray,
     """(HeadsConfig or EagleConfig, TrainResult) for heads on `target` (a LoadedModel)."""
     kind = head_kind(cfg.kind)
     heads_cfg = kind.new_config(target.config, cfg)
-    params = kind.init(heads_cfg, target.params, jax.random.PRNGKey(cfg.seed))
+    ids = None if not cfg.draft_vocab else frequent_tokens(
+        train_stream, cfg.draft_vocab, target.config.vocab_size)
+    params = kind.init(heads_cfg, target.params, jax.random.PRNGKey(cfg.seed), ids)
     loss_fn = make_loss(cfg, target.config, heads_cfg)
     result = fit(cfg, params, loss_fn, train_stream, val_stream, frozen=target.params,
                  stop_at=stop_at, progress=progress)
@@ -76,10 +93,11 @@ def train_heads(cfg: HeadsTrainConfig, target, train_stream: np.ndarray,
 def run_heads(cfg: HeadsTrainConfig, stop_at: Optional[int] = None) -> str:
     """Data, training (resumable) and export to `output`/heads; returns that path."""
     os.makedirs(cfg.output, exist_ok=True)
-    target = load_hf(cfg.target)
+    folder = model_folder(cfg.target)
+    target = load_hf(folder)
     if target.tokenizer is None:
         raise ValueError(f"{cfg.target} has no tokenizer; head training reads the corpus")
-    _, streams = prepare_corpus(cfg.target, 0, cfg.output)
+    _, streams = prepare_corpus(folder, 0, cfg.output, cfg.corpus)
     train = streams["train"]
     if cfg.generations:
         train = read_generations(cfg.generations, target.config)

@@ -30,6 +30,8 @@ from sdjax.validation import check_fields, check_range, from_dict
 
 # Field metadata of a path: in a YAML config it is relative to the file's folder.
 PATH = {"path": True}
+# ... of a model: a path, or a named model (`sdjax.pretrained.NAMES`) kept as it is.
+MODEL = {"path": True, "model": True}
 
 # loss_fn(params, frozen, windows [B, T + 1], key) -> (loss, {metric name: value}); key
 # is the step's PRNG key in training, None in evaluation (no noise, no dropout).
@@ -117,13 +119,27 @@ def make_mesh(cfg: LoopConfig):
     return sharding.make_mesh(data, model, jax.devices()[: data * model])
 
 
+def trainable(params):
+    """The floating-point leaves of params (the others None): what `fit` optimises.
+    Integer leaves, such as a reduced draft vocabulary's ids, ride along unchanged."""
+    return jax.tree.map(lambda x: x if jnp.issubdtype(x.dtype, jnp.inexact) else None, params)
+
+
+def _with_trainable(params, updated):
+    """params with its floating-point leaves replaced by `updated`'s."""
+    return jax.tree.map(lambda new, old: old if new is None else new, updated, params,
+                        is_leaf=lambda x: x is None)
+
+
 def _train_step(loss_fn: LossFn, tx: optax.GradientTransformation, seed: int):
     def step(state, frozen, windows):
         key = jax.random.fold_in(jax.random.key(seed), state["step"])
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"], frozen, windows, key)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        weights = trainable(state["params"])
+        (loss, _), grads = jax.value_and_grad(
+            lambda w: loss_fn(_with_trainable(state["params"], w), frozen, windows, key),
+            has_aux=True)(weights)
+        updates, opt_state = tx.update(grads, state["opt_state"], weights)
+        params = _with_trainable(state["params"], optax.apply_updates(weights, updates))
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, loss
 
     return jax.jit(step, donate_argnums=0)
@@ -145,7 +161,7 @@ def fit(cfg: LoopConfig, params, loss_fn: LossFn, train_stream: np.ndarray,
     tx = make_optimizer(cfg)
     params = sharding.shard_params(params, mesh)
     frozen = None if frozen is None else sharding.shard_params(frozen, mesh)
-    state = {"params": params, "opt_state": jax.jit(tx.init)(params),
+    state = {"params": params, "opt_state": jax.jit(tx.init)(trainable(params)),
              "step": jnp.zeros((), jnp.int32)}
     checkpoints = RunCheckpoints(cfg.output, params)
     try:
@@ -209,9 +225,13 @@ def load_yaml_config(cls, path: str, **overrides):
         values = yaml.safe_load(f) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of {cls.__name__} fields")
+    from sdjax.pretrained import NAMES
+
     folder = os.path.dirname(os.path.abspath(path))
     for field in dataclasses.fields(cls):
         value = values.get(field.name)
+        if field.metadata.get("model") and value in NAMES:
+            continue
         if field.metadata.get("path") and isinstance(value, str):
             values[field.name] = os.path.normpath(os.path.join(folder, value))
     values.update({k: v for k, v in overrides.items() if v is not None})

@@ -18,6 +18,7 @@ from sdjax.heads import (
     HeadsConfig,
     Hydra,
     Medusa,
+    MLPSpeculator,
     eagle_config,
     init_eagle,
     init_heads,
@@ -39,19 +40,39 @@ DRAFT_PARAMS = sdjax.init_params(DRAFT, jax.random.PRNGKey(1))
 WRONG = jax.tree.map(lambda x: x, PARAMS)
 WRONG["params"]["lm_head"]["kernel"] = jnp.roll(PARAMS["params"]["lm_head"]["kernel"], 1, 1)
 
+def noisy(params, seed, scale):
+    """params with Gaussian noise on their floating-point leaves (ids stay)."""
+    key = jax.random.PRNGKey(seed)
+    return jax.tree.map(lambda x: x + scale * jax.random.normal(key, x.shape)
+                        if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+
+
 HEADS = HeadsConfig(num_heads=3, hidden_size=64, vocab_size=320)
 HEAD_PARAMS = init_heads(HEADS, PARAMS, jax.random.PRNGKey(3))  # each head = the target's
-NOISY_HEADS = jax.tree.map(
-    lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(4), x.shape), HEAD_PARAMS)
+NOISY_HEADS = noisy(HEAD_PARAMS, 4, 0.3)
 HYDRA = HeadsConfig(num_heads=3, hidden_size=64, vocab_size=320, kind="hydra")
-NOISY_HYDRA = jax.tree.map(
-    lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(6), x.shape),
-    init_heads(HYDRA, PARAMS, jax.random.PRNGKey(6)))
+NOISY_HYDRA = noisy(init_heads(HYDRA, PARAMS, jax.random.PRNGKey(6)), 6, 0.3)
 
 EAGLE = eagle_config(TARGET)
 EAGLE_PARAMS = init_eagle(EAGLE, PARAMS, jax.random.PRNGKey(8))
 EAGLE3 = eagle_config(TARGET, "eagle3")
 EAGLE3_PARAMS = init_eagle(EAGLE3, PARAMS, jax.random.PRNGKey(9))
+# A reduced draft vocabulary of every fifth id: the target's greedy token is often
+# outside it, so drafts are rejected where a full-vocabulary draft would have matched.
+EAGLE3_REDUCED = eagle_config(TARGET, "eagle3", draft_vocab=64)
+EAGLE3_REDUCED_PARAMS = init_eagle(EAGLE3_REDUCED, PARAMS, jax.random.PRNGKey(15),
+                                   np.arange(0, 320, 5))
+MEDUSA_REDUCED = dataclasses.replace(HEADS, draft_vocab=64)
+MEDUSA_REDUCED_PARAMS = noisy(init_heads(MEDUSA_REDUCED, PARAMS, jax.random.PRNGKey(17),
+                                         np.arange(0, 320, 5)), 17, 0.1)
+SPECULATOR = dataclasses.replace(HEADS, kind="mlp_speculator")
+SPECULATOR_PARAMS = init_heads(SPECULATOR, PARAMS, jax.random.PRNGKey(20))
+SPECULATOR_REDUCED = dataclasses.replace(SPECULATOR, draft_vocab=64)
+SPECULATOR_REDUCED_PARAMS = init_heads(SPECULATOR_REDUCED, PARAMS, jax.random.PRNGKey(21),
+                                       np.arange(0, 320, 5))
+HYDRA_REDUCED = dataclasses.replace(HYDRA, draft_vocab=64)
+HYDRA_REDUCED_PARAMS = noisy(init_heads(HYDRA_REDUCED, PARAMS, jax.random.PRNGKey(18),
+                                        np.arange(0, 320, 5)), 18, 0.1)
 
 RNG = np.random.default_rng(5)
 BLOCK = RNG.integers(0, 320, size=12).tolist()
@@ -82,6 +103,15 @@ DRAFTERS = {
     "eagle2_dynamic": (Eagle2(EAGLE, depth=3, top_k=3, num_nodes=8), EAGLE_PARAMS),
     "eagle3_dynamic_adaptive": (Eagle2(EAGLE3, depth=4, top_k=2, num_nodes=7,
                                        min_confidence=0.02), EAGLE3_PARAMS),
+    "medusa_reduced_vocab_tree": (Medusa(MEDUSA_REDUCED, trees.from_choices(
+        [(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)])), MEDUSA_REDUCED_PARAMS),
+    "hydra_reduced_vocab_chain": (Hydra(HYDRA_REDUCED, trees.chain(3)), HYDRA_REDUCED_PARAMS),
+    "mlp_speculator_chain": (MLPSpeculator(SPECULATOR, trees.chain(3)), SPECULATOR_PARAMS),
+    "mlp_speculator_reduced_vocab_tree": (MLPSpeculator(SPECULATOR_REDUCED, trees.from_choices(
+        [(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)])), SPECULATOR_REDUCED_PARAMS),
+    "eagle3_reduced_vocab_chain": (Eagle(EAGLE3_REDUCED, trees.chain(3)), EAGLE3_REDUCED_PARAMS),
+    "eagle3_reduced_vocab_dynamic": (Eagle2(EAGLE3_REDUCED, depth=3, top_k=2, num_nodes=6),
+                                     EAGLE3_REDUCED_PARAMS),
     "prompt_lookup": (PromptLookup(num_draft=5, max_ngram=3), None),
     "prompt_lookup_1gram": (PromptLookup(num_draft=2, max_ngram=1), None),
     "prompt_lookup_3_branches": (PromptLookup(num_draft=3, num_branches=3), None),
@@ -184,6 +214,27 @@ def test_a_perfect_eagle_draft_is_accepted_to_full_depth():
         out = sdjax.generate(params, PROMPTS, cfg.replace(drafter=drafter), draft_params=draft)
         np.testing.assert_array_equal(out.tokens, plain.tokens)
         assert out.stats["tau"] == 5.0, (drafter, out.stats["tau"])
+
+
+@pytest.mark.parametrize("drafter", [
+    Eagle(EAGLE3_REDUCED, trees.kary(2, 2)),
+    pytest.param(Eagle2(EAGLE3_REDUCED, depth=3, top_k=2, num_nodes=6), marks=pytest.mark.slow)],
+    ids=["eagle", "eagle2"])
+def test_a_reduced_vocabulary_drafts_only_its_own_tokens(drafter):
+    cfg = spec(drafter, max_new_tokens=20)
+    prompts = jnp.asarray([PROMPTS[1]])
+    features = Transformer(TARGET).apply(
+        PARAMS, prompts, jnp.arange(prompts.shape[1])[None],
+        KVCache.init(TARGET, 1, prompts.shape[1]), hidden_layers=EAGLE3.feature_layers)
+    params = drafter.bind(EAGLE3_REDUCED_PARAMS, PARAMS)
+    state = drafter.init(params, prompts, jnp.asarray([prompts.shape[1]]), 32,
+                         features.features())
+    sequence = jnp.pad(prompts, ((0, 0), (0, 8)))
+    tree, _ = drafter.propose(params, state, sequence, jnp.asarray([prompts.shape[1]]),
+                              jax.random.PRNGKey(0), cfg)
+    assert np.all(np.asarray(tree.tokens[:, 1:]) % 5 == 0)  # every fifth id only
+    out = sdjax.generate(PARAMS, PROMPTS, cfg, draft_params=EAGLE3_REDUCED_PARAMS)
+    assert np.any(out.tokens[:, -20:] % 5 != 0)  # the target does pick other tokens
 
 
 def test_eagle2_keeps_the_most_probable_candidates_as_a_tree():
@@ -318,11 +369,18 @@ TINY_HEAD_PARAMS = jax.tree.map(  # heads that differ from the target's next-tok
     lambda x: x + 0.5 * jax.random.normal(jax.random.PRNGKey(12), x.shape),
     init_heads(TINY_HEADS, TINY_PARAMS, jax.random.PRNGKey(12)))
 TINY_HYDRA = dataclasses.replace(TINY_HEADS, kind="hydra")
-TINY_HYDRA_PARAMS = jax.tree.map(
-    lambda x: x + 0.5 * jax.random.normal(jax.random.PRNGKey(13), x.shape),
-    init_heads(TINY_HYDRA, TINY_PARAMS, jax.random.PRNGKey(13)))
+TINY_HYDRA_PARAMS = noisy(init_heads(TINY_HYDRA, TINY_PARAMS, jax.random.PRNGKey(13)), 13, 0.5)
+TINY_SPECULATOR = dataclasses.replace(TINY_HEADS, kind="mlp_speculator")
+TINY_SPECULATOR_PARAMS = init_heads(TINY_SPECULATOR, TINY_PARAMS, jax.random.PRNGKey(22))
+TINY_HYDRA_REDUCED = dataclasses.replace(TINY_HYDRA, draft_vocab=3)
+TINY_HYDRA_REDUCED_PARAMS = noisy(init_heads(TINY_HYDRA_REDUCED, TINY_PARAMS,
+                                             jax.random.PRNGKey(19), np.array([0, 1, 3])), 19, 0.5)
 TINY_EAGLE = eagle_config(TINY)
 TINY_EAGLE_PARAMS = init_eagle(TINY_EAGLE, TINY_PARAMS, jax.random.PRNGKey(14))
+# Draft vocabulary {0, 1, 3}: token 2, which the target does sample, is never drafted.
+TINY_EAGLE3_REDUCED = eagle_config(TINY, "eagle3", draft_vocab=3)
+TINY_EAGLE3_REDUCED_PARAMS = init_eagle(TINY_EAGLE3_REDUCED, TINY_PARAMS,
+                                        jax.random.PRNGKey(16), np.array([0, 1, 3]))
 PROMPT, NEW = [1, 2, 3, 1], 3
 SAMPLES = 200_000
 
@@ -362,14 +420,22 @@ def sequence_tv(out, exact):
     (PromptLookup(num_draft=2, max_ngram=1, num_branches=3), None, None),
     (Medusa(TINY_HEADS, trees.kary(2, 2)), TINY_HEAD_PARAMS, None),
     (Hydra(TINY_HYDRA, trees.kary(2, 2)), TINY_HYDRA_PARAMS, None),
+    (MLPSpeculator(TINY_SPECULATOR, trees.kary(2, 2)), TINY_SPECULATOR_PARAMS, None),
     (Eagle(TINY_EAGLE, trees.kary(2, 2)), TINY_EAGLE_PARAMS, None),
     (Eagle2(TINY_EAGLE, depth=3, top_k=2, num_nodes=6), TINY_EAGLE_PARAMS, None),
     (Eagle2(TINY_EAGLE, depth=3, top_k=2, num_nodes=6, min_confidence=0.25),
      TINY_EAGLE_PARAMS, None),
+    (Eagle(TINY_EAGLE3_REDUCED, trees.kary(2, 2)), TINY_EAGLE3_REDUCED_PARAMS, None),
+    pytest.param(Hydra(TINY_HYDRA_REDUCED, trees.kary(2, 2)), TINY_HYDRA_REDUCED_PARAMS, None,
+                 marks=pytest.mark.slow),
+    pytest.param(Eagle2(TINY_EAGLE3_REDUCED, depth=3, top_k=2, num_nodes=6),
+                 TINY_EAGLE3_REDUCED_PARAMS, None, marks=pytest.mark.slow),
     (None, None, None),
 ], ids=["draft_model_chain", "draft_model_chain_block", "draft_model_tree_without_replacement",
         "draft_model_adaptive", "ensemble", "prompt_lookup", "prompt_lookup_branches",
-        "medusa_tree", "hydra_tree", "eagle_tree", "eagle2_dynamic", "eagle2_adaptive",
+        "medusa_tree", "hydra_tree", "mlp_speculator_tree", "eagle_tree", "eagle2_dynamic",
+        "eagle2_adaptive",
+        "eagle3_reduced_vocab_tree", "hydra_reduced_vocab_tree", "eagle2_reduced_vocab",
         "autoregressive"])
 def test_sampled_sequences_follow_the_target(drafter, draft_params, verifier):
     temperature = 0.9

@@ -9,7 +9,17 @@ import pytest
 
 import sdjax
 from sdjax import trees
-from sdjax.heads import Eagle, Eagle2, Hydra, Medusa, init_eagle, init_heads, load_heads, save_heads
+from sdjax.heads import (
+    Eagle,
+    Eagle2,
+    Hydra,
+    Medusa,
+    MLPSpeculator,
+    init_eagle,
+    init_heads,
+    load_heads,
+    save_heads,
+)
 from sdjax.training import heads as heads_training
 from sdjax.training import lm, loop
 from tests.training.conftest import TINY_MODEL
@@ -30,19 +40,28 @@ def setup(tmp_path_factory, corpus):
     return sdjax.LoadedModel(model_cfg, jax.device_get(params), tokenizer), train, val
 
 
-def _config(path, **changes):
+# A kind name, or an EAGLE-3 draft with a reduced vocabulary of its 128 most
+# frequent training tokens (an int32 leaf in the trained params).
+VARIANTS = {"eagle3_reduced": dict(kind="eagle3", draft_vocab=128),
+            "hydra_reduced": dict(kind="hydra", draft_vocab=128)}
+
+
+def _config(path, kind="medusa", **changes):
     values = dict(target="unused", output=str(path), num_heads=3, seq_len=32, batch_size=8,
                   steps=6, learning_rate=1e-2, warmup_steps=2, eval_every=3, eval_batches=2,
-                  checkpoint_every=3, data_parallel=1)
+                  checkpoint_every=3, data_parallel=1, **VARIANTS.get(kind, dict(kind=kind)))
     return heads_training.HeadsTrainConfig(**{**values, **changes})
 
 
-@pytest.mark.parametrize("kind", ["medusa", "hydra"])
+# The full-vocabulary Hydra shares every line with the reduced one but its head: slow.
+@pytest.mark.parametrize("kind", ["medusa", pytest.param("hydra", marks=pytest.mark.slow),
+                                  "hydra_reduced", "mlp_speculator"])
 def test_training_lowers_the_loss_and_beats_untrained_heads(setup, tmp_path, kind):
     target, train, val = setup
     cfg = _config(tmp_path, steps=40, eval_every=20, checkpoint_every=40, kind=kind)
     heads_cfg, result = heads_training.train_heads(cfg, target, train, val, progress=False)
-    untrained = init_heads(heads_cfg, target.params, jax.random.PRNGKey(0))
+    untrained = init_heads(heads_cfg, target.params, jax.random.PRNGKey(0),
+                           result.params["params"].get("vocab_ids"))
     windows = loop.eval_windows(val, cfg.eval_batches * cfg.batch_size, cfg.seq_len)
     loss_fn = heads_training.make_loss(cfg, target.config, heads_cfg)
     before, before_metrics = loss_fn(untrained, target.params, windows)
@@ -54,12 +73,14 @@ def test_training_lowers_the_loss_and_beats_untrained_heads(setup, tmp_path, kin
     assert min(gains) > 0.02 and np.mean(gains) > 0.05, gains
 
 
-@pytest.mark.parametrize("kind", ["eagle", "eagle3"])
+@pytest.mark.parametrize("kind", ["eagle", pytest.param("eagle3", marks=pytest.mark.slow),
+                                  "eagle3_reduced"])
 def test_eagle_training_lowers_the_loss_and_raises_acceptance_by_depth(setup, tmp_path, kind):
     target, train, val = setup
     cfg = _config(tmp_path, steps=40, eval_every=20, checkpoint_every=40, kind=kind)
     eagle_cfg, result = heads_training.train_heads(cfg, target, train, val, progress=False)
-    untrained = init_eagle(eagle_cfg, target.params, jax.random.PRNGKey(0))
+    ids = result.params["params"].get("vocab_ids")
+    untrained = init_eagle(eagle_cfg, target.params, jax.random.PRNGKey(0), ids)
     windows = loop.eval_windows(val, cfg.eval_batches * cfg.batch_size, cfg.seq_len)
     before, before_metrics = heads_training.make_loss(cfg, target.config, eagle_cfg)(
         untrained, target.params, windows)
@@ -100,8 +121,10 @@ def test_eagle_feature_noise_comes_from_the_step_key(setup, tmp_path):
     assert len({loss(None), loss(jax.random.key(0)), loss(jax.random.key(1))}) == 3
 
 
-@pytest.mark.parametrize("kind", [pytest.param("hydra", marks=pytest.mark.slow), "eagle",
-                                  pytest.param("eagle3", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind", [pytest.param("hydra", marks=pytest.mark.slow),
+                                  pytest.param("eagle", marks=pytest.mark.slow),
+                                  pytest.param("eagle3", marks=pytest.mark.slow),
+                                  "eagle3_reduced"])
 def test_resume_reproduces_the_uninterrupted_run(setup, tmp_path, kind):
     target, train, val = setup
     _, whole = heads_training.train_heads(_config(tmp_path / "whole", kind=kind), target,
@@ -130,8 +153,11 @@ def test_sharded_training_matches_one_device(setup, tmp_path, kind, metric):
 
 
 @pytest.mark.parametrize("kind,drafter", [
-    ("medusa", Medusa), ("hydra", Hydra), ("eagle", Eagle),
-    ("eagle3", lambda c, tree: Eagle2(c, depth=3, top_k=2, num_nodes=6))])
+    pytest.param("medusa", Medusa, marks=pytest.mark.slow),
+    pytest.param("hydra", Hydra, marks=pytest.mark.slow), ("mlp_speculator", MLPSpeculator),
+    pytest.param("eagle", Eagle, marks=pytest.mark.slow),
+    ("eagle3", lambda c, tree: Eagle2(c, depth=3, top_k=2, num_nodes=6)),
+    ("eagle3_reduced", Eagle)])
 def test_exported_heads_reload_and_decode_identically(setup, tmp_path, kind, drafter):
     target, train, val = setup
     heads_cfg, result = heads_training.train_heads(_config(tmp_path, kind=kind), target, train,
@@ -149,6 +175,32 @@ def test_exported_heads_reload_and_decode_identically(setup, tmp_path, kind, dra
     for out in outs:
         np.testing.assert_array_equal(out.tokens, plain.tokens)
     assert outs[0].stats["tau"] == outs[1].stats["tau"]
+
+
+def test_a_reduced_vocabulary_holds_the_most_frequent_training_tokens(setup, tmp_path):
+    from sdjax.drafters.vocab import frequent_tokens
+
+    target, train, val = setup
+    cfg = _config(tmp_path, kind="eagle3_reduced", steps=3)
+    eagle_cfg, result = heads_training.train_heads(cfg, target, train, val, progress=False)
+    ids = np.asarray(result.params["params"]["vocab_ids"])
+    counts = np.bincount(train, minlength=target.config.vocab_size)
+    assert len(ids) == len(set(ids.tolist())) == 128 and np.all(np.diff(ids) > 0)
+    assert counts[ids].min() >= np.delete(counts, ids).max()  # no outsider is more frequent
+    np.testing.assert_array_equal(frequent_tokens(train, 128, target.config.vocab_size), ids)
+    assert result.params["params"]["lm_head"]["kernel"].shape == (eagle_cfg.hidden_size, 128)
+    save_heads(str(tmp_path / "shipped"), eagle_cfg, result.params, dtype="bfloat16")
+    _, shipped = load_heads(str(tmp_path / "shipped"))  # shipping: floats cast, ids kept
+    assert shipped["params"]["lm_head"]["kernel"].dtype == jax.numpy.bfloat16
+    np.testing.assert_array_equal(shipped["params"]["vocab_ids"], ids)
+    with pytest.raises(ValueError, match="not this target's tokenizer"):
+        frequent_tokens(np.array([0, 5, 900]), 2, 600)
+    with pytest.raises(ValueError, match="draft_vocab: eagle heads read the full"):
+        _config(tmp_path, kind="eagle", draft_vocab=64)
+    with pytest.raises(ValueError, match="draft_vocab needs distill"):
+        _config(tmp_path, kind="hydra", draft_vocab=64, distill=False)
+    with pytest.raises(ValueError, match="draft_vocab must be in"):
+        sdjax.heads.eagle_config(target.config, "eagle3", draft_vocab=10**6)
 
 
 def test_heads_files_are_checked(tmp_path):

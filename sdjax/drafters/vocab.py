@@ -1,0 +1,44 @@
+"""Reduced draft vocabularies (EAGLE-3's draft-to-target map; SGLang's FR-Spec).
+
+A draft's LM head over the K most frequent target tokens of its training data: on
+Gemma 3 the tied 262,144-row LM head is over half of a target step, and a draft step
+that multiplied by all of it could never pay for itself. The K draft logits map back
+to target ids through `ids` (int32 [K], ascending); the draft's distribution is zero
+outside them. The lossless verifiers need nothing more: a draft distribution that
+is zero somewhere is still a distribution over the target's vocabulary.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def frequent_tokens(stream: np.ndarray, size: int, vocab_size: int) -> np.ndarray:
+    """The `size` most frequent ids of a token stream (ties: the lower id), ascending."""
+    if not 1 <= size <= vocab_size:
+        raise ValueError(f"a draft vocabulary of {size} tokens must be in 1..{vocab_size}")
+    stream = np.asarray(stream)
+    if stream.size and (stream.min() < 0 or stream.max() >= vocab_size):
+        raise ValueError(f"token ids outside 0..{vocab_size - 1}: not this target's "
+                         "tokenizer")
+    counts = np.bincount(stream.astype(np.int64), minlength=vocab_size)
+    return np.sort(np.argsort(-counts, kind="stable")[:size]).astype(np.int32)
+
+
+def restrict(logits: jax.Array, ids: jax.Array) -> jax.Array:
+    """Target-vocabulary logits [..., V] -> the draft vocabulary's [..., K]."""
+    return jnp.take(logits, ids, axis=-1)
+
+
+def to_target(ids, tokens: jax.Array) -> jax.Array:
+    """Draft-vocabulary indices -> target ids (unchanged when `ids` is None: a draft
+    over the whole vocabulary)."""
+    return tokens if ids is None else jnp.take(ids, tokens)
+
+
+def widen(probs: jax.Array, ids: jax.Array, vocab_size: int) -> jax.Array:
+    """Draft-vocabulary probabilities [..., K] -> [..., V], zero outside `ids`."""
+    out = jnp.zeros((*probs.shape[:-1], vocab_size), probs.dtype)
+    return out.at[..., ids].set(probs)
