@@ -337,11 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "resume), then export it as a Hugging Face checkpoint to OUTPUT/hf.")
     lm.set_defaults(func=cmd_train_lm)
     heads = train_kinds.add_parser(
-        "heads", help="train Medusa, Hydra or EAGLE drafts on a frozen target",
-        description="Train Medusa / Hydra heads or an EAGLE / EAGLE-3 draft on a frozen "
-                    "target checkpoint over the stdlib corpus or the target's own "
-                    "generations (self-distillation, optax, orbax checkpoints with resume), "
-                    "then export them to OUTPUT/heads.")
+        "heads", help="train Medusa, Hydra, MLP-speculator or EAGLE drafts on a frozen target",
+        description="Train Medusa / Hydra heads, an MLP speculator or an EAGLE / EAGLE-3 "
+                    "draft (optionally over a reduced draft vocabulary) on a frozen target "
+                    "(a checkpoint folder or a named model) over the stdlib's code, English "
+                    "prose, or the target's own generations (self-distillation, optax, orbax "
+                    "checkpoints with resume), then export them to OUTPUT/heads.")
     for kind in (lm, heads):
         kind.add_argument("--config", required=True, help="YAML training config (configs/train/)")
         kind.add_argument("--steps", type=int, help="override the config's total steps")
