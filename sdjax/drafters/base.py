@@ -26,11 +26,12 @@ def choose_children(logits: jax.Array, width: int, key: jax.Array, cfg: SpecConf
     """Children tokens [B, n, width] of n nodes with draft logits [B, n, V], and the
     distribution each child was drawn from ([B, n, width, V], None when greedy).
     With `vocab_ids` [K] the logits are over a reduced draft vocabulary [B, n, K]
-    (`sdjax.heads.vocab`): tokens and distributions come back in target ids."""
+    (`sdjax.drafters.vocab`): tokens and distributions come back in target ids."""
     if vocab_ids is not None:
         tokens, dists = choose_children(logits, width, key, cfg)
-        return to_target(vocab_ids, tokens), None if dists is None else widen(dists, vocab_ids,
-                                                        cfg.model.vocab_size)
+        if dists is not None:
+            dists = widen(dists, vocab_ids, cfg.model.vocab_size)
+        return to_target(vocab_ids, tokens), dists
     if cfg.temperature == 0.0:
         return jax.lax.top_k(logits, width)[1].astype(jnp.int32), None
     warped = warp_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p)
