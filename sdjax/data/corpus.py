@@ -12,6 +12,9 @@ the same Python version / packages:
 
     bucket = int(sha1(relative_path)[:8], 16) % 100
     train: bucket < 90    validation: 90 <= bucket < 95    benchmark: bucket >= 95
+
+Different Python versions (and system packages) ship different files, so figures are
+comparable only on the same Python minor version and image.
 """
 
 from __future__ import annotations
@@ -45,13 +48,18 @@ def split_of(relative_path: str) -> str:
     return next(name for name, buckets in SPLITS.items() if bucket in buckets)
 
 
+def check_source(source: str) -> None:
+    """Raises ValueError for a corpus name not in SOURCES."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown corpus {source!r}; choose from {tuple(SOURCES)}")
+
+
 def corpus_files(split: str, root: Optional[str] = None, source: str = "stdlib") -> List[str]:
     """Sorted absolute paths of the split's files of `source` (under `root`, by
     default the source's own)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
-    if source not in SOURCES:
-        raise ValueError(f"unknown corpus {source!r}; choose from {tuple(SOURCES)}")
+    check_source(source)
     default_root, endings = SOURCES[source]
     root = root or default_root
     found = []

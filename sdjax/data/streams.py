@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sdjax.data.corpus import SOURCES, read_split
+from sdjax.data.corpus import check_source, read_split
 from sdjax.data.tokenizer import encode_corpus, load_tokenizer, train_tokenizer
 
 
@@ -17,8 +17,7 @@ def prepare_corpus(tokenizer_dir: str, vocab_size: int, output: str,
     and the train / validation token streams of `sources` (one after the other),
     each source's cached under `output`/data."""
     for source in sources:
-        if source not in SOURCES:
-            raise ValueError(f"unknown corpus {source!r}; choose from {tuple(SOURCES)}")
+        check_source(source)
     if os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
         tokenizer = load_tokenizer(tokenizer_dir)
     else:
