@@ -27,8 +27,19 @@ from sdjax.protocols import Drafter
 from sdjax.trees import TreeShape
 from sdjax.validation import check_fields, check_range
 
+@dataclasses.dataclass(frozen=True)
+class HeadsLayout:
+    """What a kind of heads reads from the target and what it owns."""
+    reads_tokens: bool  # embeds the drafted tokens (with the target's embedding)
+    head_per_stage: bool  # each head has an LM head of its own (else one for all)
+
+
 # a HeadsConfig's kinds (EAGLE: EagleConfig)
-HEADS_CONFIG_KINDS = ("medusa", "hydra", "mlp_speculator")
+HEADS_LAYOUTS = {
+    "medusa": HeadsLayout(reads_tokens=False, head_per_stage=False),
+    "hydra": HeadsLayout(reads_tokens=True, head_per_stage=False),
+    "mlp_speculator": HeadsLayout(reads_tokens=True, head_per_stage=True),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +55,8 @@ class HeadsConfig:
 
     def __post_init__(self):
         check_fields(self)
-        if self.kind not in HEADS_CONFIG_KINDS:
-            raise ValueError(f"unknown head kind {self.kind!r}; supported: {HEADS_CONFIG_KINDS}")
+        if self.kind not in HEADS_LAYOUTS:
+            raise ValueError(f"unknown head kind {self.kind!r}; supported: {tuple(HEADS_LAYOUTS)}")
         for name in ("num_heads", "hidden_size", "vocab_size"):
             check_range(self, name, 1)
         check_range(self, "draft_vocab", 0, self.vocab_size)
@@ -56,19 +67,23 @@ class HeadsConfig:
         return self.draft_vocab or self.vocab_size
 
     @property
+    def layout(self) -> HeadsLayout:
+        return HEADS_LAYOUTS[self.kind]
+
+    @property
     def own_heads(self) -> Tuple[str, ...]:
-        """The LM heads of the heads' own: one per MLP-speculator stage; Medusa's and
-        Hydra's reduced one (with the full vocabulary they read the target's)."""
-        if self.kind == "mlp_speculator":
+        """The LM heads of the heads' own: one per stage (MLP speculator), or one for
+        all when reduced (with the full vocabulary, Medusa and Hydra read the target's)."""
+        if self.layout.head_per_stage:
             return tuple(f"head_{k}_lm" for k in range(self.num_heads))
         return ("lm_head",) if self.draft_vocab else ()
 
     @property
     def shared_names(self) -> Tuple[str, ...]:
         """The target's weights the heads read (joined in by `bind_shared`)."""
-        reads_tokens = self.kind in ("hydra", "mlp_speculator")
-        return (("embed",) if reads_tokens else ()) + (
-            ("lm_head",) if self.kind != "mlp_speculator" and not self.draft_vocab else ())
+        reads_target_head = not self.own_heads
+        return (("embed",) if self.layout.reads_tokens else ()) + (
+            ("lm_head",) if reads_target_head else ())
 
 
 def target_lm_head(target: dict) -> jax.Array:
