@@ -113,3 +113,15 @@ def test_ar_bench_times_both_dtypes_and_checks_tokens(tmp_path):
         assert result["weight_streaming_limit_ms"][dtype] == pytest.approx(
             1e3 * weights * size / (result["bandwidth_gb_per_s"] * 1e9))
     assert set(result["forward_ms_by_new_tokens"]["float32"]) == set(ar.VERIFY_SIZES)
+
+
+@pytest.mark.slow
+def test_cost_split_times_every_bundled_method():
+    from sdjax.bench import cost
+
+    report = cost.main(["--repeats", "1", "--new-tokens", "8", "--context", "64"])
+    assert all(report[kind] > 0 for kind in ("medusa", "hydra", "mlp_speculator"))
+    methods = {"autoregressive", "draft_chain", "draft_tree", "medusa", "hydra",
+               "mlp_speculator", "eagle", "eagle2", "eagle3"}
+    assert methods <= set(report["cycles"])
+    assert all(report["cycles"][m]["verify"] > 0 for m in methods)

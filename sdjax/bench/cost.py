@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ from sdjax.bench.common import DRAFT_TREE
 from sdjax.bench.tasks import build_tasks
 from sdjax.decode import prefill
 from sdjax.drafters import DraftModel
-from sdjax.heads import bench_drafters, head_kind, load_heads
+from sdjax.heads import bench_drafters, head_kind, load_heads, make_drafter
 from sdjax.models.cache import KVCache
 
 
@@ -43,7 +44,7 @@ def _median_ms(fn, args, repeats: int) -> float:
 
 def forward_ms(model: sdjax.LoadedModel, new_tokens: int, context: int, repeats: int) -> float:
     """Median ms of one target forward of `new_tokens` over a cache of `context`."""
-    cache = KVCache.init(model.config, 1, context + 16).replace(
+    cache = KVCache.init(model.config, 1, context + new_tokens).replace(
         length=jnp.array([context], jnp.int32))
     fn = jax.jit(lambda p, tokens, c: sdjax.Transformer(model.config).apply(
         p, tokens, context + jnp.arange(new_tokens)[None], c).logits)
@@ -51,9 +52,11 @@ def forward_ms(model: sdjax.LoadedModel, new_tokens: int, context: int, repeats:
 
 
 def propose_ms(target: sdjax.LoadedModel, drafter, draft_params, prompt: np.ndarray,
-               repeats: int) -> float:
-    """One `propose` of the drafter after a prefill of `prompt` (the root appended)."""
-    cfg = sdjax.SpecConfig(model=target.config, max_new_tokens=64, eos_token_id=())
+               repeats: int, cfg: Optional[sdjax.SpecConfig] = None) -> float:
+    """One `propose` of the drafter after a prefill of `prompt` (the root appended),
+    under `cfg`'s sampling settings (default: greedy)."""
+    cfg = (cfg or sdjax.SpecConfig(model=target.config, eos_token_id=())).replace(
+        max_new_tokens=64)
     length, max_len = len(prompt), len(prompt) + 64 + drafter.shape.num_nodes + 1
     tokens, lengths = jnp.asarray(prompt, jnp.int32)[None], jnp.asarray([length])
     start = prefill(target.params, target.config, tokens, lengths, max_len,
@@ -115,7 +118,8 @@ def main(argv=None) -> dict:
         cfg, params = load_heads(testbed.path(kind))
         if head_kind(kind).module is not None:  # heads that all run at once
             module = head_kind(kind).module(cfg)
-            report[kind] = _median_ms(jax.jit(module.apply), (params, *module.example_inputs()),
+            bound = make_drafter(cfg).bind(params, target.params)  # with the target's weights
+            report[kind] = _median_ms(jax.jit(module.apply), (bound, *module.example_inputs()),
                                       args.repeats)
             print(f"{kind}: all {cfg.num_heads} heads at one position {report[kind]:.3f} ms")
         drafters.update({n: (d, params) for n, d in bench_drafters(cfg).items()})

@@ -1,4 +1,4 @@
-"""`sdjax bench`: Spec-Bench's method on the testbed.
+"""`sdjax bench`: Spec-Bench's method on the testbed or a real model.
 
 For each task category (sdjax.bench.tasks) and method, at batch 1 and the same
 prompts: tau (mean tokens per draft-verify cycle), acceptance by depth, tokens/s,
@@ -7,7 +7,9 @@ time (reported apart), XLA's peak-memory account, and whether the tokens equal
 plain greedy decoding. Methods run in alternating rounds (a shared, noisy machine);
 each prompt's time is the median over rounds. `--vs-transformers` runs the
 matching `transformers` configurations (greedy, assisted generation with the same
-draft, prompt lookup) on the same checkpoints and prompts.
+draft, prompt lookup) on the same checkpoints and prompts. Each row's predicted
+speedup is tau x (one-token forward) / (forward of the tree's nodes + one `propose`),
+with the costs timed on the category's first prompt (`step_costs`).
 
 Writes results.json, results.md, speedup.png and acceptance.png to --out.
 """
@@ -116,7 +118,7 @@ def run(args) -> dict:
     if args.vs_transformers:
         torch_seconds, torch_same = _run_transformers(args, prompts, first)
 
-    costs = {category: step_costs(target, chosen, ts[0].prompt, args.cost_repeats)
+    costs = {category: step_costs(target, chosen, ts[0].prompt, args.cost_repeats, base)
              for category, ts in tqdm(tasks.items(), desc="cost split", unit="category")}
     rows = []
     for category in tasks:
@@ -160,9 +162,10 @@ def run(args) -> dict:
     }
 
 
-def step_costs(target, chosen: dict, prompt, repeats: int) -> dict:
+def step_costs(target, chosen: dict, prompt, repeats: int, cfg: sdjax.SpecConfig) -> dict:
     """method -> {ar_ms, verify_ms, draft_ms}: one target forward of 1 token and of the
-    method's tree size over the prompt's cache, and one `propose` alone (median ms).
+    method's tree size over the prompt's cache, and one `propose` alone under `cfg`'s
+    sampling settings (median ms).
     tau x ar / (verify + draft) is the speedup the method would reach if the loop's
     bookkeeping (verification rule, commits, drafter state) cost nothing."""
     context = len(prompt)
@@ -173,7 +176,7 @@ def step_costs(target, chosen: dict, prompt, repeats: int) -> dict:
         for n in {1, nodes} - set(forward):
             forward[n] = forward_ms(target, n, context, repeats)
         draft = 0.0 if drafter is None else propose_ms(target, drafter, draft_params,
-                                                       np.asarray(prompt), repeats)
+                                                       np.asarray(prompt), repeats, cfg)
         out[name] = {"ar_ms": forward[1], "verify_ms": forward[nodes], "draft_ms": draft}
     return out
 

@@ -27,6 +27,22 @@ def frequent_tokens(stream: np.ndarray, size: int, vocab_size: int) -> np.ndarra
     return np.sort(np.argsort(-counts, kind="stable")[:size]).astype(np.int32)
 
 
+def check_ids(ids, size: int, vocab_size: int) -> None:
+    """Raises unless `ids` are `size` ascending int ids in 0..vocab_size - 1. A repeated
+    id would merge two draft probabilities into one target token, and the verifier
+    would then check the draft against a law it was not drawn from. Values are checked
+    where they are concrete (not under an outer jit)."""
+    if ids is None or np.shape(ids) != (size,) or not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise ValueError(f"a reduced draft vocabulary needs its {size} target ids "
+                         "(int 'vocab_ids' among the draft params)")
+    if isinstance(ids, jax.core.Tracer):
+        return
+    ids = np.asarray(ids)
+    if ids[0] < 0 or ids[-1] >= vocab_size or np.any(np.diff(ids) <= 0):
+        raise ValueError(f"the draft's vocab_ids must be distinct ascending ids in "
+                         f"0..{vocab_size - 1}")
+
+
 def restrict(logits: jax.Array, ids: jax.Array) -> jax.Array:
     """Target-vocabulary logits [..., V] -> the draft vocabulary's [..., K]."""
     return jnp.take(logits, ids, axis=-1)

@@ -23,9 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdjax.config import SpecConfig
+from sdjax.drafters.vocab import check_ids
 from sdjax.protocols import Drafter
 from sdjax.trees import TreeShape
 from sdjax.validation import check_fields, check_range
+
 
 @dataclasses.dataclass(frozen=True)
 class HeadsLayout:
@@ -154,6 +156,8 @@ def check_fits(drafter, draft_params, heads, cfg: SpecConfig, what: str) -> None
         raise ValueError(
             f"a draft for vocab {heads.vocab_size} / hidden {heads.hidden_size} does not "
             f"fit the target (vocab {cfg.model.vocab_size} / hidden {cfg.model.hidden_size})")
+    if heads.draft_vocab:
+        check_ids(vocab_ids(draft_params), heads.draft_vocab, heads.vocab_size)
 
 
 @flax.struct.dataclass

@@ -80,6 +80,9 @@ def heads_loss(heads_params, target_params, windows, key=None, *, target_cfg: Mo
     """(weighted mean CE over heads, {top1_head{k}: agreement with the target}); `key`
     None means evaluation (the loss is deterministic)."""
     ids = vocab_ids(heads_params)
+    if ids is not None and not distill:
+        raise ValueError("a reduced draft vocabulary trains on the target's distribution "
+                         "(distill); corpus tokens are target ids, not draft indices")
     teacher = teach(target_params, target_cfg, windows[:, :-1], ids, key is not None)
     hidden = teacher.out.hidden
     length = hidden.shape[1]

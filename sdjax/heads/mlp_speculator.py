@@ -6,8 +6,8 @@ the token that produced the root) and the embedding of the token at depth k on t
 path (the root, then the tokens stages 0..k-1 drafted): one projection, a weighted
 add, a LayerNorm and a GELU give s_{k+1}, which its own LM head reads as logits for
 depth k + 1. As in the reference, the embedding's weight grows with the number of
-stages (state_weight = 0.5 ** (0.5 / K)); the embedding is the target's (scaled as
-the target scales it, then RMS-normalised), so the saved speculator holds only the
+stages (state_weight = 0.5 ** (0.5 / K)); the embedding is the target's, RMS-normalised
+(so a scale like Gemma's sqrt(D) cancels), so the saved speculator holds only the
 projections, norms and heads. Each stage's head is its own, over the full or a
 reduced draft vocabulary (`sdjax.heads.common`). Because a node's candidates depend
 on its path, the tree is drafted level by level (`PathHeadsDrafter`); re-running the

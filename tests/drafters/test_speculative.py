@@ -347,6 +347,22 @@ def test_draft_vocabulary_and_params_are_checked():
         sdjax.generate(PARAMS, PROMPTS[0], spec(pair), draft_params=DRAFT_PARAMS)
 
 
+@pytest.mark.parametrize("ids", [np.r_[0, 0, np.arange(10, 320, 5)[:62]],  # repeated
+                                 np.arange(5, 325, 5),  # 320 is past the vocabulary
+                                 np.arange(0, 320, 5)[::-1]],  # not ascending
+                         ids=["repeated", "out_of_range", "descending"])
+def test_a_reduced_vocabulary_map_is_checked(ids):
+    params = {"params": {**MEDUSA_REDUCED_PARAMS["params"],
+                         "vocab_ids": np.asarray(ids, np.int32)}}
+    with pytest.raises(ValueError, match="distinct ascending ids in 0..319"):
+        sdjax.generate(PARAMS, PROMPTS[0], spec(Medusa(MEDUSA_REDUCED, trees.chain(3))),
+                       draft_params=params)
+    del params["params"]["vocab_ids"]
+    with pytest.raises(ValueError, match="needs its 64 target ids"):
+        sdjax.generate(PARAMS, PROMPTS[0], spec(Medusa(MEDUSA_REDUCED, trees.chain(3))),
+                       draft_params=params)
+
+
 # ------------------------------------------------------- sampling through the loop
 
 TINY = sdjax.ModelConfig(vocab_size=4, hidden_size=16, num_layers=1,
