@@ -34,6 +34,7 @@ import numpy as np
 
 from sdjax.config import ModelConfig
 from sdjax.heads.common import (
+    LMHead,
     bind_shared,
     declare_vocab_ids,
     own_lm_heads,
@@ -119,7 +120,7 @@ class EagleNet(nn.Module):
         declare_vocab_ids(self, cfg.draft_vocab)
         self.combine = nn.Dense(cfg.hidden_size, name="combine")
         self.layer = Block(cfg.layer, 0, name="layer")
-        self.lm_head = nn.Dense(cfg.head_size, use_bias=False, name="lm_head")
+        self.lm_head = LMHead(cfg.head_size, name="lm_head")
 
     def example_inputs(self):
         cfg = self.config
@@ -152,7 +153,7 @@ class EagleNet(nn.Module):
         hidden, cache = self.layer(x, positions, mask, cache, write_offset)
         read = hidden[:, logits_from:]
         read = self.norm(read) if self.config.kind == "eagle3" else read
-        return self.lm_head(read).astype(jnp.float32), hidden, cache
+        return self.lm_head(read), hidden, cache
 
 
 def shift_features(features: jax.Array) -> jax.Array:

@@ -20,7 +20,13 @@ import numpy as np
 
 from sdjax.config import SpecConfig
 from sdjax.drafters.base import add_children, root_filled
-from sdjax.heads.common import HeadsConfig, HeadsDrafter, declare_vocab_ids, vocab_ids
+from sdjax.heads.common import (
+    HeadsConfig,
+    HeadsDrafter,
+    LMHead,
+    declare_vocab_ids,
+    vocab_ids,
+)
 from sdjax.protocols import DraftTree
 
 
@@ -48,7 +54,7 @@ class HydraHeads(nn.Module):
                        for k in range(cfg.num_heads)]
         self.residuals = [nn.Dense(cfg.hidden_size, kernel_init=nn.initializers.zeros,
                                    name=f"head_{k}_res") for k in range(cfg.num_heads)]
-        self.lm_head = nn.Dense(cfg.head_size, use_bias=False, name="lm_head")
+        self.lm_head = LMHead(cfg.head_size, name="lm_head")
         declare_vocab_ids(self, cfg.draft_vocab)
 
     def example_inputs(self):

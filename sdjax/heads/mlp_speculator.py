@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sdjax.heads.common import HeadsConfig, declare_vocab_ids
+from sdjax.heads.common import HeadsConfig, LMHead, declare_vocab_ids
 from sdjax.heads.hydra import PathHeadsDrafter, following_tokens
 
 
@@ -37,7 +37,7 @@ class MLPSpeculatorHeads(nn.Module):
         self.projections = [nn.Dense(cfg.hidden_size, use_bias=False, name=f"head_{k}_proj")
                             for k in range(cfg.num_heads)]
         self.norms = [nn.LayerNorm(name=f"head_{k}_norm") for k in range(cfg.num_heads)]
-        self.lm_heads = [nn.Dense(cfg.head_size, use_bias=False, name=f"head_{k}_lm")
+        self.lm_heads = [LMHead(cfg.head_size, name=f"head_{k}_lm")
                          for k in range(cfg.num_heads)]
         declare_vocab_ids(self, cfg.draft_vocab)
 

@@ -363,6 +363,47 @@ def test_a_reduced_vocabulary_map_is_checked(ids):
                        draft_params=params)
 
 
+def _widened_weights_in_loop(closed_jaxpr, shapes) -> list:
+    """Shapes of bfloat16 arrays of a weight's shape (`shapes`) that a while loop in
+    `closed_jaxpr` converts: a weight widened once per draft call, not once per run."""
+    found = []
+
+    def walk(jaxpr, in_loop):
+        for eqn in jaxpr.eqns:
+            source = eqn.invars[0].aval if eqn.invars else None
+            if (in_loop and eqn.primitive.name == "convert_element_type"
+                    and source.dtype == jnp.bfloat16 and tuple(source.shape) in shapes):
+                found.append(tuple(source.shape))
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (tuple, list)) else (value,):
+                    sub = getattr(sub, "jaxpr", sub)
+                    if hasattr(sub, "eqns"):
+                        walk(sub, in_loop or eqn.primitive.name == "while")
+
+    walk(closed_jaxpr.jaxpr, False)
+    return found
+
+
+@pytest.mark.parametrize("name", ["medusa_chain", "hydra_tree_noisy", "eagle_chain",
+                                  "eagle3_reduced_vocab_chain",
+                                  "mlp_speculator_reduced_vocab_tree"])
+def test_bfloat16_drafts_are_widened_once_before_the_loop(name):
+    """Shipped drafts are bfloat16, heads compute in float32: the loop must not widen a
+    weight per call (on Gemma 3 that tripled an EAGLE-3 draft's cost), and a shared
+    bfloat16 target LM head is read as it is."""
+    from sdjax.decode.loop import decode_loop
+    drafter, draft_params = DRAFTERS[name]
+    to_bf16 = lambda tree: jax.tree.map(lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(
+        x.dtype, jnp.floating) else x, tree)
+    target = TARGET.replace(dtype="bfloat16", param_dtype="bfloat16")
+    cfg = sdjax.SpecConfig(model=target, drafter=drafter, eos_token_id=(), max_new_tokens=8)
+    shapes = {tuple(x.shape) for x in jax.tree.leaves((PARAMS, draft_params)) if x.ndim == 2}
+    jaxpr = jax.make_jaxpr(lambda p, d, t, n, k: decode_loop(p, d, t, n, k, cfg=cfg))(
+        to_bf16(PARAMS), to_bf16(draft_params), jnp.zeros((1, 8), jnp.int32),
+        jnp.array([8]), jax.random.PRNGKey(0))
+    assert _widened_weights_in_loop(jaxpr, shapes) == []
+
+
 # ------------------------------------------------------- sampling through the loop
 
 TINY = sdjax.ModelConfig(vocab_size=4, hidden_size=16, num_layers=1,
