@@ -130,7 +130,9 @@ def prefill(params, config: ModelConfig, prompt_tokens: jax.Array, prompt_length
     if mesh is not None:
         cache = sharding.constrain_cache(cache, mesh)
     positions = jnp.broadcast_to(jnp.arange(bucket, dtype=jnp.int32), (batch, bucket))
-    out = Transformer(config).apply(params, prompt_tokens, positions, cache,
-                                    hidden_layers=feature_layers)
-    last = out.logits[jnp.arange(batch), prompt_lengths - 1]
+    model = Transformer(config)
+    out = model.apply(params, prompt_tokens, positions, cache, hidden_layers=feature_layers,
+                      logits_from=bucket)  # only the last real token's logits are needed
+    last_hidden = out.hidden[jnp.arange(batch), prompt_lengths - 1]
+    last = model.apply(params, last_hidden, method=Transformer.lm_logits)
     return Prefill(out.cache.commit(prompt_lengths), last, out.features())

@@ -41,7 +41,7 @@ from sdjax.heads.common import (
     without,
 )
 from sdjax.models.cache import KVCache
-from sdjax.models.transformer import Block, attention_mask, norm_layer
+from sdjax.models.transformer import Block, attention_mask, embed_rows, norm_layer
 from sdjax.validation import check_fields, check_range
 
 EAGLE_KINDS = ("eagle", "eagle3")
@@ -142,7 +142,7 @@ class EagleNet(nn.Module):
         cache)."""
         if fuse:
             features = self.features(features)
-        embedded = self.embed(tokens).astype(jnp.float32)
+        embedded = embed_rows(self.embed.embedding, tokens).astype(jnp.float32)
         if self.config.layer.scale_embeddings:  # as the target embeds (Gemma)
             embedded = embedded * jnp.float32(self.config.hidden_size**0.5)
         features = features.astype(jnp.float32)

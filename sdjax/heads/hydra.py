@@ -27,6 +27,7 @@ from sdjax.heads.common import (
     declare_vocab_ids,
     vocab_ids,
 )
+from sdjax.models.transformer import embed_rows
 from sdjax.protocols import DraftTree
 
 
@@ -64,7 +65,8 @@ class HydraHeads(nn.Module):
     def head(self, k: int, hidden: jax.Array, path_tokens: jax.Array) -> jax.Array:
         """Head k (0-based): hidden [..., D] and path tokens [..., k + 1] -> logits
         [..., head_size]."""
-        embedded = self.embed(path_tokens).astype(jnp.float32)  # [..., k + 1, D]
+        embedded = embed_rows(self.embed.embedding, path_tokens)  # [..., k + 1, D]
+        embedded = embedded.astype(jnp.float32)
         if self.config.scale_embeddings:
             embedded = embedded * jnp.float32(self.config.hidden_size**0.5)
         x = jnp.concatenate([hidden.astype(jnp.float32),

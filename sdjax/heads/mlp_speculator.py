@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from sdjax.heads.common import HeadsConfig, LMHead, declare_vocab_ids
 from sdjax.heads.hydra import PathHeadsDrafter, following_tokens
+from sdjax.models.transformer import embed_rows
 
 
 class MLPSpeculatorHeads(nn.Module):
@@ -47,7 +48,7 @@ class MLPSpeculatorHeads(nn.Module):
 
     def _embedding(self, tokens: jax.Array) -> jax.Array:
         """The target's embedding of tokens [...] -> [..., D], RMS-normalised."""
-        e = self.embed(tokens).astype(jnp.float32)
+        e = embed_rows(self.embed.embedding, tokens).astype(jnp.float32)
         return e * jax.lax.rsqrt(jnp.mean(e * e, axis=-1, keepdims=True) + 1e-6)
 
     def _stage(self, k: int, state: jax.Array, token: jax.Array) -> jax.Array:
