@@ -106,12 +106,14 @@ def bind_shared(draft_params, target_params, names: Tuple[str, ...]) -> dict:
     target = target_params["params"]
     shared = {"embed": lambda: target["embed"],
               "lm_head": lambda: {"kernel": target_lm_head(target)}}
-    own = jax.tree.map(_widen_float, draft_params["params"])
+    own = cast_floats(draft_params["params"], jnp.float32)
     return {"params": {**own, **{name: shared[name]() for name in names}}}
 
 
-def _widen_float(x: jax.Array) -> jax.Array:
-    return x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x
+def cast_floats(tree, dtype):
+    """`tree` with its floating-point leaves cast to `dtype` (integer ids stay)."""
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 class LMHead(nn.Module):

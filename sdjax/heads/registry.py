@@ -24,7 +24,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from sdjax import trees
 from sdjax.config import ModelConfig, from_dict, model_config_from_dict
 from sdjax.heads import eagle as eagle_net
-from sdjax.heads.common import HeadsConfig, init_from_target, without
+from sdjax.heads.common import HeadsConfig, cast_floats, init_from_target, without
 from sdjax.heads.eagle import EagleConfig, eagle_config, init_eagle
 from sdjax.heads.eagle_drafters import Eagle, Eagle2
 from sdjax.heads.hydra import Hydra, HydraHeads
@@ -194,9 +194,10 @@ def save_heads(path: str, cfg, params, dtype: Optional[str] = None) -> None:
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "heads_config.json"), "w") as f:
         json.dump(dataclasses.asdict(cfg), f, indent=1)
-    cast = lambda x: x.astype(dtype) if dtype and jnp.issubdtype(x.dtype, jnp.floating) else x
-    flat = {"/".join(k): cast(jnp.asarray(np.asarray(v)))
+    flat = {"/".join(k): jnp.asarray(np.asarray(v))
             for k, v in flatten_dict(params["params"]).items()}
+    if dtype:
+        flat = cast_floats(flat, dtype)
     safetensors.flax.save_file(flat, os.path.join(path, "heads.safetensors"))
 
 
