@@ -16,6 +16,7 @@ import yaml
 
 import sdjax
 from sdjax.config import SpecConfig, from_dict
+from sdjax.data.corpus import SPLITS
 from sdjax.models.families import MissingExtraError
 from sdjax.pretrained import NAMES
 
@@ -103,9 +104,18 @@ def _print_result(out: sdjax.GenerateOutput, as_json: bool) -> None:
 
 
 def _drafter_from_args(args, target: sdjax.LoadedModel):
-    """(drafter, draft params) chosen by --prompt-lookup / --draft-model / --heads."""
-    if sum(x is not None for x in (args.prompt_lookup, args.draft_model, args.heads)) > 1:
-        raise ValueError("choose one of --prompt-lookup, --draft-model and --heads")
+    """(drafter, draft params) chosen by --prompt-lookup / --draft-model / --heads /
+    --datastore."""
+    chosen = (args.prompt_lookup, args.draft_model, args.heads, args.datastore)
+    if sum(x is not None for x in chosen) > 1:
+        raise ValueError("choose one of --prompt-lookup, --draft-model, --heads and "
+                         "--datastore")
+    if args.datastore:
+        from sdjax.drafters import Rest, load_datastore
+
+        if target.tokenizer is None:
+            raise ValueError(f"{args.model} has no tokenizer to check the datastore against")
+        return Rest(), load_datastore(args.datastore, target.tokenizer)
     if args.heads:
         from sdjax.heads import load_heads, make_drafter
         from sdjax.pretrained import heads_folder
@@ -152,7 +162,7 @@ def _demo_setup(args):
     """(target, drafters by method, prompts) for the demo's model."""
     from sdjax.bench.suite import load_pair, methods
     from sdjax.bench.tasks import build_tasks
-    from sdjax.pretrained import TESTBED, pretrained_path, shipped_drafts
+    from sdjax.pretrained import TESTBED, pretrained_path, shipped_drafts, stdlib_datastore
 
     heads = list(shipped_drafts(args.model).values())
     if args.model == TESTBED:
@@ -166,7 +176,9 @@ def _demo_setup(args):
                                          dtype=args.dtype)
         categories = ["function_body", "prose"]
     tasks = build_tasks(target.tokenizer, 1, categories=categories)
-    return (target, methods(draft, args.gamma, args.lookup, heads),
+    # REST's datastore (the stdlib's, built into the cache once) only when asked for.
+    datastore = stdlib_datastore(target.tokenizer) if "rest" in (args.method or ()) else None
+    return (target, methods(draft, args.gamma, args.lookup, heads, datastore),
             [ts[0] for ts in tasks.values()])
 
 
@@ -265,6 +277,50 @@ def cmd_train_generations(args) -> None:
                     temperature=args.temperature, batch_size=args.batch_size, seed=args.seed)
 
 
+TEXT_ENDINGS = (".py", ".md", ".txt", ".rst")  # what `datastore build` reads in a folder
+
+
+def _corpus_texts(sources: Sequence[str], split: str) -> list:
+    """The texts of named corpora (their `split`) and of text files / folders."""
+    from sdjax.data.corpus import SOURCES, read_split
+
+    texts = []
+    for source in sources:
+        if source in SOURCES:
+            texts += read_split(split, source=source)
+        elif os.path.isdir(source):
+            paths = sorted(os.path.join(folder, name) for folder, _, names in os.walk(source)
+                           for name in names if name.endswith(TEXT_ENDINGS))
+            if not paths:
+                raise FileNotFoundError(f"no {'/'.join(TEXT_ENDINGS)} files under {source}")
+            texts += [open(p, encoding="utf-8", errors="replace").read() for p in paths]
+        elif os.path.isfile(source):
+            texts.append(open(source, encoding="utf-8", errors="replace").read())
+        else:
+            raise FileNotFoundError(f"corpus {source!r} is not one of {sorted(SOURCES)}, a "
+                                    "file or a folder")
+    return texts
+
+
+def cmd_datastore_build(args) -> None:
+    """`sdjax datastore build`: REST's datastore of a corpus in a model's tokenizer."""
+    from sdjax.data.tokenizer import load_tokenizer
+    from sdjax.drafters.datastore import build_datastore, save_datastore, tokenizer_fingerprint
+    from sdjax.pretrained import model_folder, resolve_model
+
+    if args.model.lower().endswith(".gguf"):
+        tokenizer = resolve_model(args.model).tokenizer
+    else:
+        tokenizer = load_tokenizer(model_folder(args.model))
+    texts = _corpus_texts(args.corpus, args.split)
+    store = build_datastore(tokenizer, texts, depth=args.depth)
+    save_datastore(args.out, store, tokenizer=tokenizer_fingerprint(tokenizer),
+                   model=args.model, corpus=list(args.corpus), split=args.split,
+                   num_texts=len(texts))
+    print(f"wrote {args.out}: {store.size:,} tokens of {len(texts)} texts, suffixes sorted by "
+          f"{store.depth} tokens")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     parser = Parser(
@@ -289,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="speculate with Medusa / Hydra / MLP-speculator heads or an EAGLE "
                           "draft trained on this model (`sdjax train heads`): their folder, "
                           "or the kind of one shipped for a named model (e.g. eagle3)")
+    gen.add_argument("--datastore", metavar="DIR",
+                     help="speculate with REST: drafts retrieved from this datastore "
+                          "(`sdjax datastore build`)")
     _add_generation_flags(gen)
     gen.set_defaults(func=cmd_generate)
 
@@ -304,9 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-new-tokens", type=int, default=128)
     demo.add_argument("--method", nargs="+",
                       help="speculative methods to compare with autoregressive decoding: "
-                           "prompt_lookup draft_chain draft_adaptive draft_tree medusa hydra "
-                           "eagle eagle2 eagle2_adaptive eagle3 (default: all but "
-                           + ", ".join(DEMO_SKIPS) + ")")
+                           "prompt_lookup rest draft_chain draft_adaptive draft_tree medusa "
+                           "hydra mlp_speculator eagle eagle2 eagle2_adaptive eagle3 "
+                           "(default: those the model has drafts for, but "
+                           + ", ".join(DEMO_SKIPS) + "; rest only when named: it builds "
+                           "the stdlib's datastore on first use, ~30 s)")
     demo.add_argument("--gamma", type=int, default=4, help="draft-model chain length")
     demo.add_argument("--lookup", type=int, default=4, help="prompt-lookup tokens")
     demo.set_defaults(func=cmd_demo)
@@ -319,6 +380,28 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("gguf", help="the .gguf file")
     convert.add_argument("output", help="the folder to write")
     convert.set_defaults(func=cmd_convert)
+
+    datastore = commands.add_parser(
+        "datastore", help="build REST's datastore of a corpus",
+        description="REST's datastore: a corpus in a model's tokenizer and its suffix "
+                    "array, for `sdjax generate --datastore` and sdjax.drafters.Rest.")
+    actions = datastore.add_subparsers(dest="action", required=True, metavar="ACTION")
+    build = actions.add_parser(
+        "build", help="tokenize a corpus with a model's tokenizer and index it",
+        description="Tokenize a corpus (the stdlib's or the system docs' split, or your "
+                    "own text files and folders) with a model's tokenizer and write it "
+                    "with its suffix array to OUT.")
+    build.add_argument("--model", required=True, help=MODEL_HELP + " (its tokenizer)")
+    build.add_argument("--corpus", nargs="+", default=["stdlib"], metavar="NAME|PATH",
+                       help="stdlib, docs, or text files / folders ("
+                            + ", ".join(TEXT_ENDINGS) + "); default: stdlib")
+    build.add_argument("--split", default="train", choices=list(SPLITS),
+                       help="the named corpora's split (the bench's prompts are the "
+                            "benchmark split's; default: train)")
+    build.add_argument("--depth", type=positive_int, default=16,
+                       help="longest context suffix the datastore can be searched by")
+    build.add_argument("--out", required=True, help="the folder to write")
+    build.set_defaults(func=cmd_datastore_build)
 
     from sdjax.bench import suite
 

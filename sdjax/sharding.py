@@ -46,8 +46,10 @@ MODEL_AXES: Tuple[Tuple[str, Tuple[Optional[str], ...]], ...] = (
     (r"lm_head/kernel$", ("embed", "vocab")),
     (r"(norm/(scale|bias)|o_proj/bias|down_proj/bias)$", (None,)),
 )
+# REST's datastore (`sdjax.drafters.Datastore`): every device holds all of it.
+DATASTORE_AXES = ((r"^\.(tokens|suffix_array)$", (None,)),)
 # The transformer's rules, then every kind of draft head's (`sdjax.heads.registry`).
-PARAM_AXES = MODEL_AXES + tuple(dict.fromkeys(
+PARAM_AXES = MODEL_AXES + DATASTORE_AXES + tuple(dict.fromkeys(
     rule for kind in heads_registry.KINDS.values() for rule in kind.param_axes))
 
 

@@ -217,7 +217,7 @@ def test_demo_rejects_unknown_methods(capsys):
 
 def test_help_of_every_command():
     for command in (["generate"], ["demo"], ["bench"], ["convert"], ["train", "lm"],
-                    ["train", "heads"], ["train", "generations"]):
+                    ["train", "heads"], ["train", "generations"], ["datastore", "build"]):
         result = subprocess.run([sys.executable, "-m", "sdjax.cli", *command, "--help"],
                                 capture_output=True, text=True, check=True)
         assert "usage: sdjax" in result.stdout
@@ -235,6 +235,45 @@ def test_speculative_flags_give_the_same_greedy_tokens(checkpoint, capsys, flags
     assert spec["tokens"] == plain["tokens"]
     if "--draft-model" in flags:
         assert spec["tau"] == 4.0  # the target as its own draft: every draft accepted
+
+
+def test_datastore_build_then_generate_with_rest(checkpoint, tmp_path, capsys):
+    """`sdjax datastore build` on the user's own text, then `generate --datastore`: the
+    greedy tokens of plain decoding; a datastore of another tokenizer is refused."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.py").write_text("def f(x):\n    return x + 1\n" * 20)
+    (corpus / "skip.bin").write_bytes(b"\x00\xff" * 10)  # not a text ending: not read
+    store = str(tmp_path / "ds")
+    assert cli.main(["datastore", "build", "--model", checkpoint, "--corpus", str(corpus),
+                     "--depth", "8", "--out", store]) == 0
+    assert "1 texts, suffixes sorted by 8 tokens" in capsys.readouterr().out
+    common = ["generate", "--model", checkpoint, "--prompt", "def f(x):\n    return x",
+              "--max-new-tokens", "12", "--eos-token-id", "--json"]
+    assert cli.main(common) == 0
+    plain = json.loads(capsys.readouterr().out)
+    # The default Rest() searches 16-token suffixes: a depth-8 datastore is refused.
+    assert cli.main(common + ["--datastore", store]) == 2
+    assert "lower max_query or rebuild with --depth" in capsys.readouterr().err
+    assert cli.main(["datastore", "build", "--model", checkpoint, "--corpus", str(corpus),
+                     "--out", store]) == 0
+    capsys.readouterr()
+    assert cli.main(common + ["--datastore", store]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == plain["tokens"]
+    assert cli.main(["generate", "--model", "testbed", "--prompt", "x",
+                     "--datastore", store]) == 2
+    assert "was built with another tokenizer" in capsys.readouterr().err
+    for argv, message in [(["--corpus", str(tmp_path / "nothing")], "is not one of"),
+                          (["--corpus", str(tmp_path / "ds")], "no .py/.md/.txt/.rst files"),
+                          (["--depth", "0"], None)]:
+        try:
+            code = cli.main(["datastore", "build", "--model", checkpoint, "--out",
+                             str(tmp_path / "x"), *argv])
+        except SystemExit as exit:  # argparse's own refusal
+            code = exit.code
+        assert code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and (message is None or message in err), err
 
 
 def test_only_one_drafter_at_a_time(checkpoint, capsys):

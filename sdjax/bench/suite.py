@@ -32,13 +32,20 @@ from sdjax.bench.cost import forward_ms, propose_ms
 from sdjax.bench.tasks import CATEGORIES, build_tasks
 from sdjax.cli import positive_int
 from sdjax.decode import acceptance_summary
-from sdjax.drafters import DraftModel, PromptLookup
+from sdjax.drafters import DraftModel, PromptLookup, Rest, load_datastore
 from sdjax.heads import KINDS, bench_drafters, load_heads
-from sdjax.pretrained import NAMES, TESTBED, cache_dir, pretrained_path, shipped_drafts
+from sdjax.pretrained import (
+    NAMES,
+    TESTBED,
+    cache_dir,
+    pretrained_path,
+    shipped_drafts,
+    stdlib_datastore,
+)
 
 # The methods each kind of trained draft runs (`sdjax.heads.registry` sizes them).
 HEAD_METHODS = {name: tuple(kind.bench) for name, kind in KINDS.items()}
-METHODS = ("autoregressive", "prompt_lookup", "draft_chain", "draft_adaptive", "draft_tree",
+METHODS = ("autoregressive", "prompt_lookup", "rest", "draft_chain", "draft_adaptive", "draft_tree",
            *(m for kind in KINDS for m in HEAD_METHODS[kind]))
 
 # sdjax method -> the `transformers` configuration that does the same thing.
@@ -47,13 +54,15 @@ TORCH_COUNTERPART = {"autoregressive": "greedy", "draft_chain": "assisted",
 
 
 def methods(draft: Optional[sdjax.LoadedModel], gamma: int, lookup: int,
-            heads: Sequence[tuple] = ()) -> Dict[str, tuple]:
+            heads: Sequence[tuple] = (), datastore=None) -> Dict[str, tuple]:
     """name -> (drafter, draft_params). `heads`: (HeadsConfig, params) pairs; without a
-    draft model, no draft-model methods."""
+    draft model, no draft-model methods; without a datastore, no REST."""
     found = {
         "autoregressive": (None, None),
         "prompt_lookup": (PromptLookup(num_draft=lookup), None),
     }
+    if datastore is not None:
+        found["rest"] = (Rest(), datastore)
     if draft is not None:
         found.update({
             "draft_chain": (DraftModel(draft.config, num_draft=gamma), draft.params),
@@ -92,7 +101,11 @@ def run(args) -> dict:
     tasks = build_tasks(target.tokenizer, args.prompts, args.seed, args.categories)
     base = sdjax.SpecConfig(model=target.config, max_new_tokens=args.new_tokens,
                             eos_token_id=(), temperature=args.temperature, seed=args.seed)
-    available = methods(draft, args.gamma, args.lookup, heads)
+    datastore = None
+    if "rest" in args.methods:
+        datastore = (load_datastore(args.datastore, target.tokenizer) if args.datastore
+                     else stdlib_datastore(target.tokenizer))
+    available = methods(draft, args.gamma, args.lookup, heads, datastore)
     missing = sorted(set(args.methods) - set(available))
     if missing:
         raise ValueError(f"methods {missing} need draft heads of that kind (--heads DIR) "
@@ -309,6 +322,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"subset of: {' '.join(METHODS)} (default: all available)")
     parser.add_argument("--gamma", type=int, default=4, help="draft-model chain length")
     parser.add_argument("--lookup", type=int, default=4, help="prompt-lookup tokens")
+    parser.add_argument("--datastore", metavar="DIR",
+                        help="REST's datastore (`sdjax datastore build`; default: the "
+                             "stdlib's train split, built into the cache on first use)")
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0)
@@ -338,7 +354,8 @@ def main(args) -> dict:
         from_heads = {m for kind in kinds for m in HEAD_METHODS[kind]}
         head_methods = {m for names in HEAD_METHODS.values() for m in names}
         args.methods = [m for m in METHODS if m in from_heads or (
-            m not in head_methods and (args.draft or not m.startswith("draft_")))]
+            m not in head_methods and (args.draft or not m.startswith("draft_"))
+            and (m != "rest" or args.datastore or args.model))]
     if "autoregressive" not in args.methods:
         args.methods = ["autoregressive", *args.methods]  # the baseline of every ratio
     report = run(args)

@@ -5,13 +5,17 @@ a static `shape` and pure `init`, `propose`, `commit` (optional `check`, `bind`,
 `feature_layers`, with defaults in the base), called inside the jitted loop. A
 drafter whose tree changes per cycle has a `DynamicShape` as `shape` and returns the
 tree's `Topology` in `DraftTree.topology`. `sdjax.drafters.levels` holds the
-level-by-level tree drafting that every draft network with a KV cache shares.
+level-by-level tree drafting that every draft network with a KV cache shares; a
+drafter's device-resident data (REST's `Datastore`) is its draft params.
 """
 
 from sdjax.drafters.base import Autoregressive
+from sdjax.drafters.datastore import Datastore, build_datastore, load_datastore, save_datastore
 from sdjax.drafters.draft_model import DraftModel
 from sdjax.drafters.ensemble import Ensemble
 from sdjax.drafters.prompt_lookup import PromptLookup
+from sdjax.drafters.rest import Rest
 from sdjax.protocols import Drafter, DraftTree
 
-__all__ = ["Autoregressive", "DraftModel", "DraftTree", "Drafter", "Ensemble", "PromptLookup"]
+__all__ = ["Autoregressive", "Datastore", "DraftModel", "DraftTree", "Drafter", "Ensemble",
+           "PromptLookup", "Rest", "build_datastore", "load_datastore", "save_datastore"]

