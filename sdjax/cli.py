@@ -177,7 +177,8 @@ def _demo_setup(args):
         categories = ["function_body", "prose"]
     tasks = build_tasks(target.tokenizer, 1, categories=categories)
     # REST's datastore (the stdlib's, built into the cache once) only when asked for.
-    datastore = stdlib_datastore(target.tokenizer) if "rest" in (args.method or ()) else None
+    wanted = {"rest", "rest_context"} & set(args.method or ())
+    datastore = stdlib_datastore(target.tokenizer) if wanted else None
     return (target, methods(draft, args.gamma, args.lookup, heads, datastore),
             [ts[0] for ts in tasks.values()])
 
@@ -363,10 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-new-tokens", type=int, default=128)
     demo.add_argument("--method", nargs="+",
                       help="speculative methods to compare with autoregressive decoding: "
-                           "prompt_lookup rest draft_chain draft_adaptive draft_tree medusa "
+                           "prompt_lookup rest rest_context draft_chain draft_adaptive "
+                           "draft_tree medusa "
                            "hydra mlp_speculator eagle eagle2 eagle2_adaptive eagle3 "
                            "(default: those the model has drafts for, but "
-                           + ", ".join(DEMO_SKIPS) + "; rest only when named: it builds "
+                           + ", ".join(DEMO_SKIPS) + "; rest* only when named: they build "
                            "the stdlib's datastore on first use, ~30 s)")
     demo.add_argument("--gamma", type=int, default=4, help="draft-model chain length")
     demo.add_argument("--lookup", type=int, default=4, help="prompt-lookup tokens")

@@ -96,6 +96,25 @@ def test_bench_runs_the_eagle_methods_of_an_eagle_draft(pair, tmp_path):
     assert all(r["same_as_greedy"] for r in rows)
 
 
+def test_bench_runs_rest_from_a_datastore(pair, tokenizer_dir, tmp_path):
+    from sdjax.data.corpus import read_split
+    from sdjax.drafters.datastore import build_datastore, save_datastore, tokenizer_fingerprint
+
+    target, _ = pair
+    tokenizer = sdjax.data.load_tokenizer(tokenizer_dir)
+    store = str(tmp_path / "ds")
+    save_datastore(store, build_datastore(tokenizer, read_split("train")[:40]),
+                   tokenizer=tokenizer_fingerprint(tokenizer))
+    out = tmp_path / "report"
+    assert main(["bench", "--target", target, "--datastore", store, "--prompts", "1",
+                 "--new-tokens", "6", "--repeats", "1", "--categories", "completion",
+                 "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["autoregressive", "prompt_lookup", "rest",
+                                           "rest_context"]
+    assert all(r["same_as_greedy"] for r in rows)
+
+
 def test_ar_bench_times_both_dtypes_and_checks_tokens(tmp_path):
     from sdjax.bench import ar
     result = ar.main(["--layers", "1", "--hidden", "64", "--intermediate", "128", "--heads",

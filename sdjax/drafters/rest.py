@@ -8,6 +8,11 @@ sorted range) are counted as a trie, and the `num_nodes - 1` most frequent prefi
 (shallower first on ties, so every chosen prefix's parent is chosen too) become this
 cycle's tree. Pure array code with static shapes; no host callback.
 
+With `context = c > 0` the row's own text is a second source (as in SAM-decoding):
+the continuations of its `c` latest longest earlier matches (prompt lookup's search)
+join the trie, each counted as often as all datastore matches together, so the row's
+own repeats come first and the datastore's continuations fill the rest of the tree.
+
 The drafts are deterministic given the context, so under sampling the tree is verified
 by tree rejection sampling with one-hot draft laws: the output follows the target's
 law exactly (the reference implementation's pick of the best row is not exact).
@@ -24,23 +29,26 @@ import jax.numpy as jnp
 
 from sdjax.drafters.base import one_hot_probs, roots
 from sdjax.drafters.datastore import Datastore, match_range, windows
+from sdjax.drafters.prompt_lookup import PromptLookup
 from sdjax.protocols import Drafter, DraftTree
 from sdjax.trees import DynamicShape
 from sdjax.trees.topology import from_parents
 
 
-def most_frequent_prefixes(continuations: jax.Array, valid: jax.Array, count: int):
+def most_frequent_prefixes(continuations: jax.Array, weights: jax.Array, count: int):
     """The `count` most frequent distinct prefixes of the continuations [B, M, D]
-    (-1: no token; rows with valid [B, M] False are ignored), as trie nodes in an
-    order where parents precede children: (tokens [B, count], parents [B, count],
-    1 + the index of the parent node, 0 for the root; real [B, count], False where
-    fewer prefixes exist). Ties go to the shallower prefix, then the earlier row."""
+    (-1: no token), each row counted `weights` [B, M] times (0: ignored), as trie
+    nodes in an order where parents precede children: (tokens [B, count], parents
+    [B, count], 1 + the index of the parent node, 0 for the root; real [B, count],
+    False where fewer prefixes exist). Ties go to the shallower prefix, then the
+    earlier row."""
     batch, rows, depth = continuations.shape
-    present = jnp.cumprod((continuations >= 0) & valid[..., None], axis=-1).astype(bool)
+    present = jnp.cumprod((continuations >= 0) & (weights > 0)[..., None], axis=-1)
+    present = present.astype(bool)
     # same[b, m, n, d]: rows m and n share their first d + 1 tokens (n's present)
     same = jnp.cumprod(continuations[:, :, None] == continuations[:, None], axis=-1)
     same = same.astype(bool) & present[:, None]
-    frequency = same.sum(2)  # [B, M, D]
+    frequency = jnp.einsum("bmnd,bn->bmd", same.astype(jnp.int32), weights)
     first = jnp.argmax(same, axis=2)  # the first row with m's prefix: its representative
     row, level = jnp.arange(rows)[:, None], jnp.arange(depth)
     representative = present & (first == row)
@@ -67,11 +75,13 @@ class Rest(Drafter):
     max_query: int = 16  # longest context suffix searched
     min_query: int = 2
     num_matches: int = 64  # occurrences counted into the trie
+    context: int = 0  # the row's own latest matches counted in too (0: the datastore only)
 
     def __post_init__(self):
         super().__post_init__()
-        if self.num_nodes < 2 or self.depth < 1 or self.num_matches < 1:
-            raise ValueError("need num_nodes >= 2, depth >= 1 and num_matches >= 1")
+        if self.num_nodes < 2 or self.depth < 1 or self.num_matches < 1 or self.context < 0:
+            raise ValueError("need num_nodes >= 2, depth >= 1, num_matches >= 1 and "
+                             "context >= 0")
         if not 1 <= self.min_query <= self.max_query:
             raise ValueError("need 1 <= min_query <= max_query")
         if self.num_nodes - 1 > self.num_matches * self.depth:
@@ -99,7 +109,8 @@ class Rest(Drafter):
 
     def retrieve(self, datastore: Datastore, sequence, seq_len):
         """The continuations [B, num_matches, depth] of each row's longest matching
-        context suffix, and which are real [B, num_matches]."""
+        context suffix in the datastore, and their weights [B, num_matches] (1, or 0
+        where there are fewer matches)."""
         batch, width = sequence.shape
         lengths = jnp.arange(self.max_query, self.min_query - 1, -1)  # longest first
         index = seq_len[:, None, None] - lengths[:, None] + jnp.arange(self.max_query)
@@ -116,11 +127,27 @@ class Rest(Drafter):
         rows = lo[:, None] + jnp.where(matches[:, None] > self.num_matches, spread, slot)
         starts = datastore.suffix_array[jnp.clip(rows, 0, datastore.size - 1)]
         return (windows(datastore, starts + lengths[longest], self.depth),
-                slot < matches[:, None])
+                (slot < matches[:, None]).astype(jnp.int32))
+
+    def own_matches(self, sequence, seq_len):
+        """The continuations [B, context, depth] of the row's own latest longest
+        earlier matches (-1 past its end), and their weights [B, context]."""
+        search = PromptLookup(num_draft=self.depth, max_ngram=self.max_query,
+                              min_ngram=self.min_query, num_branches=self.context)
+        follow = search.continuations(sequence, seq_len)  # [B, context], -1: none
+        index = follow[:, :, None] + jnp.arange(self.depth)
+        inside = (follow[:, :, None] >= 0) & (index < seq_len[:, None, None])
+        tokens = jnp.take_along_axis(sequence, jnp.where(inside, index, 0).reshape(
+            index.shape[0], -1), axis=1).reshape(index.shape)
+        return jnp.where(inside, tokens, -1), jnp.where(follow >= 0, self.num_matches, 0)
 
     def propose(self, draft_params, state, sequence, seq_len, key, cfg):
-        continuations, valid = self.retrieve(draft_params, sequence, seq_len)
-        tokens, parents, real = most_frequent_prefixes(continuations, valid,
+        continuations, weights = self.retrieve(draft_params, sequence, seq_len)
+        if self.context:
+            own, own_weights = self.own_matches(sequence, seq_len)
+            continuations = jnp.concatenate([continuations, own], axis=1)
+            weights = jnp.concatenate([weights, own_weights], axis=1)
+        tokens, parents, real = most_frequent_prefixes(continuations, weights,
                                                        self.num_nodes - 1)
         root = roots(sequence, seq_len)[:, None]
         tokens = jnp.concatenate([root, jnp.where(real, tokens, root)], axis=1)

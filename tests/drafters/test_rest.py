@@ -53,16 +53,16 @@ def test_match_range_finds_every_occurrence_and_nothing_else(tokens, depth):
         assert b - a == len(expected)
 
 
-def brute_force_prefixes(continuations, valid, count):
-    """The reference trie: prefixes with their frequency, ranked by (frequency, shallower,
-    first row), cut at `count`."""
+def brute_force_prefixes(continuations, weights, count):
+    """The reference trie: prefixes with their weighted frequency, ranked by (frequency,
+    shallower, first row), cut at `count`."""
     freq, first = collections.Counter(), {}
-    for m, (row, ok) in enumerate(zip(continuations, valid)):
+    for m, (row, weight) in enumerate(zip(continuations, weights)):
         for d in range(len(row)):
-            if not ok or row[d] < 0:
+            if not weight or row[d] < 0:
                 break
             prefix = tuple(row[:d + 1])
-            freq[prefix] += 1
+            freq[prefix] += weight
             first.setdefault(prefix, m)
     ranked = sorted(freq, key=lambda p: (-freq[p], len(p), first[p]))
     return ranked[:count]
@@ -74,12 +74,12 @@ def test_the_trie_keeps_the_most_frequent_prefixes_parents_first(seed):
     rows, depth, count = 12, 4, 9
     continuations = rng.integers(0, 3, (2, rows, depth))
     continuations[:, 3, 2:] = -1  # a match near the corpus's end
-    valid = rng.random((2, rows)) < 0.8
-    valid[1, 2:] = False  # few matches: fewer distinct prefixes than nodes
+    weights = rng.integers(0, 4, (2, rows))  # 0: not a match
+    weights[1, 2:] = 0  # few matches: fewer distinct prefixes than nodes
     tokens, parents, real = map(np.asarray, most_frequent_prefixes(
-        jnp.asarray(continuations, jnp.int32), jnp.asarray(valid), count))
+        jnp.asarray(continuations, jnp.int32), jnp.asarray(weights, jnp.int32), count))
     for b in range(2):
-        expected = brute_force_prefixes(continuations[b], valid[b], count)
+        expected = brute_force_prefixes(continuations[b], weights[b], count)
         paths = []  # each node's prefix, rebuilt from tokens and parents
         for i in range(count):
             if not real[b, i]:
@@ -157,3 +157,21 @@ def test_retrieving_the_targets_own_continuation_accepts_every_draft():
                          draft_params=store)
     np.testing.assert_array_equal(out.tokens, plain.tokens)
     assert out.stats["tau"] == 5.0  # 8 cycles of 4 retrieved drafts + 1 per row
+
+
+def test_the_rows_own_matches_come_first_and_the_datastore_fills_the_tree():
+    store = from_tokens(np.array([5, 6, 7, 8, 5, 6, 7, 4]), 10, depth=4)
+    drafter = Rest(num_nodes=5, depth=2, max_query=3, context=1)
+    model = sdjax.ModelConfig(vocab_size=10, hidden_size=8, num_layers=1, num_heads=1,
+                              num_kv_heads=1, head_dim=8, intermediate_size=8,
+                              max_position_embeddings=16)
+    cfg = sdjax.SpecConfig(model=model, drafter=drafter)
+    sequence = jnp.array([[5, 6, 9, 1, 5, 6, 0], [1, 2, 3, 1, 2, 0, 0]])
+    tree, _ = drafter.propose(store, (), sequence, jnp.array([6, 5]), None, cfg)
+    # Row 0: its own "5 6" was followed by "9 1"; the datastore's by "7 4" and "7 8"
+    # (in suffix order: the tie of the last node goes to the first).
+    np.testing.assert_array_equal(tree.tokens[0], [6, 9, 1, 7, 4])
+    np.testing.assert_array_equal(tree.topology.parents[0], [-1, 0, 1, 0, 3])
+    # Row 1: nothing in the datastore; its own "1 2" was followed by "3 1".
+    np.testing.assert_array_equal(tree.tokens[1], [2, 3, 1, 2, 2])
+    np.testing.assert_array_equal(tree.topology.parents[1], [-1, 0, 1, 0, 0])

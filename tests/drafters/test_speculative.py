@@ -122,6 +122,7 @@ DRAFTERS = {
     "prompt_lookup_3_branches": (PromptLookup(num_draft=3, num_branches=3), None),
     "rest_tree": (Rest(num_nodes=8, depth=4, max_query=6), STORE),
     "rest_wide_few_matches": (Rest(num_nodes=9, depth=2, max_query=3, num_matches=4), STORE),
+    "rest_and_own_text": (Rest(num_nodes=8, depth=4, max_query=6, context=2), STORE),
 }
 
 
@@ -484,6 +485,7 @@ def sequence_tv(out, exact):
     (PromptLookup(num_draft=2, max_ngram=2), None, None),
     (PromptLookup(num_draft=2, max_ngram=1, num_branches=3), None, None),
     (Rest(num_nodes=6, depth=3, max_query=4, min_query=1, num_matches=8), TINY_STORE, None),
+    (Rest(num_nodes=6, depth=3, max_query=3, num_matches=4, context=2), TINY_STORE, None),
     (Medusa(TINY_HEADS, trees.kary(2, 2)), TINY_HEAD_PARAMS, None),
     (Hydra(TINY_HYDRA, trees.kary(2, 2)), TINY_HYDRA_PARAMS, None),
     (MLPSpeculator(TINY_SPECULATOR, trees.kary(2, 2)), TINY_SPECULATOR_PARAMS, None),
@@ -499,6 +501,7 @@ def sequence_tv(out, exact):
     (None, None, None),
 ], ids=["draft_model_chain", "draft_model_chain_block", "draft_model_tree_without_replacement",
         "draft_model_adaptive", "ensemble", "prompt_lookup", "prompt_lookup_branches", "rest",
+        "rest_and_own_text",
         "medusa_tree", "hydra_tree", "mlp_speculator_tree", "eagle_tree", "eagle2_dynamic",
         "eagle2_adaptive",
         "eagle3_reduced_vocab_tree", "hydra_reduced_vocab_tree", "eagle2_reduced_vocab",
