@@ -258,8 +258,13 @@ def test_datastore_build_then_generate_with_rest(checkpoint, tmp_path, capsys):
     assert cli.main(["datastore", "build", "--model", checkpoint, "--corpus", str(corpus),
                      "--out", store]) == 0
     capsys.readouterr()
-    assert cli.main(common + ["--datastore", store]) == 0
-    assert json.loads(capsys.readouterr().out)["tokens"] == plain["tokens"]
+    for context in ("0", "2"):
+        assert cli.main(common + ["--datastore", store, "--rest-context", context]) == 0
+        assert json.loads(capsys.readouterr().out)["tokens"] == plain["tokens"]
+    assert cli.main(common + ["--rest-context", "1"]) == 2
+    assert "--rest-context needs --datastore" in capsys.readouterr().err
+    assert cli.main(common + ["--datastore", store, "--rest-context", "-1"]) == 2
+    assert "context >= 0" in capsys.readouterr().err
     assert cli.main(["generate", "--model", "testbed", "--prompt", "x",
                      "--datastore", store]) == 2
     assert "was built with another tokenizer" in capsys.readouterr().err
