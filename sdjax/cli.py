@@ -113,12 +113,13 @@ def _drafter_from_args(args, target: sdjax.LoadedModel):
     if args.rest_context and not args.datastore:
         raise ValueError("--rest-context needs --datastore")
     if args.datastore:
-        from sdjax.drafters import Rest, load_datastore
+        from sdjax.drafters import load_datastore
+        from sdjax.drafters.rest import rest_for
 
         if target.tokenizer is None:
             raise ValueError(f"{args.model} has no tokenizer to check the datastore against")
-        return (Rest(context=args.rest_context),
-                load_datastore(args.datastore, target.tokenizer))
+        store = load_datastore(args.datastore, target.tokenizer)
+        return rest_for(store, context=args.rest_context), store
     if args.heads:
         from sdjax.heads import load_heads, make_drafter
         from sdjax.pretrained import heads_folder
@@ -284,6 +285,11 @@ def cmd_train_generations(args) -> None:
 TEXT_ENDINGS = (".py", ".md", ".txt", ".rst")  # what `datastore build` reads in a folder
 
 
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
 def _corpus_texts(sources: Sequence[str], split: str) -> list:
     """The texts of named corpora (their `split`) and of text files / folders."""
     from sdjax.data.corpus import SOURCES, read_split
@@ -297,9 +303,9 @@ def _corpus_texts(sources: Sequence[str], split: str) -> list:
                            for name in names if name.endswith(TEXT_ENDINGS))
             if not paths:
                 raise FileNotFoundError(f"no {'/'.join(TEXT_ENDINGS)} files under {source}")
-            texts += [open(p, encoding="utf-8", errors="replace").read() for p in paths]
+            texts += [_read_text(path) for path in paths]
         elif os.path.isfile(source):
-            texts.append(open(source, encoding="utf-8", errors="replace").read())
+            texts.append(_read_text(source))
         else:
             raise FileNotFoundError(f"corpus {source!r} is not one of {sorted(SOURCES)}, a "
                                     "file or a folder")
@@ -316,6 +322,8 @@ def cmd_datastore_build(args) -> None:
         tokenizer = resolve_model(args.model).tokenizer
     else:
         tokenizer = load_tokenizer(model_folder(args.model))
+    if tokenizer is None:
+        raise ValueError(f"{args.model} has no tokenizer to build a datastore with")
     texts = _corpus_texts(args.corpus, args.split)
     store = build_datastore(tokenizer, texts, depth=args.depth)
     save_datastore(args.out, store, tokenizer=tokenizer_fingerprint(tokenizer),
@@ -353,9 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="speculate with REST: drafts retrieved from this datastore "
                           "(`sdjax datastore build`)")
     gen.add_argument("--rest-context", type=int, default=0, metavar="C",
-                     help="with --datastore: also draft from the prompt's own C latest "
-                          "earlier matches (default 0; 1 made REST 2.4x instead of 1.1x "
-                          "on Gemma 3 code completion, BENCHMARKS.md)")
+                     help="with --datastore: also draft from the C latest earlier matches "
+                          "in the row's own prompt and generated text (default 0; 1 made "
+                          "REST 2.4x instead of 1.1x on Gemma 3 code completion, "
+                          "BENCHMARKS.md)")
     _add_generation_flags(gen)
     gen.set_defaults(func=cmd_generate)
 

@@ -32,7 +32,8 @@ from sdjax.bench.cost import forward_ms, propose_ms
 from sdjax.bench.tasks import CATEGORIES, build_tasks
 from sdjax.cli import positive_int
 from sdjax.decode import acceptance_summary
-from sdjax.drafters import DraftModel, PromptLookup, Rest, load_datastore
+from sdjax.drafters import DraftModel, PromptLookup, load_datastore
+from sdjax.drafters.rest import rest_for
 from sdjax.heads import KINDS, bench_drafters, load_heads
 from sdjax.pretrained import (
     NAMES,
@@ -62,7 +63,8 @@ def methods(draft: Optional[sdjax.LoadedModel], gamma: int, lookup: int,
         "prompt_lookup": (PromptLookup(num_draft=lookup), None),
     }
     if datastore is not None:  # REST alone, and with the row's own text as a second source
-        found.update(rest=(Rest(), datastore), rest_context=(Rest(context=1), datastore))
+        found.update(rest=(rest_for(datastore), datastore),
+                     rest_context=(rest_for(datastore, context=1), datastore))
     if draft is not None:
         found.update({
             "draft_chain": (DraftModel(draft.config, num_draft=gamma), draft.params),

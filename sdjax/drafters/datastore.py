@@ -122,7 +122,9 @@ def load_datastore(folder: str, tokenizer=None) -> Datastore:
         arrays = safetensors.numpy.load_file(paths[1])
     except (ValueError, OSError, safetensors.SafetensorError) as e:
         raise ValueError(f"datastore {folder} is corrupt: {e}") from None
-    if info.get("format") != FORMAT or info.get("version") != VERSION:
+    if (not isinstance(info, dict) or info.get("format") != FORMAT
+            or info.get("version") != VERSION or not isinstance(info.get("depth"), int)
+            or not isinstance(info.get("max_id"), int)):
         raise ValueError(f"{paths[0]} is not a version-{VERSION} sdjax datastore")
     tokens, order = arrays.get("tokens"), arrays.get("suffix_array")
     size = info.get("num_tokens")
@@ -131,7 +133,10 @@ def load_datastore(folder: str, tokenizer=None) -> Datastore:
             or tokens.min() < 0 or tokens.max() != info.get("max_id")
             or order.min() < 0 or order.max() >= size):
         raise ValueError(f"datastore {folder} is corrupt: arrays do not match its metadata")
-    if tokenizer is not None and info.get("tokenizer") != tokenizer_fingerprint(tokenizer):
+    if tokenizer is not None and "tokenizer" not in info:
+        raise ValueError(f"datastore {folder} does not say which tokenizer built it (saved "
+                         "without tokenizer=...); rebuild it with `sdjax datastore build`")
+    if tokenizer is not None and info["tokenizer"] != tokenizer_fingerprint(tokenizer):
         raise ValueError(f"datastore {folder} was built with another tokenizer (model "
                          f"{info.get('model')!r}); rebuild it for this model with "
                          "`sdjax datastore build --model ...`")
@@ -173,7 +178,7 @@ def match_range(datastore: Datastore, query: jax.Array, length: jax.Array):
         # The first row whose suffix is >= the query (> the query with after_equal).
         def halve(_, bounds):
             lo, hi = bounds
-            mid = (lo + hi) // 2
+            mid = lo + (hi - lo) // 2  # lo + hi would overflow int32 past 2**30 tokens
             window = windows(datastore, datastore.suffix_array[jnp.minimum(mid, size - 1)],
                              query.shape[-1])
             sign = _compare(window, query, length)

@@ -9,9 +9,10 @@ sorted range) are counted as a trie, and the `num_nodes - 1` most frequent prefi
 cycle's tree. Pure array code with static shapes; no host callback.
 
 With `context = c > 0` the row's own text is a second source (as in SAM-decoding):
-the continuations of its `c` latest longest earlier matches (prompt lookup's search)
-join the trie, each counted as often as all datastore matches together, so the row's
-own repeats come first and the datastore's continuations fill the rest of the tree.
+the continuations of its `c` latest longest earlier matches in its prompt and generated
+text (prompt lookup's search) join the trie, each counted `num_matches` times (at least
+as often as all datastore matches together), so the row's own repeats come first and
+the datastore's continuations fill the rest of the tree.
 
 The drafts are deterministic given the context, so under sampling the tree is verified
 by tree rejection sampling with one-hot draft laws: the output follows the target's
@@ -84,6 +85,10 @@ class Rest(Drafter):
                              "context >= 0")
         if not 1 <= self.min_query <= self.max_query:
             raise ValueError("need 1 <= min_query <= max_query")
+        rows = self.num_matches + self.context
+        if self.num_matches * (1 + self.context) * self.depth * rows >= 2**31:
+            raise ValueError("num_matches, context and depth too large: the trie's int32 "
+                             "scores would overflow")
         if self.num_nodes - 1 > self.num_matches * self.depth:
             raise ValueError(f"num_nodes - 1 = {self.num_nodes - 1} drafts exceed the "
                              f"{self.num_matches} x {self.depth} tokens retrieved")
@@ -157,3 +162,10 @@ class Rest(Drafter):
 
     def commit(self, state, result, committed_length, features=None):
         return state
+
+
+def rest_for(datastore: Datastore, **fields) -> Rest:
+    """`Rest(**fields)` searching suffixes no longer than `datastore` was sorted by (the
+    CLI's and the bench's REST, whatever `--depth` the datastore was built with)."""
+    return Rest(max_query=min(Rest.max_query, datastore.depth), **fields)
+

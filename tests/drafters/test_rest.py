@@ -1,6 +1,7 @@
 """REST: the datastore (suffix array, search, files) against brute force, and the trie."""
 
 import collections
+import json
 import os
 
 import jax
@@ -115,6 +116,20 @@ def test_a_datastore_round_trips_and_refuses_what_does_not_fit(tmp_path):
         Rest().check(cfg, None)
     with pytest.raises(ValueError, match=r"ids must be in \[0, 5\)"):
         from_tokens(np.array([1, 7]), 5)
+
+    with pytest.raises(ValueError, match="scores would overflow"):
+        Rest(num_matches=2048, context=31, depth=16)
+
+    meta = os.path.join(folder, "datastore.json")
+    info = json.load(open(meta))
+    for broken in ([1, 2], {**info, "depth": None}):
+        json.dump(broken, open(meta, "w"))
+        with pytest.raises(ValueError, match="is not a version-1 sdjax datastore"):
+            load_datastore(folder)
+    json.dump({k: v for k, v in info.items() if k != "tokenizer"}, open(meta, "w"))
+    assert load_datastore(folder).depth == 4  # without a tokenizer to check: fine
+    with pytest.raises(ValueError, match="does not say which tokenizer built it"):
+        load_datastore(folder, tokenizer)
 
     with open(os.path.join(folder, "datastore.safetensors"), "r+b") as f:
         f.truncate(100)
