@@ -155,4 +155,3 @@ def stdlib_datastore(tokenizer):
             shutil.rmtree(folder, ignore_errors=True)  # a partial folder of an earlier try
             os.replace(staged, folder)  # whole or not at all
     return load_datastore(folder, tokenizer)
-
