@@ -78,6 +78,7 @@ def test_bench_rejects_unknown_methods_and_heads_it_lacks(pair, tmp_path, capsys
     assert "need draft heads" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 34 s; the default run keeps the well-formed report and REST's methods
 def test_bench_runs_the_eagle_methods_of_an_eagle_draft(pair, tmp_path):
     from sdjax.heads import eagle_config, init_eagle, save_heads
 
