@@ -164,7 +164,7 @@ DEMO_SKIPS = ("draft_adaptive", "eagle", "eagle2_adaptive")
 
 def _demo_setup(args):
     """(target, drafters by method, prompts) for the demo's model."""
-    from sdjax.bench.suite import load_pair, methods
+    from sdjax.bench.suite import REST_METHODS, load_pair, methods
     from sdjax.bench.tasks import build_tasks
     from sdjax.pretrained import TESTBED, pretrained_path, shipped_drafts, stdlib_datastore
 
@@ -181,7 +181,7 @@ def _demo_setup(args):
         categories = ["function_body", "prose"]
     tasks = build_tasks(target.tokenizer, 1, categories=categories)
     # REST's datastore (the stdlib's, built into the cache once) only when asked for.
-    wanted = {"rest", "rest_context"} & set(args.method or ())
+    wanted = set(REST_METHODS) & set(args.method or ())
     datastore = stdlib_datastore(target.tokenizer) if wanted else None
     return (target, methods(draft, args.gamma, args.lookup, heads, datastore),
             [ts[0] for ts in tasks.values()])
@@ -315,7 +315,7 @@ def _corpus_texts(sources: Sequence[str], split: str) -> list:
 def cmd_datastore_build(args) -> None:
     """`sdjax datastore build`: REST's datastore of a corpus in a model's tokenizer."""
     from sdjax.data.tokenizer import load_tokenizer
-    from sdjax.drafters.datastore import build_datastore, save_datastore, tokenizer_fingerprint
+    from sdjax.drafters.datastore import write_datastore
     from sdjax.pretrained import model_folder, resolve_model
 
     if args.model.lower().endswith(".gguf"):
@@ -325,10 +325,8 @@ def cmd_datastore_build(args) -> None:
     if tokenizer is None:
         raise ValueError(f"{args.model} has no tokenizer to build a datastore with")
     texts = _corpus_texts(args.corpus, args.split)
-    store = build_datastore(tokenizer, texts, depth=args.depth)
-    save_datastore(args.out, store, tokenizer=tokenizer_fingerprint(tokenizer),
-                   model=args.model, corpus=list(args.corpus), split=args.split,
-                   num_texts=len(texts))
+    store = write_datastore(args.out, tokenizer, texts, args.depth, model=args.model,
+                            corpus=list(args.corpus), split=args.split)
     print(f"wrote {args.out}: {store.size:,} tokens of {len(texts)} texts, suffixes sorted by "
           f"{store.depth} tokens")
 

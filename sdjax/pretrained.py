@@ -136,12 +136,7 @@ def stdlib_datastore(tokenizer):
     """REST's datastore of the stdlib's train split in `tokenizer`'s ids, cached under
     cache_dir()/datastores by the tokenizer's fingerprint and built on first use."""
     from sdjax.data.corpus import read_split
-    from sdjax.drafters.datastore import (
-        build_datastore,
-        load_datastore,
-        save_datastore,
-        tokenizer_fingerprint,
-    )
+    from sdjax.drafters.datastore import load_datastore, tokenizer_fingerprint, write_datastore
 
     fingerprint = tokenizer_fingerprint(tokenizer)
     folder = os.path.join(cache_dir(), "datastores", f"stdlib-train-{fingerprint}")
@@ -150,8 +145,8 @@ def stdlib_datastore(tokenizer):
         os.makedirs(os.path.dirname(folder), exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache_dir()) as work:
             staged = os.path.join(work, "datastore")
-            save_datastore(staged, build_datastore(tokenizer, read_split("train")),
-                           tokenizer=fingerprint, corpus=["stdlib"], split="train")
+            write_datastore(staged, tokenizer, read_split("train"), corpus=["stdlib"],
+                            split="train")
             shutil.rmtree(folder, ignore_errors=True)  # a partial folder of an earlier try
             os.replace(staged, folder)  # whole or not at all
     return load_datastore(folder, tokenizer)

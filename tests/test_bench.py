@@ -99,13 +99,12 @@ def test_bench_runs_the_eagle_methods_of_an_eagle_draft(pair, tmp_path):
 
 def test_bench_runs_rest_from_a_datastore(pair, tokenizer_dir, tmp_path):
     from sdjax.data.corpus import read_split
-    from sdjax.drafters.datastore import build_datastore, save_datastore, tokenizer_fingerprint
+    from sdjax.drafters.datastore import write_datastore
 
     target, _ = pair
     tokenizer = sdjax.data.load_tokenizer(tokenizer_dir)
     store = str(tmp_path / "ds")
-    save_datastore(store, build_datastore(tokenizer, read_split("train")[:40]),
-                   tokenizer=tokenizer_fingerprint(tokenizer))
+    write_datastore(store, tokenizer, read_split("train")[:40])
     out = tmp_path / "report"
     assert main(["bench", "--target", target, "--datastore", store, "--prompts", "1",
                  "--new-tokens", "6", "--repeats", "1", "--categories", "completion",

@@ -46,7 +46,9 @@ from sdjax.pretrained import (
 
 # The methods each kind of trained draft runs (`sdjax.heads.registry` sizes them).
 HEAD_METHODS = {name: tuple(kind.bench) for name, kind in KINDS.items()}
-METHODS = ("autoregressive", "prompt_lookup", "rest", "rest_context", "draft_chain",
+# REST alone, and with the row's own text as a second source (they need a datastore).
+REST_METHODS = ("rest", "rest_context")
+METHODS = ("autoregressive", "prompt_lookup", *REST_METHODS, "draft_chain",
            "draft_adaptive", "draft_tree", *(m for kind in KINDS for m in HEAD_METHODS[kind]))
 
 # sdjax method -> the `transformers` configuration that does the same thing.
@@ -62,7 +64,7 @@ def methods(draft: Optional[sdjax.LoadedModel], gamma: int, lookup: int,
         "autoregressive": (None, None),
         "prompt_lookup": (PromptLookup(num_draft=lookup), None),
     }
-    if datastore is not None:  # REST alone, and with the row's own text as a second source
+    if datastore is not None:
         found.update(rest=(rest_for(datastore), datastore),
                      rest_context=(rest_for(datastore, context=1), datastore))
     if draft is not None:
@@ -104,7 +106,7 @@ def run(args) -> dict:
     base = sdjax.SpecConfig(model=target.config, max_new_tokens=args.new_tokens,
                             eos_token_id=(), temperature=args.temperature, seed=args.seed)
     datastore = None
-    if {"rest", "rest_context"} & set(args.methods):
+    if set(REST_METHODS) & set(args.methods):
         datastore = (load_datastore(args.datastore, target.tokenizer) if args.datastore
                      else stdlib_datastore(target.tokenizer))
     available = methods(draft, args.gamma, args.lookup, heads, datastore)
@@ -357,7 +359,7 @@ def main(args) -> dict:
         head_methods = {m for names in HEAD_METHODS.values() for m in names}
         args.methods = [m for m in METHODS if m in from_heads or (
             m not in head_methods and (args.draft or not m.startswith("draft_"))
-            and (not m.startswith("rest") or args.datastore or args.model))]
+            and (m not in REST_METHODS or args.datastore or args.model))]
     if "autoregressive" not in args.methods:
         args.methods = ["autoregressive", *args.methods]  # the baseline of every ratio
     report = run(args)

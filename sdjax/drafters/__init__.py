@@ -10,7 +10,13 @@ drafter's device-resident data (REST's `Datastore`) is its draft params.
 """
 
 from sdjax.drafters.base import Autoregressive
-from sdjax.drafters.datastore import Datastore, build_datastore, load_datastore, save_datastore
+from sdjax.drafters.datastore import (
+    Datastore,
+    build_datastore,
+    load_datastore,
+    save_datastore,
+    write_datastore,
+)
 from sdjax.drafters.draft_model import DraftModel
 from sdjax.drafters.ensemble import Ensemble
 from sdjax.drafters.prompt_lookup import PromptLookup
@@ -18,4 +24,5 @@ from sdjax.drafters.rest import Rest
 from sdjax.protocols import Drafter, DraftTree
 
 __all__ = ["Autoregressive", "Datastore", "DraftModel", "DraftTree", "Drafter", "Ensemble",
-           "PromptLookup", "Rest", "build_datastore", "load_datastore", "save_datastore"]
+           "PromptLookup", "Rest", "build_datastore", "load_datastore", "save_datastore",
+           "write_datastore"]

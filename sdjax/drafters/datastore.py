@@ -140,8 +140,7 @@ def load_datastore(folder: str, tokenizer=None) -> Datastore:
         raise ValueError(f"datastore {folder} was built with another tokenizer (model "
                          f"{info.get('model')!r}); rebuild it for this model with "
                          "`sdjax datastore build --model ...`")
-    return Datastore(jnp.asarray(tokens), jnp.asarray(order), int(info["depth"]),
-                     int(info["max_id"]))
+    return Datastore(jnp.asarray(tokens), jnp.asarray(order), info["depth"], info["max_id"])
 
 
 def build_datastore(tokenizer, texts: Sequence[str], depth: int = 16,
@@ -152,6 +151,16 @@ def build_datastore(tokenizer, texts: Sequence[str], depth: int = 16,
     parts = [encode_corpus(tokenizer, texts[i:i + batch])
              for i in tqdm(range(0, len(texts), batch), desc="tokenize", unit="batch")]
     return from_tokens(np.concatenate(parts), len(tokenizer), depth, progress=True)
+
+
+def write_datastore(folder: str, tokenizer, texts: Sequence[str], depth: int = 16,
+                    **metadata) -> Datastore:
+    """`build_datastore` saved to `folder` with the tokenizer's fingerprint (what
+    `load_datastore` checks) and `metadata`."""
+    datastore = build_datastore(tokenizer, texts, depth)
+    save_datastore(folder, datastore, tokenizer=tokenizer_fingerprint(tokenizer),
+                   num_texts=len(texts), **metadata)
+    return datastore
 
 
 def windows(datastore: Datastore, starts: jax.Array, length: int) -> jax.Array:
