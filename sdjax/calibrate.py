@@ -1,4 +1,6 @@
-"""Measures a (target, drafter) pair's acceptance by sibling rank, for Sequoia trees.
+"""Calibration on real text: a (target, drafter) pair's acceptance by sibling rank, for
+Sequoia trees; and how often a draft made of the target's own layers agrees with it,
+to choose `SelfDraft`'s layers.
 
     acceptance = sdjax.calibrate.rank_acceptance(params, prompts, cfg, draft_params=...)
     tree = sdjax.trees.sequoia(acceptance, num_nodes=32, max_depth=8)
@@ -8,17 +10,30 @@ The drafter (one with a `tree` field, such as `DraftModel`) proposes a one-level
 tree of `width` children each cycle; acceptance[k] is the fraction of cycles in
 which the k-th ranked child was the accepted one — Sequoia's positional
 acceptance, under the same temperature and verifier as `cfg`.
+
+    agrees = sdjax.calibrate.self_draft_agreement(params, model_cfg, tokens, layers)
+
+says at which positions of `tokens` `SelfDraft(layers)`'s first draft is the target's
+greedy token, teacher forced in one pass (no decoding).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Optional, Sequence, Tuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from sdjax import trees
-from sdjax.config import SpecConfig
+from sdjax.config import ModelConfig, SpecConfig
 from sdjax.decode import Prompt, generate
+from sdjax.drafters.vocab import to_target
+from sdjax.models.cache import KVCache
+from sdjax.models.transformer import Transformer, head_rows
 
 
 def rank_acceptance(params, prompts: Prompt, cfg: SpecConfig, *, width: int = 8,
@@ -31,3 +46,54 @@ def rank_acceptance(params, prompts: Prompt, cfg: SpecConfig, *, width: int = 8,
                    tokenizer=tokenizer)
     counts = out.stats["first_rank_hist"].sum(axis=0)
     return counts[:width] / max(counts.sum(), 1)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _agreement(params, tokens, vocab_ids, layer_mask, *, cfg: ModelConfig):
+    """[B, T] whether the draft's and the target's greedy next tokens agree (the draft:
+    the layers `layer_mask` [L] marks, traced, so every subset shares one compile)."""
+    batch, length = tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
+    model = Transformer(cfg)
+    target = model.apply(params, tokens, positions, KVCache.init(cfg, batch, 2 * length))
+    # The target's KV of the text fills pending slots [0, T); token t's draft writes slot
+    # T + t and sees the target's slots before t and itself: what SelfDraft sees at
+    # depth 1 with the text up to t committed.
+    mask = jnp.concatenate([jnp.tri(length, k=-1, dtype=bool), jnp.eye(length, dtype=bool)], 1)
+    head = None if vocab_ids is None else head_rows(params, vocab_ids)
+    draft = model.apply(params, tokens, positions, target.cache, mask, write_offset=length,
+                        pending_positions=jnp.tile(positions, (1, 2)),
+                        logits_from=0 if head is None else length, layer_mask=layer_mask)
+    logits = draft.logits if head is None else model.apply(params, draft.hidden, head,
+                                                            method=Transformer.lm_logits)
+    guess = to_target(vocab_ids, jnp.argmax(logits, -1))
+    return guess == jnp.argmax(target.logits, -1)
+
+
+def self_draft_agreement(params, cfg: ModelConfig, tokens, layers: Sequence[int],
+                         vocab_ids: Optional[np.ndarray] = None) -> np.ndarray:
+    """[B, T] bool: whether, after tokens [B, :t + 1] of real text, the draft of the
+    target's `layers` (with the LM head's rows `vocab_ids`, or all of it) proposes the
+    target's greedy next token, drafting over the target's cache of the text as
+    `SelfDraft` does. Its mean is the draft's greedy acceptance rate at depth 1."""
+    tokens = jnp.asarray(tokens, jnp.int32)
+    ids = None if vocab_ids is None else jnp.asarray(vocab_ids, jnp.int32)
+    layer_mask = jnp.zeros(cfg.num_layers, bool).at[jnp.asarray(layers, jnp.int32)].set(True)
+    return np.asarray(_agreement(params, tokens, ids, layer_mask, cfg=cfg))
+
+
+def skip_layers(params, cfg: ModelConfig, tokens, num_skip: int,
+                vocab_ids: Optional[np.ndarray] = None) -> Tuple[int, ...]:
+    """The layers a `SelfDraft` keeps when it skips `num_skip` of the target's
+    (training-free layer skipping, as Draft & Verify and SWIFT search for): dropped
+    one at a time, each time the layer whose loss keeps the draft's agreement with
+    the target on the real text `tokens` [B, T] highest (`self_draft_agreement`)."""
+    if not 0 <= num_skip < cfg.num_layers:
+        raise ValueError(f"num_skip must be in 0..{cfg.num_layers - 1}, got {num_skip}")
+    kept = list(range(cfg.num_layers))
+    for _ in tqdm(range(num_skip), desc="layer skipping search", unit="layer"):
+        scores = {layer: self_draft_agreement(
+            params, cfg, tokens, [k for k in kept if k != layer], vocab_ids).mean()
+            for layer in kept}
+        kept.remove(max(kept, key=lambda layer: scores[layer]))  # ties: the lowest
+    return tuple(kept)

@@ -105,13 +105,18 @@ def _print_result(out: sdjax.GenerateOutput, as_json: bool) -> None:
 
 def _drafter_from_args(args, target: sdjax.LoadedModel):
     """(drafter, draft params) chosen by --prompt-lookup / --draft-model / --heads /
-    --datastore."""
-    chosen = (args.prompt_lookup, args.draft_model, args.heads, args.datastore)
+    --datastore / --exit-layer / --skip-layers."""
+    chosen = (args.prompt_lookup, args.draft_model, args.heads, args.datastore,
+              args.exit_layer, args.skip_layers)
     if sum(x is not None for x in chosen) > 1:
-        raise ValueError("choose one of --prompt-lookup, --draft-model, --heads and "
-                         "--datastore")
+        raise ValueError("choose one of --prompt-lookup, --draft-model, --heads, "
+                         "--datastore, --exit-layer and --skip-layers")
     if args.rest_context and not args.datastore:
         raise ValueError("--rest-context needs --datastore")
+    if args.draft_vocab and args.exit_layer is None and args.skip_layers is None:
+        raise ValueError("--draft-vocab needs --exit-layer or --skip-layers")
+    if args.exit_layer is not None or args.skip_layers is not None:
+        return _self_draft(args, target)
     if args.datastore:
         from sdjax.drafters import load_datastore
         from sdjax.drafters.rest import rest_for
@@ -132,6 +137,29 @@ def _drafter_from_args(args, target: sdjax.LoadedModel):
         draft = sdjax.load_hf(args.draft_model, dtype=args.dtype, load_tokenizer=False)
         return sdjax.drafters.DraftModel(draft.config, num_draft=args.gamma), draft.params
     return None, None
+
+
+def _self_draft(args, target: sdjax.LoadedModel):
+    """SelfDraft of --exit-layer / --skip-layers, with --draft-vocab's exit head."""
+    from sdjax.drafters.self_draft import SelfDraft
+
+    num_layers = target.config.num_layers
+    if args.exit_layer is not None:
+        drafter = SelfDraft.early_exit(args.exit_layer, num_draft=args.gamma)
+    else:
+        bad = sorted(set(args.skip_layers) - set(range(num_layers)))
+        if bad:
+            raise ValueError(f"--skip-layers {bad}: the model has layers 0..{num_layers - 1}")
+        drafter = SelfDraft(tuple(i for i in range(num_layers) if i not in args.skip_layers),
+                            num_draft=args.gamma)
+    if not args.draft_vocab:
+        return drafter, None
+    if target.tokenizer is None:
+        raise ValueError(f"{args.model} has no tokenizer to count --draft-vocab's tokens with")
+    from sdjax.pretrained import stdlib_vocab
+
+    return drafter, {"vocab_ids": stdlib_vocab(target.tokenizer, args.draft_vocab,
+                                               target.config.vocab_size)}
 
 
 def cmd_generate(args) -> None:
@@ -164,7 +192,7 @@ DEMO_SKIPS = ("draft_adaptive", "eagle", "eagle2_adaptive")
 
 def _demo_setup(args):
     """(target, drafters by method, prompts) for the demo's model."""
-    from sdjax.bench.suite import REST_METHODS, load_pair, methods
+    from sdjax.bench.suite import REST_METHODS, load_pair, methods, self_drafts
     from sdjax.bench.tasks import build_tasks
     from sdjax.pretrained import TESTBED, pretrained_path, shipped_drafts, stdlib_datastore
 
@@ -183,7 +211,8 @@ def _demo_setup(args):
     # REST's datastore (the stdlib's, built into the cache once) only when asked for.
     wanted = set(REST_METHODS) & set(args.method or ())
     datastore = stdlib_datastore(target.tokenizer) if wanted else None
-    return (target, methods(draft, args.gamma, args.lookup, heads, datastore),
+    self_draft = self_drafts(target, args.method or (), args.gamma)
+    return (target, methods(draft, args.gamma, args.lookup, heads, datastore, self_draft),
             [ts[0] for ts in tasks.values()])
 
 
@@ -363,6 +392,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "in the row's own prompt and generated text (default 0; 1 made "
                           "REST 2.4x instead of 1.1x on Gemma 3 code completion, "
                           "BENCHMARKS.md)")
+    gen.add_argument("--exit-layer", type=positive_int, metavar="E",
+                     help="speculate with the model's own first E layers (early-exit "
+                          "self-speculation), --gamma tokens per cycle")
+    gen.add_argument("--skip-layers", type=int, nargs="+", metavar="LAYER",
+                     help="speculate with the model's own layers but these (layer "
+                          "skipping; sdjax.calibrate.skip_layers picks them)")
+    gen.add_argument("--draft-vocab", type=positive_int, metavar="K",
+                     help="with --exit-layer / --skip-layers: draft over the K most "
+                          "frequent tokens of the stdlib (a smaller LM head; 16384 made "
+                          "Gemma 3's draft steps cheap, BENCHMARKS.md)")
     _add_generation_flags(gen)
     gen.set_defaults(func=cmd_generate)
 
@@ -378,12 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-new-tokens", type=int, default=128)
     demo.add_argument("--method", nargs="+",
                       help="speculative methods to compare with autoregressive decoding: "
-                           "prompt_lookup rest rest_context draft_chain draft_adaptive "
-                           "draft_tree medusa "
+                           "prompt_lookup rest rest_context early_exit layer_skip "
+                           "draft_chain draft_adaptive draft_tree medusa "
                            "hydra mlp_speculator eagle eagle2 eagle2_adaptive eagle3 "
                            "(default: those the model has drafts for, but "
-                           + ", ".join(DEMO_SKIPS) + "; rest* only when named: they build "
-                           "the stdlib's datastore on first use, ~30 s)")
+                           + ", ".join(DEMO_SKIPS) + "; rest*, early_exit and layer_skip "
+                           "only when named: they build the stdlib's datastore on first "
+                           "use, ~30 s, and layer_skip calibrates, ~1 min on Gemma 3)")
     demo.add_argument("--gamma", type=int, default=4, help="draft-model chain length")
     demo.add_argument("--lookup", type=int, default=4, help="prompt-lookup tokens")
     demo.set_defaults(func=cmd_demo)

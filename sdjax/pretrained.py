@@ -18,6 +18,8 @@ import sys
 import tempfile
 from typing import Dict, Optional
 
+import numpy as np
+
 from sdjax.models import LoadedModel, load_hf
 from sdjax.models.families import MissingExtraError
 
@@ -150,3 +152,29 @@ def stdlib_datastore(tokenizer):
             shutil.rmtree(folder, ignore_errors=True)  # a partial folder of an earlier try
             os.replace(staged, folder)  # whole or not at all
     return load_datastore(folder, tokenizer)
+
+
+def stdlib_vocab(tokenizer, size: int, vocab_size: int):
+    """The `size` most frequent ids of the stdlib's train split in `tokenizer`'s ids
+    (from its REST datastore): a reduced draft vocabulary for `SelfDraft`'s exit head."""
+    from sdjax.drafters.vocab import frequent_tokens
+
+    return frequent_tokens(np.asarray(stdlib_datastore(tokenizer).tokens), size, vocab_size)
+
+
+def stdlib_text(tokenizer, count: int, length: int, seed: int = 0) -> np.ndarray:
+    """[count, length] token ids of `count` random files of the stdlib's train split
+    long enough (their first `length` tokens): real text to calibrate on
+    (`sdjax.calibrate.skip_layers`)."""
+    from sdjax.data.corpus import corpus_files, read_text
+
+    files = corpus_files("train")
+    rows = []
+    for k in np.random.default_rng(seed).permutation(len(files)):
+        ids = tokenizer(read_text(files[k]))["input_ids"]
+        if len(ids) >= length:
+            rows.append(ids[:length])
+        if len(rows) == count:
+            return np.asarray(rows, np.int32)
+    raise ValueError(f"the stdlib's train split has fewer than {count} files of {length} "
+                     "tokens")

@@ -80,6 +80,21 @@ class Drafter(abc.ABC):
         cache's new length, `features` the verify forward's over the tree's nodes."""
 
     @property
+    def reads_target_cache(self) -> bool:
+        """Whether `propose` also takes `target_cache=`, the target's `KVCache` (its
+        committed prefix; self-speculation drafts with the target's own layers over
+        it instead of keeping a second cache). Read only: the loop verifies with its
+        own copy, so whatever the drafter writes into the pending region is dropped."""
+        return False
+
+    def run_propose(self, draft_params, state, sequence: jax.Array, seq_len: jax.Array,
+                    key: jax.Array, cfg: SpecConfig, target_cache) -> Tuple[DraftTree, Any]:
+        """`propose`, handed the target's cache when the drafter reads it (how the loop
+        and the cost benchmark call it)."""
+        extra = {"target_cache": target_cache} if self.reads_target_cache else {}
+        return self.propose(draft_params, state, sequence, seq_len, key, cfg, **extra)
+
+    @property
     def feature_layers(self) -> Tuple[int, ...]:
         """Target layers the drafter reads (`transformers` numbering); () = final."""
         return ()

@@ -115,6 +115,19 @@ def test_bench_runs_rest_from_a_datastore(pair, tokenizer_dir, tmp_path):
     assert all(r["same_as_greedy"] for r in rows)
 
 
+def test_bench_runs_self_speculation(pair, tmp_path):
+    """early_exit (default: all layers but the last) and a calibrated layer_skip; with
+    a 300-token vocabulary no reduced exit head is built."""
+    target, _ = pair
+    out = tmp_path / "report"
+    assert main(["bench", "--target", target, "--methods", "early_exit", "layer_skip",
+                 "--prompts", "1", "--new-tokens", "6", "--repeats", "1", "--categories",
+                 "completion", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["autoregressive", "early_exit", "layer_skip"]
+    assert all(r["same_as_greedy"] and r["draft_ms"] > 0 for r in rows[1:])
+
+
 def test_ar_bench_times_both_dtypes_and_checks_tokens(tmp_path):
     from sdjax.bench import ar
     result = ar.main(["--layers", "1", "--hidden", "64", "--intermediate", "128", "--heads",

@@ -48,3 +48,28 @@ def test_sequoia_tree_from_a_calibrated_draft_is_lossless_and_beats_a_chain():
 def test_calibration_needs_a_tree_drafter():
     with pytest.raises(ValueError, match="drafts trees"):
         rank_acceptance(PARAMS, PROMPTS, spec(PromptLookup()))
+
+
+
+def test_self_draft_agreement_predicts_each_cycle_of_greedy_decoding():
+    """With every layer the draft agrees everywhere. With a chain of one draft, decoding
+    accepts it exactly where the teacher-forced agreement over the generated text says:
+    walking the cycles' roots through the agreement map gives the acceptance counts."""
+    from sdjax.calibrate import self_draft_agreement
+    from sdjax.drafters.self_draft import SelfDraft
+    from tests.drafters.test_speculative import PARAMS as TWO_LAYER
+    from tests.drafters.test_speculative import TARGET as TWO
+
+    text = np.random.default_rng(0).integers(0, 320, (2, 24))
+    assert self_draft_agreement(TWO_LAYER, TWO, text, (0, 1)).all()
+    prompt, new = list(text[0, :8]), 30
+    out = sdjax.generate(TWO_LAYER, [prompt], sdjax.SpecConfig(
+        model=TWO, drafter=SelfDraft((1,), num_draft=1), max_new_tokens=new, eos_token_id=()))
+    full = np.concatenate([prompt, out.tokens[0]])[None]
+    agrees = self_draft_agreement(TWO_LAYER, TWO, full, (1,))[0]
+    assert 0.1 < agrees.mean() < 0.9
+    root, expected = len(prompt), np.zeros(2, int)  # the first token is the first root
+    while root - len(prompt) + 1 < new:
+        expected[int(agrees[root])] += 1
+        root += 1 + int(agrees[root])
+    np.testing.assert_array_equal(out.stats["accepted_hist"][0], expected)

@@ -28,7 +28,7 @@ def test_sharded_generate_matches_unsharded(hf_checkpoints, arch):
 # model's cache (tree), an ensemble's tuple of them, heads' hidden state, EAGLE's cache,
 # feature buffer and dynamic frontier.
 DEFAULT_MESH_DRAFTERS = {"draft_model_tree_2x2", "ensemble_chain_and_tree", "hydra_tree_noisy",
-                         "eagle3_dynamic_adaptive", "rest_tree"}
+                         "eagle3_dynamic_adaptive", "rest_tree", "layer_skip_tree_2x2"}
 
 
 @pytest.mark.parametrize("name", [

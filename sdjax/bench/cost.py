@@ -65,8 +65,9 @@ def propose_ms(target: sdjax.LoadedModel, drafter, draft_params, prompt: np.ndar
     state = drafter.init(params, tokens, lengths, max_len, start.features)
     sequence = jnp.zeros((1, max_len), jnp.int32).at[0, :length].set(tokens[0])
     sequence = sequence.at[0, length].set(int(start.last_logits[0].argmax()))
-    fn = jax.jit(lambda p, s, seq, n, k: drafter.propose(p, s, seq, n, k, cfg)[0].tokens)
-    return _median_ms(fn, (params, state, sequence, lengths + 1, jax.random.PRNGKey(0)), repeats)
+    fn = jax.jit(lambda p, s, seq, n, k, c: drafter.run_propose(p, s, seq, n, k, cfg, c)[0].tokens)
+    return _median_ms(fn, (params, state, sequence, lengths + 1, jax.random.PRNGKey(0),
+                           start.cache), repeats)
 
 
 def cycle_split(target, drafters: dict, prompt, new_tokens: int, context: int,

@@ -7,9 +7,10 @@ time (reported apart), XLA's peak-memory account, and whether the tokens equal
 plain greedy decoding. Methods run in alternating rounds (a shared, noisy machine);
 each prompt's time is the median over rounds. `--vs-transformers` runs the
 matching `transformers` configurations (greedy, assisted generation with the same
-draft, prompt lookup) on the same checkpoints and prompts. Each row's predicted
-speedup is tau x (one-token forward) / (forward of the tree's nodes + one `propose`),
-with the costs timed on the category's first prompt (`step_costs`).
+draft, prompt lookup, `assistant_early_exit`) on the same checkpoints and prompts.
+Each row's predicted speedup is tau x (one-token forward) / (forward of the tree's
+nodes + one `propose`), with the costs timed on the category's first prompt
+(`step_costs`).
 
 Writes results.json, results.md, speedup.png and acceptance.png to --out.
 """
@@ -30,10 +31,12 @@ from sdjax import testbed
 from sdjax.bench.common import DRAFT_TREE
 from sdjax.bench.cost import forward_ms, propose_ms
 from sdjax.bench.tasks import CATEGORIES, build_tasks
+from sdjax.calibrate import skip_layers
 from sdjax.cli import positive_int
 from sdjax.decode import acceptance_summary
 from sdjax.drafters import DraftModel, PromptLookup, load_datastore
 from sdjax.drafters.rest import rest_for
+from sdjax.drafters.self_draft import SelfDraft
 from sdjax.heads import KINDS, bench_drafters, load_heads
 from sdjax.pretrained import (
     NAMES,
@@ -42,27 +45,56 @@ from sdjax.pretrained import (
     pretrained_path,
     shipped_drafts,
     stdlib_datastore,
+    stdlib_text,
+    stdlib_vocab,
 )
 
 # The methods each kind of trained draft runs (`sdjax.heads.registry` sizes them).
 HEAD_METHODS = {name: tuple(kind.bench) for name, kind in KINDS.items()}
 # REST alone, and with the row's own text as a second source (they need a datastore).
 REST_METHODS = ("rest", "rest_context")
-METHODS = ("autoregressive", "prompt_lookup", *REST_METHODS, "draft_chain",
+# Self-speculation with the target's own layers: early exit, and calibrated layer skipping.
+SELF_METHODS = ("early_exit", "layer_skip")
+METHODS = ("autoregressive", "prompt_lookup", *REST_METHODS, *SELF_METHODS, "draft_chain",
            "draft_adaptive", "draft_tree", *(m for kind in KINDS for m in HEAD_METHODS[kind]))
 
 # sdjax method -> the `transformers` configuration that does the same thing.
 TORCH_COUNTERPART = {"autoregressive": "greedy", "draft_chain": "assisted",
-                     "prompt_lookup": "prompt_lookup"}
+                     "prompt_lookup": "prompt_lookup", "early_exit": "early_exit"}
+
+
+def self_drafts(target: sdjax.LoadedModel, wanted: Sequence[str], gamma: int,
+                exit_layer: Optional[int] = None, num_skip: int = 1,
+                draft_vocab: int = 16384) -> Dict[str, tuple]:
+    """The `wanted` SELF_METHODS: early exit after `exit_layer` layers (default: all but
+    the last), and the `num_skip` layers `sdjax.calibrate.skip_layers` picks on 2 x 256
+    tokens of the stdlib's train split; exit heads over its `draft_vocab` most frequent
+    tokens when the vocabulary is larger."""
+    cfg = target.config
+    vocab = None
+    if draft_vocab < cfg.vocab_size:
+        vocab = {"vocab_ids": stdlib_vocab(target.tokenizer, draft_vocab, cfg.vocab_size)}
+    found = {}
+    if "early_exit" in wanted:
+        exit_layer = cfg.num_layers - 1 if exit_layer is None else exit_layer
+        found["early_exit"] = (SelfDraft.early_exit(exit_layer, num_draft=gamma), vocab)
+    if "layer_skip" in wanted:
+        kept = skip_layers(target.params, cfg, stdlib_text(target.tokenizer, 2, 256), num_skip,
+                           None if vocab is None else vocab["vocab_ids"])
+        found["layer_skip"] = (SelfDraft(kept, num_draft=gamma), vocab)
+    return found
 
 
 def methods(draft: Optional[sdjax.LoadedModel], gamma: int, lookup: int,
-            heads: Sequence[tuple] = (), datastore=None) -> Dict[str, tuple]:
+            heads: Sequence[tuple] = (), datastore=None,
+            self_draft: Optional[Dict[str, tuple]] = None) -> Dict[str, tuple]:
     """name -> (drafter, draft_params). `heads`: (HeadsConfig, params) pairs; without a
-    draft model, no draft-model methods; without a datastore, no REST."""
+    draft model, no draft-model methods; without a datastore, no REST; `self_draft`:
+    what `self_drafts` built."""
     found = {
         "autoregressive": (None, None),
         "prompt_lookup": (PromptLookup(num_draft=lookup), None),
+        **(self_draft or {}),
     }
     if datastore is not None:
         found.update(rest=(rest_for(datastore), datastore),
@@ -87,7 +119,10 @@ def load_pair(target: str, draft: Optional[str], heads: Sequence[str] = (),
             [load_heads(folder) for folder in heads])
 
 
-def _torch_kwargs(name: str, assistant, gamma: int, lookup: int) -> dict:
+def _torch_kwargs(name: str, assistant, gamma: int, lookup: int, exit_layer: int) -> dict:
+    if name == "early_exit":  # the model itself cut after exit_layer layers, its whole head
+        return {"assistant_early_exit": exit_layer, "num_assistant_tokens": gamma,
+                "num_assistant_tokens_schedule": "constant"}
     if name == "assisted":
         assistant.generation_config.num_assistant_tokens = gamma
         assistant.generation_config.num_assistant_tokens_schedule = "constant"
@@ -109,7 +144,9 @@ def run(args) -> dict:
     if set(REST_METHODS) & set(args.methods):
         datastore = (load_datastore(args.datastore, target.tokenizer) if args.datastore
                      else stdlib_datastore(target.tokenizer))
-    available = methods(draft, args.gamma, args.lookup, heads, datastore)
+    self_draft = self_drafts(target, args.methods, args.gamma, args.exit_layer, args.skip,
+                             args.draft_vocab)
+    available = methods(draft, args.gamma, args.lookup, heads, datastore, self_draft)
     missing = sorted(set(args.methods) - set(available))
     if missing:
         raise ValueError(f"methods {missing} need draft heads of that kind (--heads DIR) "
@@ -133,7 +170,9 @@ def run(args) -> dict:
 
     torch_seconds, torch_same = {}, {}
     if args.vs_transformers:
-        torch_seconds, torch_same = _run_transformers(args, prompts, first)
+        early_exit = chosen.get("early_exit", (None,))[0]
+        torch_seconds, torch_same = _run_transformers(
+            args, prompts, first, early_exit and early_exit.layers[-1] + 1)
 
     costs = {category: step_costs(target, chosen, ts[0].prompt, args.cost_repeats, base)
              for category, ts in tqdm(tasks.items(), desc="cost split", unit="category")}
@@ -207,7 +246,7 @@ def _name(folder: str) -> str:
     return folder
 
 
-def _run_transformers(args, prompts, first):
+def _run_transformers(args, prompts, first, exit_layer: Optional[int]):
     """Median seconds per prompt for each `transformers` configuration, and whether its
     tokens equal sdjax's greedy ones."""
     import torch
@@ -223,14 +262,14 @@ def _run_transformers(args, prompts, first):
     seconds = {n: [[] for _ in prompts] for n in names}
     same = {n: [] for n in names}
     for name in names:  # warm-up, and the tokens
-        kwargs = _torch_kwargs(name, assistant, args.gamma, args.lookup)
+        kwargs = _torch_kwargs(name, assistant, args.gamma, args.lookup, exit_layer)
         for k, (_, _, prompt) in enumerate(prompts):
             tokens = torch_generate(model, [prompt], args.new_tokens, **kwargs)[0][0]
             reference = first["autoregressive"][k].tokens[0]
             same[name].append(bool(np.array_equal(tokens, reference[:len(tokens)])))
     for _ in tqdm(range(args.repeats), desc="transformers rounds", unit="round"):
         for name in names:
-            kwargs = _torch_kwargs(name, assistant, args.gamma, args.lookup)
+            kwargs = _torch_kwargs(name, assistant, args.gamma, args.lookup, exit_layer)
             for k, (_, _, prompt) in enumerate(prompts):
                 seconds[name][k].append(torch_generate(model, [prompt], args.new_tokens,
                                                        **kwargs)[1])
@@ -329,6 +368,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datastore", metavar="DIR",
                         help="REST's datastore (`sdjax datastore build`; default: the "
                              "stdlib's train split, built into the cache on first use)")
+    parser.add_argument("--exit-layer", type=positive_int,
+                        help="early_exit's layers (default: all but the last)")
+    parser.add_argument("--skip", type=positive_int, default=1,
+                        help="layers layer_skip skips (picked on the stdlib's train split)")
+    parser.add_argument("--draft-vocab", type=positive_int, default=16384,
+                        help="early_exit / layer_skip's exit head: the most frequent "
+                             "stdlib tokens (when the vocabulary is larger)")
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0)

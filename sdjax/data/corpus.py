@@ -77,10 +77,12 @@ def corpus_files(split: str, root: Optional[str] = None, source: str = "stdlib")
     return sorted(found)
 
 
+def read_text(path: str) -> str:
+    """A corpus file's contents (gunzipped; undecodable bytes replaced)."""
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+        return f.read().decode("utf-8", errors="replace")
+
+
 def read_split(split: str, root: Optional[str] = None, source: str = "stdlib") -> List[str]:
     """The split's file contents (gunzipped; undecodable bytes replaced), in file order."""
-    texts = []
-    for path in corpus_files(split, root, source):
-        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-            texts.append(f.read().decode("utf-8", errors="replace"))
-    return texts
+    return [read_text(path) for path in corpus_files(split, root, source)]

@@ -147,8 +147,8 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
     def cycle(state: DecodeState) -> DecodeState:
         active = ~state.done
         key, draft_key, verify_key = jax.random.split(state.key, 3)
-        tree, draft_state = drafter.propose(
-            draft_params, state.draft_state, state.sequence, state.seq_len, draft_key, cfg)
+        tree, draft_state = drafter.run_propose(draft_params, state.draft_state, state.sequence,
+                                                state.seq_len, draft_key, cfg, state.cache)
         topo = static if tree.topology is None else tree.topology
         out = model.apply(params, tree.tokens, state.cache.length[:, None] + topo.depth,
                           state.cache, topo.ancestor_mask, hidden_layers=feature_layers)

