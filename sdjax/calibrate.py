@@ -31,7 +31,7 @@ from tqdm import tqdm
 from sdjax import trees
 from sdjax.config import ModelConfig, SpecConfig
 from sdjax.decode import Prompt, generate
-from sdjax.drafters.vocab import to_target
+from sdjax.drafters.vocab import check_ids, to_target
 from sdjax.models.cache import KVCache
 from sdjax.models.transformer import Transformer, head_rows
 
@@ -49,25 +49,58 @@ def rank_acceptance(params, prompts: Prompt, cfg: SpecConfig, *, width: int = 8,
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _agreement(params, tokens, vocab_ids, layer_mask, *, cfg: ModelConfig):
-    """[B, T] whether the draft's and the target's greedy next tokens agree (the draft:
-    the layers `layer_mask` [L] marks, traced, so every subset shares one compile)."""
+def _target_pass(params, tokens, *, cfg: ModelConfig):
+    """The target over real text [B, T]: its KV in pending slots [0, T) of a cache of
+    2T, and its greedy next token at every position."""
     batch, length = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
+    out = Transformer(cfg).apply(params, tokens, positions, KVCache.init(cfg, batch, 2 * length))
+    return out.cache, jnp.argmax(out.logits, -1)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _agreement(params, tokens, target_cache, target_next, vocab_ids, layer_mask, *,
+               cfg: ModelConfig):
+    """[B, T] whether the draft of the layers `layer_mask` [L] marks (traced: every
+    subset shares one compile) proposes the target's greedy next token."""
+    length = tokens.shape[1]
+    positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
     model = Transformer(cfg)
-    target = model.apply(params, tokens, positions, KVCache.init(cfg, batch, 2 * length))
-    # The target's KV of the text fills pending slots [0, T); token t's draft writes slot
-    # T + t and sees the target's slots before t and itself: what SelfDraft sees at
-    # depth 1 with the text up to t committed.
+    # Token t's draft writes slot T + t and sees the target's slots before t and itself:
+    # what SelfDraft sees at depth 1 with the text up to t committed.
     mask = jnp.concatenate([jnp.tri(length, k=-1, dtype=bool), jnp.eye(length, dtype=bool)], 1)
     head = None if vocab_ids is None else head_rows(params, vocab_ids)
-    draft = model.apply(params, tokens, positions, target.cache, mask, write_offset=length,
+    draft = model.apply(params, tokens, positions, target_cache, mask, write_offset=length,
                         pending_positions=jnp.tile(positions, (1, 2)),
                         logits_from=0 if head is None else length, layer_mask=layer_mask)
     logits = draft.logits if head is None else model.apply(params, draft.hidden, head,
                                                             method=Transformer.lm_logits)
-    guess = to_target(vocab_ids, jnp.argmax(logits, -1))
-    return guess == jnp.argmax(target.logits, -1)
+    return to_target(vocab_ids, jnp.argmax(logits, -1)) == target_next
+
+
+def _checked(cfg: ModelConfig, tokens, vocab_ids):
+    """tokens [B, T] and vocab_ids as device arrays, refused when out of range."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or not tokens.size or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"calibration text must be int token ids [batch, length], got "
+                         f"{tokens.dtype} {tokens.shape}")
+    if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
+        raise ValueError(f"calibration token ids must be in 0..{cfg.vocab_size - 1}")
+    if vocab_ids is not None:
+        vocab_ids = np.asarray(vocab_ids)
+        check_ids(vocab_ids, vocab_ids.size, cfg.vocab_size)
+        vocab_ids = jnp.asarray(vocab_ids, jnp.int32)
+    return jnp.asarray(tokens, jnp.int32), vocab_ids
+
+
+def _layer_mask(cfg: ModelConfig, layers: Sequence[int]) -> jax.Array:
+    """[L] bool of `layers`, which must be distinct ascending layers of `cfg`."""
+    layers = tuple(int(i) for i in layers)
+    if not layers or list(layers) != sorted(set(layers)) or layers[0] < 0 or \
+            layers[-1] >= cfg.num_layers:
+        raise ValueError(f"layers must be distinct ascending indices in "
+                         f"0..{cfg.num_layers - 1}, got {layers}")
+    return jnp.zeros(cfg.num_layers, bool).at[jnp.asarray(layers)].set(True)
 
 
 def self_draft_agreement(params, cfg: ModelConfig, tokens, layers: Sequence[int],
@@ -76,10 +109,10 @@ def self_draft_agreement(params, cfg: ModelConfig, tokens, layers: Sequence[int]
     target's `layers` (with the LM head's rows `vocab_ids`, or all of it) proposes the
     target's greedy next token, drafting over the target's cache of the text as
     `SelfDraft` does. Its mean is the draft's greedy acceptance rate at depth 1."""
-    tokens = jnp.asarray(tokens, jnp.int32)
-    ids = None if vocab_ids is None else jnp.asarray(vocab_ids, jnp.int32)
-    layer_mask = jnp.zeros(cfg.num_layers, bool).at[jnp.asarray(layers, jnp.int32)].set(True)
-    return np.asarray(_agreement(params, tokens, ids, layer_mask, cfg=cfg))
+    tokens, vocab_ids = _checked(cfg, tokens, vocab_ids)
+    mask = _layer_mask(cfg, layers)
+    cache, target_next = _target_pass(params, tokens, cfg=cfg)
+    return np.asarray(_agreement(params, tokens, cache, target_next, vocab_ids, mask, cfg=cfg))
 
 
 def skip_layers(params, cfg: ModelConfig, tokens, num_skip: int,
@@ -90,10 +123,15 @@ def skip_layers(params, cfg: ModelConfig, tokens, num_skip: int,
     the target on the real text `tokens` [B, T] highest (`self_draft_agreement`)."""
     if not 0 <= num_skip < cfg.num_layers:
         raise ValueError(f"num_skip must be in 0..{cfg.num_layers - 1}, got {num_skip}")
+    tokens, vocab_ids = _checked(cfg, tokens, vocab_ids)
+    cache, target_next = _target_pass(params, tokens, cfg=cfg)
+    agreement = lambda layers: float(jnp.mean(_agreement(
+        params, tokens, cache, target_next, vocab_ids, _layer_mask(cfg, layers), cfg=cfg)))
     kept = list(range(cfg.num_layers))
-    for _ in tqdm(range(num_skip), desc="layer skipping search", unit="layer"):
-        scores = {layer: self_draft_agreement(
-            params, cfg, tokens, [k for k in kept if k != layer], vocab_ids).mean()
-            for layer in kept}
-        kept.remove(max(kept, key=lambda layer: scores[layer]))  # ties: the lowest
+    with tqdm(range(num_skip), desc="layer skipping search", unit="layer") as bar:
+        for _ in bar:
+            scores = {layer: agreement([k for k in kept if k != layer]) for layer in kept}
+            dropped = max(kept, key=lambda layer: scores[layer])  # ties: the lowest
+            kept.remove(dropped)
+            bar.set_postfix(dropped=dropped, agreement=f"{scores[dropped]:.3f}")
     return tuple(kept)

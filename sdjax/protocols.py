@@ -22,6 +22,7 @@ from sdjax.validation import check_fields
 
 if TYPE_CHECKING:
     from sdjax.config import SpecConfig
+    from sdjax.models.cache import KVCache
 
 
 @flax.struct.dataclass
@@ -82,17 +83,22 @@ class Drafter(abc.ABC):
     @property
     def reads_target_cache(self) -> bool:
         """Whether `propose` also takes `target_cache=`, the target's `KVCache` (its
-        committed prefix; self-speculation drafts with the target's own layers over
-        it instead of keeping a second cache). Read only: the loop verifies with its
-        own copy, so whatever the drafter writes into the pending region is dropped."""
+        committed prefix: self-speculation drafts with the target's own layers over it
+        instead of keeping a second cache), and returns it third, with whatever the
+        draft wrote into its pending region. That region is scratch: the verify
+        forward rewrites every pending slot it reads, so drafting there copies nothing."""
         return False
 
     def run_propose(self, draft_params, state, sequence: jax.Array, seq_len: jax.Array,
-                    key: jax.Array, cfg: SpecConfig, target_cache) -> Tuple[DraftTree, Any]:
-        """`propose`, handed the target's cache when the drafter reads it (how the loop
-        and the cost benchmark call it)."""
-        extra = {"target_cache": target_cache} if self.reads_target_cache else {}
-        return self.propose(draft_params, state, sequence, seq_len, key, cfg, **extra)
+                    key: jax.Array, cfg: SpecConfig,
+                    target_cache: KVCache) -> Tuple[DraftTree, Any, KVCache]:
+        """`propose` as the loop (and the cost benchmark) calls it: (tree, state, the
+        target cache to verify over)."""
+        if not self.reads_target_cache:
+            return (*self.propose(draft_params, state, sequence, seq_len, key, cfg),
+                    target_cache)
+        return self.propose(draft_params, state, sequence, seq_len, key, cfg,
+                            target_cache=target_cache)
 
     @property
     def feature_layers(self) -> Tuple[int, ...]:

@@ -50,7 +50,6 @@ def test_calibration_needs_a_tree_drafter():
         rank_acceptance(PARAMS, PROMPTS, spec(PromptLookup()))
 
 
-
 def test_self_draft_agreement_predicts_each_cycle_of_greedy_decoding():
     """With every layer the draft agrees everywhere. With a chain of one draft, decoding
     accepts it exactly where the teacher-forced agreement over the generated text says:
@@ -73,3 +72,50 @@ def test_self_draft_agreement_predicts_each_cycle_of_greedy_decoding():
         expected[int(agrees[root])] += 1
         root += 1 + int(agrees[root])
     np.testing.assert_array_equal(out.stats["accepted_hist"][0], expected)
+
+
+def test_self_draft_agreement_of_a_reduced_head_is_where_the_target_picks_its_ids():
+    """With every layer the draft's whole head agrees everywhere; its rows for every
+    fifth id agree exactly where the target's greedy token is one of them."""
+    from sdjax.calibrate import self_draft_agreement
+    from tests.drafters.test_speculative import PARAMS as TWO_LAYER
+    from tests.drafters.test_speculative import TARGET as TWO
+
+    text = np.random.default_rng(1).integers(0, 320, (2, 20))
+    greedy = np.asarray(jax.numpy.argmax(sdjax.models.transformer.sequence_forward(
+        TWO_LAYER, TWO, jax.numpy.asarray(text)).logits, -1))
+    agrees = self_draft_agreement(TWO_LAYER, TWO, text, (0, 1), np.arange(0, 320, 5))
+    np.testing.assert_array_equal(agrees, greedy % 5 == 0)
+    assert 0 < agrees.mean() < 1
+
+
+def test_skip_layers_drops_the_layer_that_changes_nothing():
+    """Layer 1 of three has zero output projections (an identity): skipping it keeps
+    the draft equal to the target, so the search drops it first."""
+    from sdjax.calibrate import self_draft_agreement, skip_layers
+
+    cfg = TARGET.replace(num_layers=3)
+    params = jax.tree.map(lambda x: x, sdjax.init_params(cfg, jax.random.PRNGKey(4)))
+    for name in ("attn", "mlp"):
+        block = params["params"]["layers_1"][name]
+        out = block["o_proj" if name == "attn" else "down_proj"]
+        out["kernel"] = 0 * out["kernel"]
+    text = np.random.default_rng(2).integers(0, 64, (2, 16))
+    assert skip_layers(params, cfg, text, 1) == (0, 2)
+    assert self_draft_agreement(params, cfg, text, (0, 2)).all()
+    assert skip_layers(params, cfg, text, 0) == (0, 1, 2)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda f: f(PARAMS, TARGET, np.zeros((1, 4), int), (0, 1)), "distinct ascending"),
+    (lambda f: f(PARAMS, TARGET, np.zeros((1, 4), int), ()), "distinct ascending"),
+    (lambda f: f(PARAMS, TARGET, np.full((1, 4), 64), (0,)), "in 0..63"),
+    (lambda f: f(PARAMS, TARGET, np.zeros(4, int), (0,)), r"\[batch, length\]"),
+    (lambda f: f(PARAMS, TARGET, np.zeros((1, 4), int), (0,), [3, 1]), "distinct ascending"),
+])
+def test_calibration_inputs_are_checked(call, message):
+    from sdjax.calibrate import self_draft_agreement
+
+    with pytest.raises(ValueError, match=message):
+        call(self_draft_agreement)
+

@@ -67,16 +67,18 @@ def self_drafts(target: sdjax.LoadedModel, wanted: Sequence[str], gamma: int,
                 exit_layer: Optional[int] = None, num_skip: int = 1,
                 draft_vocab: int = 16384) -> Dict[str, tuple]:
     """The `wanted` SELF_METHODS: early exit after `exit_layer` layers (default: all but
-    the last), and the `num_skip` layers `sdjax.calibrate.skip_layers` picks on 2 x 256
-    tokens of the stdlib's train split; exit heads over its `draft_vocab` most frequent
-    tokens when the vocabulary is larger."""
+    the last, or the only one), and the `num_skip` layers `sdjax.calibrate.skip_layers`
+    picks on 2 x 256 tokens of the stdlib's train split; exit heads over its
+    `draft_vocab` most frequent tokens when the vocabulary is larger."""
     cfg = target.config
+    if not set(SELF_METHODS) & set(wanted):
+        return {}
     vocab = None
     if draft_vocab < cfg.vocab_size:
         vocab = {"vocab_ids": stdlib_vocab(target.tokenizer, draft_vocab, cfg.vocab_size)}
     found = {}
     if "early_exit" in wanted:
-        exit_layer = cfg.num_layers - 1 if exit_layer is None else exit_layer
+        exit_layer = max(cfg.num_layers - 1, 1) if exit_layer is None else exit_layer
         found["early_exit"] = (SelfDraft.early_exit(exit_layer, num_draft=gamma), vocab)
     if "layer_skip" in wanted:
         kept = skip_layers(target.params, cfg, stdlib_text(target.tokenizer, 2, 256), num_skip,
@@ -405,7 +407,8 @@ def main(args) -> dict:
         head_methods = {m for names in HEAD_METHODS.values() for m in names}
         args.methods = [m for m in METHODS if m in from_heads or (
             m not in head_methods and (args.draft or not m.startswith("draft_"))
-            and (m not in REST_METHODS or args.datastore or args.model))]
+            and (m not in REST_METHODS or args.datastore or args.model)
+            and (m not in SELF_METHODS or args.model))]
     if "autoregressive" not in args.methods:
         args.methods = ["autoregressive", *args.methods]  # the baseline of every ratio
     report = run(args)

@@ -147,11 +147,12 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
     def cycle(state: DecodeState) -> DecodeState:
         active = ~state.done
         key, draft_key, verify_key = jax.random.split(state.key, 3)
-        tree, draft_state = drafter.run_propose(draft_params, state.draft_state, state.sequence,
-                                                state.seq_len, draft_key, cfg, state.cache)
+        tree, draft_state, cache = drafter.run_propose(
+            draft_params, state.draft_state, state.sequence, state.seq_len, draft_key, cfg,
+            state.cache)
         topo = static if tree.topology is None else tree.topology
-        out = model.apply(params, tree.tokens, state.cache.length[:, None] + topo.depth,
-                          state.cache, topo.ancestor_mask, hidden_layers=feature_layers)
+        out = model.apply(params, tree.tokens, cache.length[:, None] + topo.depth,
+                          cache, topo.ancestor_mask, hidden_layers=feature_layers)
         error = state.error | jnp.where(active, faults(tree.tokens, out.logits,
                                                         cfg.model.vocab_size), 0)
         state = state.replace(done=state.done | (error > 0), error=error)

@@ -7,7 +7,7 @@ drafter whose tree changes per cycle has a `DynamicShape` as `shape` and returns
 tree's `Topology` in `DraftTree.topology`. `sdjax.drafters.levels` holds the
 level-by-level tree drafting that every draft network with a KV cache shares; a
 drafter's device-resident data (REST's `Datastore`) is its draft params. A drafter
-made of the target's own layers (`SelfDraft`) reads the target's cache
+made of the target's own layers (`SelfDraft`) drafts over the target's cache
 (`reads_target_cache`) instead of keeping one.
 """
 

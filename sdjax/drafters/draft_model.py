@@ -99,7 +99,7 @@ class DraftModel(Drafter):
                               logits_from=logits_from)
             return out.logits, out.hidden, out.cache
 
-        cache, tokens, probs = draft_levels(
+        cache, tokens, probs, _ = draft_levels(
             forward, self.shape, self.catch_up, state.cache, sequence, seq_len, key, cfg,
             self.config.vocab_size, skip_past=limit if self.adaptive else None)
         return (DraftTree(tokens, probs, limit if self.adaptive else None),

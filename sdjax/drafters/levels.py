@@ -45,9 +45,9 @@ def region_mask(tree_mask: jax.Array, window_valid: jax.Array) -> jax.Array:
 
 def draft_levels(forward, shape: TreeShape, window: int, cache, sequence, seq_len, key,
                  cfg: SpecConfig, vocab_size: int, first_features=None, skip_past=None,
-                 vocab_ids=None):
+                 vocab_ids=None, min_confidence: float = 0.0):
     """Drafts the static tree `shape` one depth level per forward; returns (cache,
-    tokens [B, N], probs [B, N, V] or None).
+    tokens [B, N], probs [B, N, V] or None, limit [B] or None).
 
     forward(tokens, features, positions, cache, mask, write_offset, pending_positions,
     logits_from) -> (logits of tokens[logits_from:], hidden, cache) runs the draft
@@ -56,7 +56,12 @@ def draft_levels(forward, shape: TreeShape, window: int, cache, sequence, seq_le
     root with `first_features` [B, W + 1, F] (None: a network that reads tokens only),
     level d the nodes at depth d, each with the hidden output of its parent (EAGLE).
     With `skip_past` [B], levels no row needs (d >= skip_past) are skipped (lax.cond).
-    `vocab_ids` [K]: the network's logits are over that reduced draft vocabulary.
+    With `min_confidence` > 0 a row stops drafting (Kangaroo's early stop) at the first
+    level whose most probable child has a draft probability below it; `limit` [B] is
+    then how many drafted tokens each row proposes (`DraftTree.limit`: a length fixed
+    by the draft alone, so truncating there stays lossless), and levels no row needs
+    are skipped too. `vocab_ids` [K]: the network's logits are over that reduced
+    draft vocabulary.
     """
     nodes = shape.num_nodes
     committed = seq_len - 1  # the target's cache length; the root is at this position
@@ -70,7 +75,7 @@ def draft_levels(forward, shape: TreeShape, window: int, cache, sequence, seq_le
     def level(d, fed, carry):
         """Feeds nodes `fed` (level 0: the window and the root), drafts the children
         of the nodes fed at depth d."""
-        cache, tokens, probs, hidden = carry
+        cache, tokens, probs, hidden, limit = carry
         if d == 0:
             slots = np.arange(window + 1)
             fed_tokens = jnp.concatenate([window_tokens, tokens[:, :1]], axis=1)
@@ -87,17 +92,23 @@ def draft_levels(forward, shape: TreeShape, window: int, cache, sequence, seq_le
         if hidden is not None:
             fed_hidden = out_hidden[:, len(slots) - len(fed):]
             hidden = hidden.at[:, fed].set(fed_hidden.astype(jnp.float32))
-        return cache, tokens, probs, hidden
+        if min_confidence > 0:
+            confidence = jax.nn.softmax(logits.astype(jnp.float32), -1).max(axis=(1, 2))
+            limit = jnp.where((limit > d) & (confidence < min_confidence), d, limit)
+        return cache, tokens, probs, hidden, limit
 
     tokens, probs = root_filled(sequence, seq_len, nodes, vocab_size, cfg)
     hidden = None
     if first_features is not None:
         hidden = jnp.zeros((seq_len.shape[0], nodes, first_features.shape[-1]), jnp.float32)
-    carry = (cache, tokens, probs, hidden)
+    limit = skip_past
+    if limit is None and min_confidence > 0:
+        limit = jnp.full(seq_len.shape, shape.max_depth, jnp.int32)
+    carry = (cache, tokens, probs, hidden, limit)
     for d in range(shape.max_depth):
         step = functools.partial(level, d, np.flatnonzero(shape.depth == d))
-        if skip_past is not None and d > 0:
-            carry = jax.lax.cond(jnp.any(skip_past > d), step, lambda c: c, carry)
+        if limit is not None and d > 0:
+            carry = jax.lax.cond(jnp.any(carry[4] > d), step, lambda c: c, carry)
         else:
             carry = step(carry)
-    return carry[:3]
+    return carry[:3] + carry[4:]

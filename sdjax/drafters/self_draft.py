@@ -11,8 +11,8 @@ It needs no weights and no cache of its own: it reads the target's KV cache, who
 committed entries are the target's own (for the first E layers exactly what the
 draft computes; for a skipped-layer draft, the full model's, as Draft & Verify
 shares them), and drafts the tree level by level into that cache's pending region,
-a scratch copy the verification forward never sees. With every layer the draft is
-the target: greedy drafts are all accepted.
+which the verification forward then rewrites (`Drafter.reads_target_cache`). With
+every layer the draft is the target: greedy drafts are all accepted.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import dataclasses
 from typing import Mapping, Optional, Tuple
 
 import jax.numpy as jnp
+import numpy as np
 
 from sdjax.config import SpecConfig
 from sdjax.drafters.levels import draft_levels
@@ -28,21 +29,25 @@ from sdjax.drafters.vocab import check_ids
 from sdjax.models.transformer import Transformer, head_rows
 from sdjax.protocols import Drafter, DraftTree
 from sdjax.trees import TreeShape, chain
-from sdjax.validation import check_range
+from sdjax.validation import check_range, matches
 
 
 @dataclasses.dataclass(frozen=True)
 class SelfDraft(Drafter):
     """Drafts a chain of `num_draft` tokens (or the static `tree`) with the target's
-    layers `layers` (ascending indices). `SelfDraft.early_exit(E)`: the first E."""
+    layers `layers` (ascending indices). `SelfDraft.early_exit(E)`: the first E.
+    `min_confidence` > 0: a row stops drafting at the first level whose best draft
+    probability is below it (Kangaroo's early stop); levels no row needs are skipped."""
 
     layers: Tuple[int, ...]
     num_draft: int = 4
     tree: Optional[TreeShape] = None
+    min_confidence: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
         check_range(self, "num_draft", 1)
+        check_range(self, "min_confidence", 0, 1)
         if not self.layers or any(b <= a for a, b in zip(self.layers, self.layers[1:])):
             raise ValueError(f"SelfDraft.layers must be distinct ascending layer indices, "
                              f"got {self.layers}")
@@ -54,9 +59,9 @@ class SelfDraft(Drafter):
     @classmethod
     def early_exit(cls, exit_layer: int, **kw) -> "SelfDraft":
         """The draft of the target's first `exit_layer` layers (LayerSkip's early exit)."""
-        if not isinstance(exit_layer, int) or exit_layer < 1:
+        if not matches(exit_layer, int) or exit_layer < 1:
             raise ValueError(f"the exit layer must be an int >= 1, got {exit_layer!r}")
-        return cls(tuple(range(exit_layer)), **kw)
+        return cls(tuple(range(int(exit_layer))), **kw)
 
     @property
     def shape(self) -> TreeShape:
@@ -72,12 +77,17 @@ class SelfDraft(Drafter):
                              f"not have (it has {cfg.model.num_layers})")
         if draft_params is None:
             return
-        if not isinstance(draft_params, Mapping) or set(draft_params) != {"vocab_ids"}:
+        got = sorted(draft_params) if isinstance(draft_params, Mapping) else type(
+            draft_params).__name__
+        if got != ["vocab_ids"]:
             raise ValueError("SelfDraft's draft_params are None (the target's whole LM "
                              "head) or {'vocab_ids': ids} (a reduced draft vocabulary), "
-                             f"got {type(draft_params).__name__}")
-        ids = jnp.asarray(draft_params["vocab_ids"])
-        check_ids(ids, ids.shape[0] if ids.ndim == 1 else -1, cfg.model.vocab_size)
+                             f"got {got}")
+        ids = np.asarray(draft_params["vocab_ids"])
+        if ids.ndim != 1 or not ids.size:
+            raise ValueError(f"SelfDraft's vocab_ids must be a non-empty 1-D array of ids, "
+                             f"got shape {ids.shape}")
+        check_ids(ids, ids.size, cfg.model.vocab_size)
 
     def bind(self, draft_params, target_params):
         """The target's params, and the LM head's rows of a reduced draft vocabulary
@@ -92,6 +102,11 @@ class SelfDraft(Drafter):
 
     def propose(self, draft_params, state, sequence, seq_len, key, cfg: SpecConfig,
                 target_cache=None):
+        """The tree, the (empty) state, and the target cache with the drafted tokens'
+        KV in its pending region (the verify forward overwrites it)."""
+        if target_cache is None:
+            raise ValueError("SelfDraft drafts over the target's KV cache: call "
+                             "propose(..., target_cache=cache), or run_propose")
         model = Transformer(cfg.model)
         target, head = draft_params["target"], draft_params["head"]
 
@@ -104,10 +119,11 @@ class SelfDraft(Drafter):
                 target, out.hidden[:, logits_from:], head, method=Transformer.lm_logits)
             return logits, out.hidden, out.cache
 
-        _, tokens, probs = draft_levels(forward, self.shape, 0, target_cache, sequence, seq_len,
-                                        key, cfg, cfg.model.vocab_size,
-                                        vocab_ids=draft_params["vocab_ids"])
-        return DraftTree(tokens, probs), state
+        cache, tokens, probs, limit = draft_levels(
+            forward, self.shape, 0, target_cache, sequence, seq_len, key, cfg,
+            cfg.model.vocab_size, vocab_ids=draft_params["vocab_ids"],
+            min_confidence=self.min_confidence)
+        return DraftTree(tokens, probs, limit), state, cache
 
     def commit(self, state, result, committed_length, features=None):
         return state

@@ -138,7 +138,7 @@ class Eagle(EagleDrafter):
         return self.tree
 
     def propose(self, draft_params, state, sequence, seq_len, key, cfg: SpecConfig):
-        cache, tokens, probs = draft_levels(
+        cache, tokens, probs, _ = draft_levels(
             self._forward(draft_params), self.tree, self.window, state.cache, sequence, seq_len,
             key, cfg, self.eagle.vocab_size,
             first_features=self._first_features(draft_params, state, seq_len),

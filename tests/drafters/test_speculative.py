@@ -127,6 +127,8 @@ DRAFTERS = {
     "early_exit_g3": (SelfDraft.early_exit(1, num_draft=3), None),
     "layer_skip_tree_2x2": (SelfDraft((1,), tree=trees.kary(2, 2)), None),
     "early_exit_reduced_vocab_g4": (SelfDraft((0,)), {"vocab_ids": np.arange(0, 320, 5)}),
+    # a threshold near these random weights' top probabilities: rows stop at mixed depths
+    "layer_skip_confidence_stop_g4": (SelfDraft((1,), min_confidence=0.005), None),
 }
 
 
@@ -492,6 +494,7 @@ def sequence_tv(out, exact):
     (Rest(num_nodes=6, depth=3, max_query=3, num_matches=4, context=2), TINY_STORE, None),
     (SelfDraft((0,), tree=trees.kary(2, 2)), None, None),
     (SelfDraft((0,), num_draft=2), {"vocab_ids": np.array([0, 1, 3])}, None),
+    (SelfDraft((0,), num_draft=3, min_confidence=0.5), None, None),
     (Medusa(TINY_HEADS, trees.kary(2, 2)), TINY_HEAD_PARAMS, None),
     (Hydra(TINY_HYDRA, trees.kary(2, 2)), TINY_HYDRA_PARAMS, None),
     (MLPSpeculator(TINY_SPECULATOR, trees.kary(2, 2)), TINY_SPECULATOR_PARAMS, None),
@@ -508,6 +511,7 @@ def sequence_tv(out, exact):
 ], ids=["draft_model_chain", "draft_model_chain_block", "draft_model_tree_without_replacement",
         "draft_model_adaptive", "ensemble", "prompt_lookup", "prompt_lookup_branches", "rest",
         "rest_and_own_text", "self_draft_tree", "self_draft_reduced_vocab",
+        "self_draft_confidence_stop",
         "medusa_tree", "hydra_tree", "mlp_speculator_tree", "eagle_tree", "eagle2_dynamic",
         "eagle2_adaptive",
         "eagle3_reduced_vocab_tree", "hydra_reduced_vocab_tree", "eagle2_reduced_vocab",
