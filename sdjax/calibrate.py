@@ -71,11 +71,9 @@ def _agreement(params, tokens, target_cache, target_next, vocab_ids, layer_mask,
     mask = jnp.concatenate([jnp.tri(length, k=-1, dtype=bool), jnp.eye(length, dtype=bool)], 1)
     head = None if vocab_ids is None else head_rows(params, vocab_ids)
     draft = model.apply(params, tokens, positions, target_cache, mask, write_offset=length,
-                        pending_positions=jnp.tile(positions, (1, 2)),
-                        logits_from=0 if head is None else length, layer_mask=layer_mask)
-    logits = draft.logits if head is None else model.apply(params, draft.hidden, head,
-                                                            method=Transformer.lm_logits)
-    return to_target(vocab_ids, jnp.argmax(logits, -1)) == target_next
+                        pending_positions=jnp.tile(positions, (1, 2)), layer_mask=layer_mask,
+                        head=head)
+    return to_target(vocab_ids, jnp.argmax(draft.logits, -1)) == target_next
 
 
 def _checked(cfg: ModelConfig, tokens, vocab_ids):

@@ -114,10 +114,8 @@ class SelfDraft(Drafter):
                     logits_from):
             out = model.apply(target, tokens, positions, cache, mask, run_layers=self.layers,
                               write_offset=write_offset, pending_positions=pending_positions,
-                              logits_from=logits_from if head is None else tokens.shape[1])
-            logits = out.logits if head is None else model.apply(
-                target, out.hidden[:, logits_from:], head, method=Transformer.lm_logits)
-            return logits, out.hidden, out.cache
+                              logits_from=logits_from, head=head)
+            return out.logits, out.hidden, out.cache
 
         cache, tokens, probs, limit = draft_levels(
             forward, self.shape, 0, target_cache, sequence, seq_len, key, cfg,

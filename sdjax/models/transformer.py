@@ -275,6 +275,7 @@ class Transformer(nn.Module):
         pending_positions: Optional[jax.Array] = None,
         logits_from: int = 0,
         layer_mask: Optional[jax.Array] = None,
+        head: Optional[jax.Array] = None,
     ) -> ModelOutput:
         """Runs the new tokens through the layers `run_layers` (ascending; all by default:
         a subset is a draft of the target made of its own layers, `SelfDraft`).
@@ -288,7 +289,8 @@ class Transformer(nn.Module):
         for the new tokens from index `logits_from` on (a draft re-feeding committed
         tokens needs only the last ones'). Layers that `layer_mask` [L] (bool, traced)
         marks False pass their input on (their pending KV is then garbage): trying
-        subsets of layers compiles once (calibration).
+        subsets of layers compiles once (calibration). `head` [K, D]: logits over those
+        rows of the LM head only (`head_rows`, a reduced draft vocabulary).
         """
         cfg = self.config
         run_layers = range(cfg.num_layers) if run_layers is None else run_layers
@@ -311,8 +313,8 @@ class Transformer(nn.Module):
             states.append(x)
         hidden = self.final_norm(x)
         intermediates = tuple(states[i] for i in hidden_layers)
-        return ModelOutput(self.lm_logits(hidden[:, logits_from:]), hidden, intermediates,
-                           cache)
+        return ModelOutput(self.lm_logits(hidden[:, logits_from:], head), hidden,
+                           intermediates, cache)
 
     def lm_logits(self, hidden: jax.Array, head: Optional[jax.Array] = None) -> jax.Array:
         """Final hidden states [..., D] (after the final norm) -> float32 logits [..., V],
