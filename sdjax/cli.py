@@ -105,18 +105,19 @@ def _print_result(out: sdjax.GenerateOutput, as_json: bool) -> None:
 
 def _drafter_from_args(args, target: sdjax.LoadedModel):
     """(drafter, draft params) chosen by --prompt-lookup / --draft-model / --heads /
-    --datastore / --exit-layer / --skip-layers."""
+    --datastore / --exit-layer / --skip-layers / --lookahead."""
     chosen = (args.prompt_lookup, args.draft_model, args.heads, args.datastore,
-              args.exit_layer, args.skip_layers)
+              args.exit_layer, args.skip_layers, args.lookahead or None)
     if sum(x is not None for x in chosen) > 1:
         raise ValueError("choose one of --prompt-lookup, --draft-model, --heads, "
-                         "--datastore, --exit-layer and --skip-layers")
+                         "--datastore, --exit-layer, --skip-layers and --lookahead")
     if args.rest_context and not args.datastore:
         raise ValueError("--rest-context needs --datastore")
-    if args.draft_vocab and args.exit_layer is None and args.skip_layers is None:
-        raise ValueError("--draft-vocab needs --exit-layer or --skip-layers")
-    if args.exit_layer is not None or args.skip_layers is not None:
-        return _self_draft(args, target)
+    own_head = args.exit_layer is not None or args.skip_layers is not None or args.lookahead
+    if args.draft_vocab and not own_head:
+        raise ValueError("--draft-vocab needs --exit-layer, --skip-layers or --lookahead")
+    if own_head:
+        return _own_draft(args, target)
     if args.datastore:
         from sdjax.drafters import load_datastore
         from sdjax.drafters.rest import rest_for
@@ -139,12 +140,16 @@ def _drafter_from_args(args, target: sdjax.LoadedModel):
     return None, None
 
 
-def _self_draft(args, target: sdjax.LoadedModel):
-    """SelfDraft of --exit-layer / --skip-layers, with --draft-vocab's exit head."""
+def _own_draft(args, target: sdjax.LoadedModel):
+    """The drafts made of the target itself: SelfDraft of --exit-layer / --skip-layers,
+    or Lookahead (--lookahead), with --draft-vocab's head."""
+    from sdjax.drafters.lookahead import Lookahead
     from sdjax.drafters.self_draft import SelfDraft
 
     num_layers = target.config.num_layers
-    if args.exit_layer is not None:
+    if args.lookahead:
+        drafter = Lookahead(from_context=args.lookahead == "context")
+    elif args.exit_layer is not None:
         if args.exit_layer > num_layers:
             raise ValueError(f"--exit-layer {args.exit_layer}: the model has {num_layers} "
                              "layers")
@@ -403,8 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--skip-layers", type=int, nargs="+", metavar="LAYER",
                      help="speculate with the model's own layers but these (layer "
                           "skipping; sdjax.calibrate.skip_layers picks them)")
+    gen.add_argument("--lookahead", nargs="?", const="window", choices=["window", "context"],
+                     help="speculate with Lookahead decoding: n-grams of the model's own "
+                          "Jacobi window; 'context' also pools the n-grams of the prompt "
+                          "and of the generated text")
     gen.add_argument("--draft-vocab", type=positive_int, metavar="K",
-                     help="with --exit-layer / --skip-layers: draft over the K most "
+                     help="with --exit-layer / --skip-layers / --lookahead: draft (or score "
+                          "the window) over the K most "
                           "frequent tokens of the stdlib's train split (a smaller LM head; "
                           "16384 on Gemma 3 cut a draft step from ~37 to ~19 ms, "
                           "BENCHMARKS.md)")
@@ -423,12 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-new-tokens", type=int, default=128)
     demo.add_argument("--method", nargs="+",
                       help="speculative methods to compare with autoregressive decoding: "
-                           "prompt_lookup rest rest_context early_exit layer_skip "
+                           "prompt_lookup rest rest_context lookahead lookahead_context "
+                           "early_exit layer_skip "
                            "draft_chain draft_adaptive draft_tree medusa "
                            "hydra mlp_speculator eagle eagle2 eagle2_adaptive eagle3 "
                            "(default: those the model has drafts for, but "
-                           + ", ".join(DEMO_SKIPS) + "; rest*, early_exit and layer_skip "
-                           "only when named: they build the stdlib's datastore on first "
+                           + ", ".join(DEMO_SKIPS) + "; rest*, lookahead*, early_exit and "
+                           "layer_skip only when named: they build the stdlib's datastore on first "
                            "use, ~30 s, and layer_skip calibrates, ~1 min on Gemma 3)")
     demo.add_argument("--gamma", type=int, default=4, help="draft-model chain length")
     demo.add_argument("--lookup", type=int, default=4, help="prompt-lookup tokens")

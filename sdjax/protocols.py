@@ -1,7 +1,8 @@
 """The two contracts every speculative method implements, and the data they exchange.
 
 A `Drafter` proposes a `DraftTree` each cycle; the target scores every node in one
-forward; a `Verifier` turns the scores into a `VerifyResult` (the accepted path and
+forward (and any `NonCandidates` beside them, whose logits go back to the drafter);
+a `Verifier` turns the tree's scores into a `VerifyResult` (the accepted path and
 one more token). The decode loop (`sdjax.decode`) only ever talks to these two, so a
 new method is a new subclass of one of them, never a new loop.
 
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional, Tuple, Union
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 
 from sdjax.trees import DynamicShape, Topology, TreeShape
 from sdjax.validation import check_fields
@@ -26,6 +28,20 @@ if TYPE_CHECKING:
 
 
 @flax.struct.dataclass
+class NonCandidates:
+    """Tokens the verify forward scores beside the tree without drafting them
+    (Lookahead's Jacobi window): each has its own position and attention pattern; none
+    is ever accepted or committed to the cache, and tree nodes never attend to them,
+    so the tree's logits are those of a forward without them. Their logits go back
+    to the drafter's `commit` (`extra_logits`)."""
+
+    tokens: jax.Array  # [B, M]
+    offsets: jax.Array  # [B, M] or [M] position relative to the root
+    mask: jax.Array  # [B, M, N + M] or [M, N + M]: the tree nodes and non-candidates each sees
+    head: Optional[jax.Array] = None  # [K, D] LM head rows to score them over (None: all)
+
+
+@flax.struct.dataclass
 class DraftTree:
     """What a drafter proposes in one cycle."""
 
@@ -33,6 +49,23 @@ class DraftTree:
     probs: Optional[jax.Array] = None  # [B, N, V] what each node was drawn from (sampling)
     limit: Optional[jax.Array] = None  # [B] most drafts a row may accept (adaptive length)
     topology: Optional[Topology] = None  # per-cycle structure (dynamic trees); None: `shape`
+    extra: Optional[NonCandidates] = None  # scored beside the tree, never accepted
+
+    def forward_inputs(self, topology: Topology):
+        """(tokens [B, N + M], offsets from the root [B, N + M], mask [B, N + M, N + M])
+        of the verify forward: the tree's nodes, then the non-candidates."""
+        if self.extra is None:
+            return self.tokens, topology.depth, topology.ancestor_mask
+        batch, nodes = self.tokens.shape
+        extra = self.extra
+        count = extra.tokens.shape[1]
+        offsets = jnp.broadcast_to(extra.offsets, (batch, count))
+        tree_rows = jnp.concatenate(
+            [topology.ancestor_mask, jnp.zeros((batch, nodes, count), bool)], axis=2)
+        extra_rows = jnp.broadcast_to(extra.mask, (batch, count, nodes + count))
+        return (jnp.concatenate([self.tokens, extra.tokens], axis=1),
+                jnp.concatenate([topology.depth, offsets], axis=1),
+                jnp.concatenate([tree_rows, extra_rows], axis=1))
 
 
 @flax.struct.dataclass
@@ -99,6 +132,21 @@ class Drafter(abc.ABC):
                     target_cache)
         return self.propose(draft_params, state, sequence, seq_len, key, cfg,
                             target_cache=target_cache)
+
+    @property
+    def num_extra(self) -> int:
+        """Non-candidate tokens (`DraftTree.extra`) each cycle's forward also scores; a
+        drafter with any takes `extra_logits=` [B, M, V or K] in `commit`."""
+        return 0
+
+    def run_commit(self, state, result: VerifyResult, committed_length: jax.Array,
+                   features: jax.Array, extra_logits: Optional[jax.Array]) -> Any:
+        """`commit` as the loop calls it: the non-candidates' logits go to drafters
+        that score any."""
+        if not self.num_extra:
+            return self.commit(state, result, committed_length, features)
+        return self.commit(state, result, committed_length, features,
+                           extra_logits=extra_logits)
 
     @property
     def feature_layers(self) -> Tuple[int, ...]:

@@ -37,7 +37,8 @@ def test_bench_writes_a_well_formed_report(pair, tmp_path, capsys):
     assert sorted(os.listdir(out)) == ["acceptance.png", "results.json", "results.md",
                                        "speedup.png"]
     report = json.loads((out / "results.json").read_text())
-    methods = ["autoregressive", "prompt_lookup", "draft_chain", "draft_adaptive", "draft_tree"]
+    methods = ["autoregressive", "prompt_lookup", "lookahead", "lookahead_context", "draft_chain",
+               "draft_adaptive", "draft_tree"]
     assert [(r["category"], r["method"]) for r in report["rows"]] == [
         (c, m) for c in ("completion", "copy_edit") for m in methods]
     for row in report["rows"]:
@@ -111,7 +112,7 @@ def test_bench_runs_rest_from_a_datastore(pair, tokenizer_dir, tmp_path):
                  "--out", str(out)]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["autoregressive", "prompt_lookup", "rest",
-                                           "rest_context"]
+                                           "rest_context", "lookahead", "lookahead_context"]
     assert all(r["same_as_greedy"] for r in rows)
 
 

@@ -127,6 +127,7 @@ def test_train_config_errors_exit_2_before_any_work(tmp_path, capsys, command, c
     (["train", "generations", "--target", "t", "--output", "o", "--batch-size", "-1"],
      "-1 must be >= 1"),
     (["demo", "--model", "gpt5"], "invalid choice: 'gpt5'"),
+    (["generate", "--model", "x", "--lookahead", "sideways"], "invalid choice: 'sideways'"),
 ])
 def test_malformed_flags_are_one_line_too(capsys, argv, message):
     with pytest.raises(SystemExit) as raised:
@@ -225,7 +226,8 @@ def test_help_of_every_command():
 
 @pytest.mark.parametrize("flags", [["--prompt-lookup", "4"],
                                    ["--draft-model", "SELF", "--gamma", "3"],
-                                   ["--exit-layer", "1", "--gamma", "3"]])
+                                   ["--exit-layer", "1", "--gamma", "3"],
+                                   ["--lookahead"], ["--lookahead", "context"]])
 def test_speculative_flags_give_the_same_greedy_tokens(checkpoint, capsys, flags):
     common = ["generate", "--model", checkpoint, "--prompt", "def f(x):\n    return x",
               "--max-new-tokens", "12", "--eos-token-id", "--json"]
@@ -242,8 +244,9 @@ def test_speculative_flags_give_the_same_greedy_tokens(checkpoint, capsys, flags
     (["--exit-layer", "2"], "--exit-layer 2: the model has 1 layers"),
     (["--skip-layers", "3"], "--skip-layers [3]: the model has layers 0..0"),
     (["--skip-layers", "0"], "--skip-layers would skip every layer"),
-    (["--draft-vocab", "8"], "--draft-vocab needs --exit-layer or --skip-layers"),
+    (["--draft-vocab", "8"], "--draft-vocab needs --exit-layer, --skip-layers or --lookahead"),
     (["--exit-layer", "1", "--skip-layers", "0"], "choose one of"),
+    (["--lookahead", "--prompt-lookup", "2"], "choose one of"),
 ])
 def test_self_speculation_flags_are_checked(checkpoint, capsys, flags, message):
     assert cli.main(["generate", "--model", checkpoint, "--prompt", "x", *flags]) == 2

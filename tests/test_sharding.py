@@ -24,11 +24,13 @@ def test_sharded_generate_matches_unsharded(hf_checkpoints, arch):
     np.testing.assert_array_equal(sharded.tokens, plain.tokens)
 
 
-# One of each kind of drafter state in the default run (all 19 with -m slow): a draft
+# One of each kind of drafter state in the default run (all of them with -m slow): a draft
 # model's cache (tree), an ensemble's tuple of them, heads' hidden state, EAGLE's cache,
-# feature buffer and dynamic frontier.
+# feature buffer and dynamic frontier, REST's datastore, the target's own cache, and
+# Lookahead's window and pool with non-candidate tokens.
 DEFAULT_MESH_DRAFTERS = {"draft_model_tree_2x2", "ensemble_chain_and_tree", "hydra_tree_noisy",
-                         "eagle3_dynamic_adaptive", "rest_tree", "layer_skip_tree_2x2"}
+                         "eagle3_dynamic_adaptive", "rest_tree", "layer_skip_tree_2x2",
+                         "lookahead_context_reduced_vocab"}
 
 
 @pytest.mark.parametrize("name", [

@@ -42,13 +42,27 @@ def _median_ms(fn, args, repeats: int) -> float:
     return float(np.median(times) * 1e3)
 
 
-def forward_ms(model: sdjax.LoadedModel, new_tokens: int, context: int, repeats: int) -> float:
-    """Median ms of one target forward of `new_tokens` over a cache of `context`."""
-    cache = KVCache.init(model.config, 1, context + new_tokens).replace(
+def forward_ms(model: sdjax.LoadedModel, new_tokens: int, context: int, repeats: int,
+               extra: int = 0, extra_head: Optional[jax.Array] = None) -> float:
+    """Median ms of one target forward of `new_tokens` over a cache of `context`, and of
+    `extra` non-candidates beside them, scored over the LM head's rows `extra_head`
+    (all when None), as the decode loop's `verify_forward` does."""
+    total = new_tokens + extra
+    cache = KVCache.init(model.config, 1, context + total).replace(
         length=jnp.array([context], jnp.int32))
-    fn = jax.jit(lambda p, tokens, c: sdjax.Transformer(model.config).apply(
-        p, tokens, context + jnp.arange(new_tokens)[None], c).logits)
-    return _median_ms(fn, (model.params, jnp.zeros((1, new_tokens), jnp.int32), cache), repeats)
+    model_def = sdjax.Transformer(model.config)
+
+    def forward(p, tokens, c):
+        positions = context + jnp.arange(total)[None]
+        if not extra:
+            return model_def.apply(p, tokens, positions, c).logits
+        hidden = model_def.apply(p, tokens, positions, c, logits_from=total).hidden
+        scored = lambda h, head=None: model_def.apply(p, h, head,
+                                                      method=sdjax.Transformer.lm_logits)
+        return scored(hidden[:, :new_tokens]), scored(hidden[:, new_tokens:], extra_head)
+
+    return _median_ms(jax.jit(forward), (model.params, jnp.zeros((1, total), jnp.int32), cache),
+                      repeats)
 
 
 def propose_ms(target: sdjax.LoadedModel, drafter, draft_params, prompt: np.ndarray,

@@ -35,9 +35,11 @@ from sdjax.calibrate import skip_layers
 from sdjax.cli import positive_int
 from sdjax.decode import acceptance_summary
 from sdjax.drafters import DraftModel, PromptLookup, load_datastore
+from sdjax.drafters.lookahead import Lookahead
 from sdjax.drafters.rest import rest_for
 from sdjax.drafters.self_draft import SelfDraft
 from sdjax.heads import KINDS, bench_drafters, load_heads
+from sdjax.models.transformer import head_rows
 from sdjax.pretrained import (
     NAMES,
     TESTBED,
@@ -55,7 +57,10 @@ HEAD_METHODS = {name: tuple(kind.bench) for name, kind in KINDS.items()}
 REST_METHODS = ("rest", "rest_context")
 # Self-speculation with the target's own layers: early exit, and calibrated layer skipping.
 SELF_METHODS = ("early_exit", "layer_skip")
-METHODS = ("autoregressive", "prompt_lookup", *REST_METHODS, *SELF_METHODS, "draft_chain",
+# Lookahead decoding's Jacobi window alone, and with the row's own n-grams in its pool.
+LOOKAHEAD_METHODS = ("lookahead", "lookahead_context")
+METHODS = ("autoregressive", "prompt_lookup", *REST_METHODS, *LOOKAHEAD_METHODS, *SELF_METHODS,
+           "draft_chain",
            "draft_adaptive", "draft_tree", *(m for kind in KINDS for m in HEAD_METHODS[kind]))
 
 # sdjax method -> the `transformers` configuration that does the same thing.
@@ -66,12 +71,13 @@ TORCH_COUNTERPART = {"autoregressive": "greedy", "draft_chain": "assisted",
 def self_drafts(target: sdjax.LoadedModel, wanted: Sequence[str], gamma: int,
                 exit_layer: Optional[int] = None, num_skip: int = 1,
                 draft_vocab: int = 16384) -> Dict[str, tuple]:
-    """The `wanted` SELF_METHODS: early exit after `exit_layer` layers (default: all but
-    the last, or the only one), and the `num_skip` layers `sdjax.calibrate.skip_layers`
-    picks on 2 x 256 tokens of the stdlib's train split; exit heads over its
+    """The `wanted` SELF_METHODS and LOOKAHEAD_METHODS, the drafts made of the target
+    itself: early exit after `exit_layer` layers (default: all but the last, or the
+    only one), the `num_skip` layers `sdjax.calibrate.skip_layers` picks on 2 x 256
+    tokens of the stdlib's train split, and Lookahead's window; their heads over its
     `draft_vocab` most frequent tokens when the vocabulary is larger."""
     cfg = target.config
-    if not set(SELF_METHODS) & set(wanted):
+    if not set(SELF_METHODS + LOOKAHEAD_METHODS) & set(wanted):
         return {}
     vocab = None
     if draft_vocab < cfg.vocab_size:
@@ -84,6 +90,10 @@ def self_drafts(target: sdjax.LoadedModel, wanted: Sequence[str], gamma: int,
         kept = skip_layers(target.params, cfg, stdlib_text(target.tokenizer, 2, 256), num_skip,
                            None if vocab is None else vocab["vocab_ids"])
         found["layer_skip"] = (SelfDraft(kept, num_draft=gamma), vocab)
+    if "lookahead" in wanted:
+        found["lookahead"] = (Lookahead(), vocab)
+    if "lookahead_context" in wanted:
+        found["lookahead_context"] = (Lookahead(from_context=True), vocab)
     return found
 
 
@@ -153,7 +163,7 @@ def run(args) -> dict:
     if missing:
         raise ValueError(f"methods {missing} need draft heads of that kind (--heads DIR) "
                          "or a draft model (--draft DIR)")
-    chosen = {name: m for name, m in available.items() if name in args.methods}
+    chosen = {name: available[name] for name in METHODS if name in args.methods}
     prompts = [(c, i, t.prompt) for c, ts in tasks.items() for i, t in enumerate(ts)]
 
     def decode(name, prompt):
@@ -227,15 +237,18 @@ def step_costs(target, chosen: dict, prompt, repeats: int, cfg: sdjax.SpecConfig
     tau x ar / (verify + draft) is the speedup the method would reach if the loop's
     bookkeeping (verification rule, commits, drafter state) cost nothing."""
     context = len(prompt)
-    forward = {}  # nodes -> ms, measured once per size
+    forward = {}  # (nodes, non-candidates) -> ms, measured once per size
     out = {}
     for name, (drafter, draft_params) in chosen.items():
-        nodes = 1 if drafter is None else drafter.shape.num_nodes
-        for n in {1, nodes} - set(forward):
-            forward[n] = forward_ms(target, n, context, repeats)
+        size = (1, 0) if drafter is None else (drafter.shape.num_nodes, drafter.num_extra)
+        for nodes, extra in {(1, 0), size} - set(forward):
+            # Non-candidates (Lookahead's window) are scored over its reduced head, if any.
+            head = head_rows(target.params, draft_params["vocab_ids"]) if (
+                extra and draft_params) else None
+            forward[nodes, extra] = forward_ms(target, nodes, context, repeats, extra, head)
         draft = 0.0 if drafter is None else propose_ms(target, drafter, draft_params,
                                                        np.asarray(prompt), repeats, cfg)
-        out[name] = {"ar_ms": forward[1], "verify_ms": forward[nodes], "draft_ms": draft}
+        out[name] = {"ar_ms": forward[1, 0], "verify_ms": forward[size], "draft_ms": draft}
     return out
 
 

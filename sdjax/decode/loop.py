@@ -21,9 +21,9 @@ from sdjax.decode.prompts import prefill
 from sdjax.drafters import Autoregressive
 from sdjax.models.cache import KVCache
 from sdjax.models.transformer import Transformer
-from sdjax.protocols import Drafter, VerifyResult
+from sdjax.protocols import Drafter, DraftTree, VerifyResult
 from sdjax.sampling import sample_tokens
-from sdjax.trees import TreeShape, static_topology
+from sdjax.trees import Topology, TreeShape, static_topology
 from sdjax.verify import RejectionSampling
 
 
@@ -75,8 +75,10 @@ def drafter_of(cfg: SpecConfig) -> Drafter:
 
 
 def sequence_length(bucket: int, cfg: SpecConfig) -> int:
-    """Slots for prompt, new tokens, and one tree pending beyond them."""
-    return bucket + cfg.max_new_tokens + drafter_of(cfg).shape.num_nodes + 1
+    """Slots for prompt, new tokens, and one tree (and its non-candidates) pending
+    beyond them."""
+    drafter = drafter_of(cfg)
+    return bucket + cfg.max_new_tokens + drafter.shape.num_nodes + drafter.num_extra + 1
 
 
 def _append(state: DecodeState, new: jax.Array, count: jax.Array, cfg: SpecConfig):
@@ -104,6 +106,25 @@ def _truncate(result: VerifyResult, tokens: jax.Array, limit: jax.Array) -> Veri
     return result.replace(
         num_accepted=num,
         next_token=jnp.where(result.num_accepted > limit, cut_token, result.next_token))
+
+
+def verify_forward(model: Transformer, params, tree: DraftTree, topo: Topology,
+                   cache: KVCache, feature_layers):
+    """The target's forward over the tree's nodes (and any non-candidates after them):
+    (its output, with pending KV for all; the tree's logits [B, N, V] and features;
+    the non-candidates' logits, over `tree.extra.head`'s rows if given, or None)."""
+    tokens, offsets, mask = tree.forward_inputs(topo)
+    positions = cache.length[:, None] + offsets
+    if tree.extra is None:
+        out = model.apply(params, tokens, positions, cache, mask, hidden_layers=feature_layers)
+        return out, out.logits, out.features(), None
+    nodes = tree.tokens.shape[1]
+    out = model.apply(params, tokens, positions, cache, mask, hidden_layers=feature_layers,
+                      logits_from=tokens.shape[1])
+    logits = model.apply(params, out.hidden[:, :nodes], method=Transformer.lm_logits)
+    extra_logits = model.apply(params, out.hidden[:, nodes:], tree.extra.head,
+                               method=Transformer.lm_logits)
+    return out, logits, out.features()[:, :nodes], extra_logits
 
 
 def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
@@ -151,12 +172,13 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
             draft_params, state.draft_state, state.sequence, state.seq_len, draft_key, cfg,
             state.cache)
         topo = static if tree.topology is None else tree.topology
-        out = model.apply(params, tree.tokens, cache.length[:, None] + topo.depth,
-                          cache, topo.ancestor_mask, hidden_layers=feature_layers)
-        error = state.error | jnp.where(active, faults(tree.tokens, out.logits,
-                                                        cfg.model.vocab_size), 0)
+        out, logits, features, extra_logits = verify_forward(model, params, tree, topo,
+                                                             cache, feature_layers)
+        fed = tree.tokens if tree.extra is None else jnp.concatenate(
+            [tree.tokens, tree.extra.tokens], axis=1)
+        error = state.error | jnp.where(active, faults(fed, logits, cfg.model.vocab_size), 0)
         state = state.replace(done=state.done | (error > 0), error=error)
-        result = verifier(out.logits, tree.tokens, tree.probs, topo, verify_key, cfg)
+        result = verifier(logits, tree.tokens, tree.probs, topo, verify_key, cfg)
         if tree.limit is not None:
             result = _truncate(result, tree.tokens, tree.limit)
         num = result.num_accepted
@@ -172,8 +194,8 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
             num > 0, jnp.take_along_axis(topo.rank, first_node[:, None], 1)[:, 0], width)
         return state.replace(
             cache=cache,
-            draft_state=constrain(drafter.commit(draft_state, result, cache.length,
-                                                 out.features())),
+            draft_state=constrain(drafter.run_commit(draft_state, result, cache.length,
+                                                     features, extra_logits)),
             key=key,
             accepted=state.accepted + jax.nn.one_hot(num, shape.max_depth + 1,
                                                      dtype=jnp.int32) * active[:, None],

@@ -8,7 +8,9 @@ tree's `Topology` in `DraftTree.topology`. `sdjax.drafters.levels` holds the
 level-by-level tree drafting that every draft network with a KV cache shares; a
 drafter's device-resident data (REST's `Datastore`) is its draft params. A drafter
 made of the target's own layers (`SelfDraft`) drafts over the target's cache
-(`reads_target_cache`) instead of keeping one.
+(`reads_target_cache`) instead of keeping one. A drafter may also have the verify
+forward score tokens that are not drafts (`num_extra`, `DraftTree.extra`: Lookahead's
+Jacobi window) and read their logits back in `commit`.
 """
 
 from sdjax.drafters.base import Autoregressive
@@ -21,11 +23,12 @@ from sdjax.drafters.datastore import (
 )
 from sdjax.drafters.draft_model import DraftModel
 from sdjax.drafters.ensemble import Ensemble
+from sdjax.drafters.lookahead import Lookahead
 from sdjax.drafters.prompt_lookup import PromptLookup
 from sdjax.drafters.rest import Rest
 from sdjax.drafters.self_draft import SelfDraft
 from sdjax.protocols import Drafter, DraftTree
 
 __all__ = ["Autoregressive", "Datastore", "DraftModel", "DraftTree", "Drafter", "Ensemble",
-           "PromptLookup", "Rest", "SelfDraft", "build_datastore", "load_datastore",
+           "Lookahead", "PromptLookup", "Rest", "SelfDraft", "build_datastore", "load_datastore",
            "save_datastore", "write_datastore"]

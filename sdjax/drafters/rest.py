@@ -65,6 +65,20 @@ def most_frequent_prefixes(continuations: jax.Array, weights: jax.Array, count: 
     return tokens, jnp.where(real & (chosen_level > 0), parent, 0), real
 
 
+def prefix_tree(continuations: jax.Array, weights: jax.Array, sequence: jax.Array,
+                seq_len: jax.Array, num_nodes: int, cfg) -> DraftTree:
+    """The tree of the `num_nodes - 1` most frequent prefixes of each row's
+    continuations [B, M, D] (`most_frequent_prefixes`) under its root, with one-hot
+    draft laws. Rows with fewer distinct prefixes pad it with children of the root
+    that repeat the root's token."""
+    tokens, parents, real = most_frequent_prefixes(continuations, weights, num_nodes - 1)
+    root = roots(sequence, seq_len)[:, None]
+    tokens = jnp.concatenate([root, jnp.where(real, tokens, root)], axis=1)
+    parents = jnp.concatenate([jnp.full_like(root, -1), parents], axis=1)
+    topology = from_parents(parents, continuations.shape[2], num_nodes - 1)
+    return DraftTree(tokens, one_hot_probs(tokens, cfg), topology=topology)
+
+
 @dataclasses.dataclass(frozen=True)
 class Rest(Drafter):
     """Drafts the most frequent continuations of the context in a datastore (the
@@ -152,13 +166,8 @@ class Rest(Drafter):
             own, own_weights = self.own_matches(sequence, seq_len)
             continuations = jnp.concatenate([continuations, own], axis=1)
             weights = jnp.concatenate([weights, own_weights], axis=1)
-        tokens, parents, real = most_frequent_prefixes(continuations, weights,
-                                                       self.num_nodes - 1)
-        root = roots(sequence, seq_len)[:, None]
-        tokens = jnp.concatenate([root, jnp.where(real, tokens, root)], axis=1)
-        parents = jnp.concatenate([jnp.full_like(root, -1), parents], axis=1)
-        topology = from_parents(parents, self.depth, self.num_nodes - 1)
-        return DraftTree(tokens, one_hot_probs(tokens, cfg), topology=topology), state
+        return prefix_tree(continuations, weights, sequence, seq_len, self.num_nodes,
+                           cfg), state
 
     def commit(self, state, result, committed_length, features=None):
         return state

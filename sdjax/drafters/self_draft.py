@@ -18,15 +18,12 @@ every layer the draft is the target: greedy drafts are all accepted.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Optional, Tuple
-
-import jax.numpy as jnp
-import numpy as np
+from typing import Optional, Tuple
 
 from sdjax.config import SpecConfig
 from sdjax.drafters.levels import draft_levels
-from sdjax.drafters.vocab import check_ids
-from sdjax.models.transformer import Transformer, head_rows
+from sdjax.drafters.vocab import bind_head, check_head_params
+from sdjax.models.transformer import Transformer
 from sdjax.protocols import Drafter, DraftTree
 from sdjax.trees import TreeShape, chain
 from sdjax.validation import check_range, matches
@@ -75,27 +72,12 @@ class SelfDraft(Drafter):
         if self.layers[-1] >= cfg.model.num_layers:
             raise ValueError(f"SelfDraft.layers {self.layers} name layers the target does "
                              f"not have (it has {cfg.model.num_layers})")
-        if draft_params is None:
-            return
-        got = sorted(draft_params) if isinstance(draft_params, Mapping) else type(
-            draft_params).__name__
-        if got != ["vocab_ids"]:
-            raise ValueError("SelfDraft's draft_params are None (the target's whole LM "
-                             "head) or {'vocab_ids': ids} (a reduced draft vocabulary), "
-                             f"got {got}")
-        ids = np.asarray(draft_params["vocab_ids"])
-        if ids.ndim != 1 or not ids.size:
-            raise ValueError(f"SelfDraft's vocab_ids must be a non-empty 1-D array of ids, "
-                             f"got shape {ids.shape}")
-        check_ids(ids, ids.size, cfg.model.vocab_size)
+        check_head_params("SelfDraft", draft_params, cfg.model.vocab_size)
 
     def bind(self, draft_params, target_params):
         """The target's params, and the LM head's rows of a reduced draft vocabulary
         (gathered once per generate, before the loop)."""
-        if draft_params is None:
-            return {"target": target_params, "vocab_ids": None, "head": None}
-        ids = jnp.asarray(draft_params["vocab_ids"], jnp.int32)
-        return {"target": target_params, "vocab_ids": ids, "head": head_rows(target_params, ids)}
+        return {"target": target_params, **bind_head(draft_params, target_params)}
 
     def init(self, draft_params, prompt_tokens, prompt_lengths, max_len, features=None):
         return ()

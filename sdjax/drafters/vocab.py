@@ -10,9 +10,13 @@ is zero somewhere is still a distribution over the target's vocabulary.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from sdjax.models.transformer import head_rows
 
 
 def frequent_tokens(stream: np.ndarray, size: int, vocab_size: int) -> np.ndarray:
@@ -41,6 +45,33 @@ def check_ids(ids, size: int, vocab_size: int) -> None:
     if ids[0] < 0 or ids[-1] >= vocab_size or np.any(np.diff(ids) <= 0):
         raise ValueError(f"the draft's vocab_ids must be distinct ascending ids in "
                          f"0..{vocab_size - 1}")
+
+
+def check_head_params(owner: str, draft_params, vocab_size: int) -> None:
+    """Raises unless `draft_params` are None (the target's whole LM head) or
+    {"vocab_ids": ids} (its rows for a reduced vocabulary): the draft params of a
+    drafter that scores with the target's own head (`SelfDraft`, `Lookahead`)."""
+    if draft_params is None:
+        return
+    got = sorted(draft_params) if isinstance(draft_params, Mapping) else type(
+        draft_params).__name__
+    if got != ["vocab_ids"]:
+        raise ValueError(f"{owner}'s draft_params are None (the target's whole LM head) or "
+                         f"{{'vocab_ids': ids}} (a reduced vocabulary), got {got}")
+    ids = np.asarray(draft_params["vocab_ids"])
+    if ids.ndim != 1 or not ids.size:
+        raise ValueError(f"{owner}'s vocab_ids must be a non-empty 1-D array of ids, "
+                         f"got shape {ids.shape}")
+    check_ids(ids, ids.size, vocab_size)
+
+
+def bind_head(draft_params, target_params) -> dict:
+    """{"vocab_ids", "head"}: None for the whole LM head, or the reduced vocabulary's
+    ids and the head's rows for them (gathered once per generate, before the loop)."""
+    if draft_params is None:
+        return {"vocab_ids": None, "head": None}
+    ids = jnp.asarray(draft_params["vocab_ids"], jnp.int32)
+    return {"vocab_ids": ids, "head": head_rows(target_params, ids)}
 
 
 def restrict(logits: jax.Array, ids: jax.Array) -> jax.Array:

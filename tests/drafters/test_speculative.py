@@ -13,6 +13,7 @@ import sdjax
 from sdjax import trees
 from sdjax.drafters import DraftModel, Ensemble, PromptLookup, Rest
 from sdjax.drafters.datastore import from_tokens
+from sdjax.drafters.lookahead import Lookahead
 from sdjax.drafters.self_draft import SelfDraft
 from sdjax.heads import (
     Eagle,
@@ -129,6 +130,11 @@ DRAFTERS = {
     "early_exit_reduced_vocab_g4": (SelfDraft((0,)), {"vocab_ids": np.arange(0, 320, 5)}),
     # a threshold near these random weights' top probabilities: rows stop at mixed depths
     "layer_skip_confidence_stop_g4": (SelfDraft((1,), min_confidence=0.005), None),
+    "lookahead": (Lookahead(window=4, ngram=3, candidates=3, num_nodes=5), None),
+    # a pool smaller than the prompt's n-grams: the ring overflows at once
+    "lookahead_context_reduced_vocab": (Lookahead(window=3, ngram=4, from_context=True,
+                                                  pool_size=8),
+                                        {"vocab_ids": np.arange(0, 320, 5)}),
 }
 
 
@@ -495,6 +501,9 @@ def sequence_tv(out, exact):
     (SelfDraft((0,), tree=trees.kary(2, 2)), None, None),
     (SelfDraft((0,), num_draft=2), {"vocab_ids": np.array([0, 1, 3])}, None),
     (SelfDraft((0,), num_draft=3, min_confidence=0.5), None, None),
+    (Lookahead(window=3, ngram=3, candidates=3, num_nodes=5), None, None),
+    (Lookahead(window=2, ngram=3, candidates=2, num_nodes=4, from_context=True),
+     {"vocab_ids": np.array([0, 1, 3])}, None),
     (Medusa(TINY_HEADS, trees.kary(2, 2)), TINY_HEAD_PARAMS, None),
     (Hydra(TINY_HYDRA, trees.kary(2, 2)), TINY_HYDRA_PARAMS, None),
     (MLPSpeculator(TINY_SPECULATOR, trees.kary(2, 2)), TINY_SPECULATOR_PARAMS, None),
@@ -511,7 +520,7 @@ def sequence_tv(out, exact):
 ], ids=["draft_model_chain", "draft_model_chain_block", "draft_model_tree_without_replacement",
         "draft_model_adaptive", "ensemble", "prompt_lookup", "prompt_lookup_branches", "rest",
         "rest_and_own_text", "self_draft_tree", "self_draft_reduced_vocab",
-        "self_draft_confidence_stop",
+        "self_draft_confidence_stop", "lookahead", "lookahead_context_reduced_vocab",
         "medusa_tree", "hydra_tree", "mlp_speculator_tree", "eagle_tree", "eagle2_dynamic",
         "eagle2_adaptive",
         "eagle3_reduced_vocab_tree", "hydra_reduced_vocab_tree", "eagle2_reduced_vocab",

@@ -18,7 +18,7 @@ import transformers
 import sdjax
 from sdjax import cli
 from sdjax.bench.tasks import build_tasks
-from sdjax.drafters import PromptLookup, Rest
+from sdjax.drafters import Lookahead, PromptLookup, Rest
 from sdjax.drafters.self_draft import SelfDraft
 from sdjax.heads import load_heads, make_drafter
 from sdjax.models.hf import params_to_hf_tensors
@@ -165,6 +165,19 @@ def test_self_speculation_reproduces_greedy_on_held_out_prompts(gemma, held_out,
     out = sdjax.generate(gemma.params, prompts, cfg, draft_params=ids)
     np.testing.assert_array_equal(out.tokens, greedy)
     assert out.stats["tau"] > 1.8
+
+
+@pytest.mark.parametrize("from_context", [False, True], ids=["window", "window_and_context"])
+def test_lookahead_reproduces_greedy_on_held_out_prompts(gemma, held_out, from_context):
+    """Lookahead decoding on Gemma (its Jacobi window scored over the stdlib's 16,384
+    most frequent tokens): the held-out prompts' greedy tokens, with its n-grams used."""
+    prompts, greedy = held_out
+    ids = {"vocab_ids": stdlib_vocab(gemma.tokenizer, 16384, gemma.config.vocab_size)}
+    cfg = sdjax.SpecConfig(model=gemma.config, max_new_tokens=NEW_TOKENS, eos_token_id=(),
+                           drafter=Lookahead(from_context=from_context))
+    out = sdjax.generate(gemma.params, prompts, cfg, draft_params=ids)
+    np.testing.assert_array_equal(out.tokens, greedy)
+    assert out.stats["tau"] > 1.1
 
 
 def test_rest_with_the_stdlib_datastore_reproduces_greedy_on_held_out_prompts(gemma, held_out):
