@@ -32,13 +32,15 @@ class NonCandidates:
     """Tokens the verify forward scores beside the tree without drafting them
     (Lookahead's Jacobi window): each has its own position and attention pattern; none
     is ever accepted or committed to the cache, and tree nodes never attend to them,
-    so the tree's logits are those of a forward without them. Their logits go back
-    to the drafter's `commit` (`extra_logits`)."""
+    so the tree's logits are those of a forward without them. The logits of those
+    from `scored_from` on go back to the drafter's `commit` (`extra_logits`); the
+    others only serve as context (no LM head is spent on them)."""
 
     tokens: jax.Array  # [B, M]
     offsets: jax.Array  # [B, M] or [M] position relative to the root
     mask: jax.Array  # [B, M, N + M] or [M, N + M]: the tree nodes and non-candidates each sees
     head: Optional[jax.Array] = None  # [K, D] LM head rows to score them over (None: all)
+    scored_from: int = flax.struct.field(pytree_node=False, default=0)
 
 
 @flax.struct.dataclass
@@ -136,7 +138,7 @@ class Drafter(abc.ABC):
     @property
     def num_extra(self) -> int:
         """Non-candidate tokens (`DraftTree.extra`) each cycle's forward also scores; a
-        drafter with any takes `extra_logits=` [B, M, V or K] in `commit`."""
+        drafter with any takes `extra_logits=` [B, M - scored_from, V or K] in `commit`."""
         return 0
 
     def run_commit(self, state, result: VerifyResult, committed_length: jax.Array,

@@ -27,9 +27,11 @@ from sdjax import testbed
 from sdjax.bench.common import DRAFT_TREE
 from sdjax.bench.tasks import build_tasks
 from sdjax.decode import prefill
+from sdjax.decode.loop import verify_forward
 from sdjax.drafters import DraftModel
 from sdjax.heads import bench_drafters, head_kind, load_heads, make_drafter
 from sdjax.models.cache import KVCache
+from sdjax.trees import static_topology
 
 
 def _median_ms(fn, args, repeats: int) -> float:
@@ -42,36 +44,21 @@ def _median_ms(fn, args, repeats: int) -> float:
     return float(np.median(times) * 1e3)
 
 
-def forward_ms(model: sdjax.LoadedModel, new_tokens: int, context: int, repeats: int,
-               extra: int = 0, extra_head: Optional[jax.Array] = None) -> float:
-    """Median ms of one target forward of `new_tokens` over a cache of `context`, and of
-    `extra` non-candidates beside them, scored over the LM head's rows `extra_head`
-    (all when None), as the decode loop's `verify_forward` does."""
-    total = new_tokens + extra
-    cache = KVCache.init(model.config, 1, context + total).replace(
+def forward_ms(model: sdjax.LoadedModel, new_tokens: int, context: int, repeats: int) -> float:
+    """Median ms of one target forward of `new_tokens` over a cache of `context`."""
+    cache = KVCache.init(model.config, 1, context + new_tokens).replace(
         length=jnp.array([context], jnp.int32))
-    model_def = sdjax.Transformer(model.config)
-
-    def forward(p, tokens, c):
-        positions = context + jnp.arange(total)[None]
-        if not extra:
-            return model_def.apply(p, tokens, positions, c).logits
-        hidden = model_def.apply(p, tokens, positions, c, logits_from=total).hidden
-        scored = lambda h, head=None: model_def.apply(p, h, head,
-                                                      method=sdjax.Transformer.lm_logits)
-        return scored(hidden[:, :new_tokens]), scored(hidden[:, new_tokens:], extra_head)
-
-    return _median_ms(jax.jit(forward), (model.params, jnp.zeros((1, total), jnp.int32), cache),
-                      repeats)
+    fn = jax.jit(lambda p, tokens, c: sdjax.Transformer(model.config).apply(
+        p, tokens, context + jnp.arange(new_tokens)[None], c).logits)
+    return _median_ms(fn, (model.params, jnp.zeros((1, new_tokens), jnp.int32), cache), repeats)
 
 
-def propose_ms(target: sdjax.LoadedModel, drafter, draft_params, prompt: np.ndarray,
-               repeats: int, cfg: Optional[sdjax.SpecConfig] = None) -> float:
-    """One `propose` of the drafter after a prefill of `prompt` (the root appended),
-    under `cfg`'s sampling settings (default: greedy)."""
-    cfg = (cfg or sdjax.SpecConfig(model=target.config, eos_token_id=())).replace(
-        max_new_tokens=64)
-    length, max_len = len(prompt), len(prompt) + 64 + drafter.shape.num_nodes + 1
+def _first_cycle(target: sdjax.LoadedModel, drafter, draft_params, prompt: np.ndarray,
+                 cfg: sdjax.SpecConfig):
+    """The arguments of the first `run_propose` after a prefill of `prompt` (the root
+    appended): (params, state, sequence, seq_len, key, target cache)."""
+    length, max_len = len(prompt), len(prompt) + 64 + drafter.shape.num_nodes + \
+        drafter.num_extra + 1
     tokens, lengths = jnp.asarray(prompt, jnp.int32)[None], jnp.asarray([length])
     start = prefill(target.params, target.config, tokens, lengths, max_len,
                     drafter.feature_layers)
@@ -79,9 +66,36 @@ def propose_ms(target: sdjax.LoadedModel, drafter, draft_params, prompt: np.ndar
     state = drafter.init(params, tokens, lengths, max_len, start.features)
     sequence = jnp.zeros((1, max_len), jnp.int32).at[0, :length].set(tokens[0])
     sequence = sequence.at[0, length].set(int(start.last_logits[0].argmax()))
+    return params, state, sequence, lengths + 1, jax.random.PRNGKey(0), start.cache
+
+
+def _bench_cfg(target, cfg: Optional[sdjax.SpecConfig]) -> sdjax.SpecConfig:
+    return (cfg or sdjax.SpecConfig(model=target.config, eos_token_id=())).replace(
+        max_new_tokens=64)
+
+
+def propose_ms(target: sdjax.LoadedModel, drafter, draft_params, prompt: np.ndarray,
+               repeats: int, cfg: Optional[sdjax.SpecConfig] = None) -> float:
+    """One `propose` of the drafter after a prefill of `prompt` (the root appended),
+    under `cfg`'s sampling settings (default: greedy)."""
+    cfg = _bench_cfg(target, cfg)
     fn = jax.jit(lambda p, s, seq, n, k, c: drafter.run_propose(p, s, seq, n, k, cfg, c)[0].tokens)
-    return _median_ms(fn, (params, state, sequence, lengths + 1, jax.random.PRNGKey(0),
-                           start.cache), repeats)
+    return _median_ms(fn, _first_cycle(target, drafter, draft_params, prompt, cfg), repeats)
+
+
+def verify_ms(target: sdjax.LoadedModel, drafter, draft_params, prompt: np.ndarray,
+              repeats: int, cfg: Optional[sdjax.SpecConfig] = None) -> float:
+    """The decode loop's verify forward (`verify_forward`) over the drafter's first
+    tree after a prefill of `prompt`: with non-candidates beside the tree (Lookahead's
+    window), what a forward of the tree's nodes alone leaves out."""
+    cfg = _bench_cfg(target, cfg)
+    args = _first_cycle(target, drafter, draft_params, prompt, cfg)
+    tree, _, cache = jax.jit(lambda *a: drafter.run_propose(*a[:5], cfg, a[5]))(*args)
+    topology = static_topology(drafter.shape, 1) if tree.topology is None else tree.topology
+    model = sdjax.Transformer(target.config)
+    fn = jax.jit(lambda p, t, c: verify_forward(model, p, t, topology, c, drafter.feature_layers,
+                                                drafter.num_extra)[1:])
+    return _median_ms(fn, (target.params, tree, cache), repeats)
 
 
 def cycle_split(target, drafters: dict, prompt, new_tokens: int, context: int,

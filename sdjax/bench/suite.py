@@ -29,7 +29,7 @@ from tqdm import tqdm
 import sdjax
 from sdjax import testbed
 from sdjax.bench.common import DRAFT_TREE
-from sdjax.bench.cost import forward_ms, propose_ms
+from sdjax.bench.cost import forward_ms, propose_ms, verify_ms
 from sdjax.bench.tasks import CATEGORIES, build_tasks
 from sdjax.calibrate import skip_layers
 from sdjax.cli import positive_int
@@ -39,7 +39,6 @@ from sdjax.drafters.lookahead import Lookahead
 from sdjax.drafters.rest import rest_for
 from sdjax.drafters.self_draft import SelfDraft
 from sdjax.heads import KINDS, bench_drafters, load_heads
-from sdjax.models.transformer import head_rows
 from sdjax.pretrained import (
     NAMES,
     TESTBED,
@@ -232,23 +231,24 @@ def run(args) -> dict:
 
 def step_costs(target, chosen: dict, prompt, repeats: int, cfg: sdjax.SpecConfig) -> dict:
     """method -> {ar_ms, verify_ms, draft_ms}: one target forward of 1 token and of the
-    method's tree size over the prompt's cache, and one `propose` alone under `cfg`'s
+    method's tree size over the prompt's cache (with any non-candidates beside the
+    tree: the loop's own `verify_forward`), and one `propose` alone under `cfg`'s
     sampling settings (median ms).
     tau x ar / (verify + draft) is the speedup the method would reach if the loop's
     bookkeeping (verification rule, commits, drafter state) cost nothing."""
     context = len(prompt)
-    forward = {}  # (nodes, non-candidates) -> ms, measured once per size
+    forward = {}  # nodes -> ms, measured once per size
     out = {}
     for name, (drafter, draft_params) in chosen.items():
-        size = (1, 0) if drafter is None else (drafter.shape.num_nodes, drafter.num_extra)
-        for nodes, extra in {(1, 0), size} - set(forward):
-            # Non-candidates (Lookahead's window) are scored over its reduced head, if any.
-            head = head_rows(target.params, draft_params["vocab_ids"]) if (
-                extra and draft_params) else None
-            forward[nodes, extra] = forward_ms(target, nodes, context, repeats, extra, head)
+        nodes = 1 if drafter is None else drafter.shape.num_nodes
+        for n in {1, nodes} - set(forward):
+            forward[n] = forward_ms(target, n, context, repeats)
+        verify = forward[nodes]
+        if drafter is not None and drafter.num_extra:  # the tree and its non-candidates
+            verify = verify_ms(target, drafter, draft_params, np.asarray(prompt), repeats, cfg)
         draft = 0.0 if drafter is None else propose_ms(target, drafter, draft_params,
                                                        np.asarray(prompt), repeats, cfg)
-        out[name] = {"ar_ms": forward[1, 0], "verify_ms": forward[size], "draft_ms": draft}
+        out[name] = {"ar_ms": forward[1], "verify_ms": verify, "draft_ms": draft}
     return out
 
 

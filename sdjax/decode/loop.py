@@ -109,22 +109,26 @@ def _truncate(result: VerifyResult, tokens: jax.Array, limit: jax.Array) -> Veri
 
 
 def verify_forward(model: Transformer, params, tree: DraftTree, topo: Topology,
-                   cache: KVCache, feature_layers):
-    """The target's forward over the tree's nodes (and any non-candidates after them):
-    (its output, with pending KV for all; the tree's logits [B, N, V] and features;
-    the non-candidates' logits, over `tree.extra.head`'s rows if given, or None)."""
+                   cache: KVCache, feature_layers, num_extra: int = 0):
+    """The target's forward over the tree's nodes and the `num_extra` non-candidates
+    after them: (the cache with pending KV for all of them; the tree's logits
+    [B, N, V] and features; the scored non-candidates' logits, over
+    `tree.extra.head`'s rows if given, or None)."""
     tokens, offsets, mask = tree.forward_inputs(topo)
     positions = cache.length[:, None] + offsets
+    nodes = tree.tokens.shape[1]
+    if tokens.shape[1] != nodes + num_extra:  # more would write past the sequence's slots
+        raise ValueError(f"the drafter declared num_extra={num_extra} non-candidates but "
+                         f"proposed {tokens.shape[1] - nodes}")
     if tree.extra is None:
         out = model.apply(params, tokens, positions, cache, mask, hidden_layers=feature_layers)
-        return out, out.logits, out.features(), None
-    nodes = tree.tokens.shape[1]
+        return out.cache, out.logits, out.features(), None
     out = model.apply(params, tokens, positions, cache, mask, hidden_layers=feature_layers,
                       logits_from=tokens.shape[1])
     logits = model.apply(params, out.hidden[:, :nodes], method=Transformer.lm_logits)
-    extra_logits = model.apply(params, out.hidden[:, nodes:], tree.extra.head,
-                               method=Transformer.lm_logits)
-    return out, logits, out.features()[:, :nodes], extra_logits
+    extra_logits = model.apply(params, out.hidden[:, nodes + tree.extra.scored_from:],
+                               tree.extra.head, method=Transformer.lm_logits)
+    return out.cache, logits, out.features()[:, :nodes], extra_logits
 
 
 def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
@@ -172,8 +176,8 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
             draft_params, state.draft_state, state.sequence, state.seq_len, draft_key, cfg,
             state.cache)
         topo = static if tree.topology is None else tree.topology
-        out, logits, features, extra_logits = verify_forward(model, params, tree, topo,
-                                                             cache, feature_layers)
+        cache, logits, features, extra_logits = verify_forward(
+            model, params, tree, topo, cache, feature_layers, drafter.num_extra)
         fed = tree.tokens if tree.extra is None else jnp.concatenate(
             [tree.tokens, tree.extra.tokens], axis=1)
         error = state.error | jnp.where(active, faults(fed, logits, cfg.model.vocab_size), 0)
@@ -186,7 +190,7 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
         new = jnp.concatenate([drafted, result.next_token[:, None]], axis=1)
         new = jnp.where(jnp.arange(new.shape[1])[None] == num[:, None],
                         result.next_token[:, None], new)
-        cache = out.cache.commit(jnp.where(active, num + 1, 0),
+        cache = cache.commit(jnp.where(active, num + 1, 0),
                                  None if topo.is_chain else result.path)
         state = _append(state, new, num + 1, cfg)
         first_node = result.path[:, min(1, shape.max_depth)]  # the root's accepted child
