@@ -191,7 +191,7 @@ def decode_loop(params, draft_params, prompt_tokens, prompt_lengths, key, *,
         new = jnp.where(jnp.arange(new.shape[1])[None] == num[:, None],
                         result.next_token[:, None], new)
         cache = cache.commit(jnp.where(active, num + 1, 0),
-                                 None if topo.is_chain else result.path)
+                             None if topo.is_chain else result.path)
         state = _append(state, new, num + 1, cfg)
         first_node = result.path[:, min(1, shape.max_depth)]  # the root's accepted child
         first_rank = jnp.where(

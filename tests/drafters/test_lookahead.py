@@ -42,10 +42,10 @@ def _one_cycle(drafter, cfg, params, prompt, draft_params=None):
     state = drafter.init(bound, prompt, jnp.asarray([length]), max_len)
     sequence = jnp.pad(prompt, ((0, 0), (0, max_len - length)))
     spec_cfg = sdjax.SpecConfig(model=cfg, drafter=drafter, eos_token_id=())
-    tree, state = drafter.propose(bound, state, sequence, jnp.asarray([length]),
-                                  jax.random.PRNGKey(0), spec_cfg)
-    topo = tree.topology
-    outputs = verify_forward(Transformer(cfg), params, tree, topo, cache, (), drafter.num_extra)
+    tree, state = jax.jit(lambda *a: drafter.propose(*a, spec_cfg))(
+        bound, state, sequence, jnp.asarray([length]), jax.random.PRNGKey(0))
+    outputs = jax.jit(lambda p, t, c: verify_forward(Transformer(cfg), p, t, t.topology, c, (),
+                                                     drafter.num_extra))(params, tree, cache)
     return tree, state, outputs, cache
 
 
@@ -72,7 +72,8 @@ def test_the_last_level_is_scored_as_its_own_text_and_the_tree_is_left_alone(cfg
                         KVCache.init(cfg, len(runs), width)).logits
     ends = len(prompt) - 1 + np.asarray([len(run) for run in runs])
     np.testing.assert_allclose(extra_logits[0], fresh[np.arange(len(runs)), ends], atol=2e-5)
-    alone = verify_forward(model, PARAMS, tree.replace(extra=None), tree.topology, start, ())
+    alone = jax.jit(lambda p, t, c: verify_forward(model, p, t, t.topology, c, ()))(
+        PARAMS, tree.replace(extra=None), start)
     np.testing.assert_allclose(logits, alone[1], atol=2e-5)
 
 

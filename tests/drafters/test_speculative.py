@@ -501,8 +501,9 @@ def sequence_tv(out, exact):
     (SelfDraft((0,), tree=trees.kary(2, 2)), None, None),
     (SelfDraft((0,), num_draft=2), {"vocab_ids": np.array([0, 1, 3])}, None),
     (SelfDraft((0,), num_draft=3, min_confidence=0.5), None, None),
-    (Lookahead(window=3, ngram=3, candidates=3, num_nodes=5), None, None),
-    (Lookahead(window=2, ngram=3, candidates=2, num_nodes=4, from_context=True),
+    # small pools: each of the 200,000 rows keeps its own
+    (Lookahead(window=3, ngram=3, candidates=3, num_nodes=5, pool_size=8), None, None),
+    (Lookahead(window=2, ngram=3, candidates=2, num_nodes=4, pool_size=8, from_context=True),
      {"vocab_ids": np.array([0, 1, 3])}, None),
     (Medusa(TINY_HEADS, trees.kary(2, 2)), TINY_HEAD_PARAMS, None),
     (Hydra(TINY_HYDRA, trees.kary(2, 2)), TINY_HYDRA_PARAMS, None),

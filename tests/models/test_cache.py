@@ -64,11 +64,14 @@ def test_tree_forward_equals_per_branch_forwards(hf_checkpoints, arch):
     nodes = TOKENS[:, 14:14 + len(PARENTS)]
     positions = lengths[:, None] + np.array(DEPTH)[None]
     out = forward(model, nodes, positions, cache, jnp.asarray(tree_mask()))
-    for row in range(2):
-        for node in range(len(PARENTS)):
-            seq = np.concatenate([TOKENS[row, :lengths[row]], nodes[row, branch(node)]])
-            ref, _ = fresh_cache(model, seq[None])
-            np.testing.assert_allclose(out.logits[row, node], ref.logits[0, -1], atol=1e-5)
+    # Every (row, node)'s own text in one causal forward, right-padded to one length.
+    texts = [np.concatenate([TOKENS[row, :lengths[row]], nodes[row, branch(node)]])
+             for row in range(2) for node in range(len(PARENTS))]
+    width = max(map(len, texts))
+    ref, _ = fresh_cache(model, np.stack([np.pad(t, (0, width - len(t))) for t in texts]))
+    ends = np.array([len(t) - 1 for t in texts])
+    np.testing.assert_allclose(out.logits.reshape(len(texts), -1),
+                               ref.logits[np.arange(len(texts)), ends], atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

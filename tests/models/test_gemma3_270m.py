@@ -105,9 +105,10 @@ def test_greedy_continuations_equal_transformers(reference, prompts, greedy):
         np.testing.assert_array_equal(greedy[row], theirs)
 
 
-@pytest.mark.parametrize("drafter", [PromptLookup(num_draft=4),
-                                     PromptLookup(num_draft=3, num_branches=2)],
-                         ids=["prompt_lookup", "prompt_lookup_branches"])
+@pytest.mark.parametrize("drafter", [  # branches: the tiny configs' tests
+    PromptLookup(num_draft=4),
+    pytest.param(PromptLookup(num_draft=3, num_branches=2), marks=pytest.mark.slow)],
+    ids=["prompt_lookup", "prompt_lookup_branches"])
 def test_untrained_drafters_reproduce_greedy(gemma, prompts, greedy, drafter):
     cfg = sdjax.SpecConfig(model=gemma.config, max_new_tokens=NEW_TOKENS, eos_token_id=(),
                            drafter=drafter)
@@ -167,7 +168,8 @@ def test_self_speculation_reproduces_greedy_on_held_out_prompts(gemma, held_out,
     assert out.stats["tau"] > 1.8
 
 
-@pytest.mark.parametrize("from_context", [False, True], ids=["window", "window_and_context"])
+@pytest.mark.parametrize("from_context", [  # the window alone: the tiny configs' tests
+    pytest.param(False, marks=pytest.mark.slow), True], ids=["window", "window_and_context"])
 def test_lookahead_reproduces_greedy_on_held_out_prompts(gemma, held_out, from_context):
     """Lookahead decoding on Gemma (its Jacobi window scored over the stdlib's 16,384
     most frequent tokens): the held-out prompts' greedy tokens, with its n-grams used."""

@@ -136,9 +136,11 @@ def test_resume_reproduces_the_uninterrupted_run(setup, tmp_path, kind):
     jax.tree.map(np.testing.assert_array_equal, whole.params, resumed.params)
 
 
+# Slow: the default run has fit() on a mesh against one device (test_lm) and heads
+# trained on a mesh spanning two processes (test_sharding).
 @pytest.mark.parametrize("kind,metric", [
     pytest.param("hydra", "eval_top1_head0", marks=pytest.mark.slow),
-    ("eagle3", "eval_top1_depth2")])
+    pytest.param("eagle3", "eval_top1_depth2", marks=pytest.mark.slow)])
 def test_sharded_training_matches_one_device(setup, tmp_path, kind, metric):
     target, train, val = setup
     _, one = heads_training.train_heads(_config(tmp_path / "one", kind=kind), target, train,
