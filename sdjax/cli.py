@@ -273,12 +273,13 @@ def _print_demo(prompt_text: str, task, results: dict, new_tokens: int) -> None:
     print(reference.text[0])
     print("---")
     ar_rate = reference.stats["tokens_per_second"]
-    print(f"{'method':<16} {'tokens/s':>9} {'tau':>5} {'speedup':>8} {'compile s':>10} "
+    width = max(16, *map(len, results))
+    print(f"{'method':<{width}} {'tokens/s':>9} {'tau':>5} {'speedup':>8} {'compile s':>10} "
           f"same tokens")
     for name, (out, compile_seconds) in results.items():
         rate = out.stats["tokens_per_second"]
         same = bool((out.tokens == reference.tokens).all())
-        print(f"{name:<16} {rate:>9.1f} {out.stats['tau']:>5.2f} {rate / ar_rate:>7.2f}x "
+        print(f"{name:<{width}} {rate:>9.1f} {out.stats['tau']:>5.2f} {rate / ar_rate:>7.2f}x "
               f"{compile_seconds:>10.1f} {same}")
 
 
