@@ -59,8 +59,8 @@ SELF_METHODS = ("early_exit", "layer_skip")
 # Lookahead decoding's Jacobi window alone, and with the row's own n-grams in its pool.
 LOOKAHEAD_METHODS = ("lookahead", "lookahead_context")
 METHODS = ("autoregressive", "prompt_lookup", *REST_METHODS, *LOOKAHEAD_METHODS, *SELF_METHODS,
-           "draft_chain",
-           "draft_adaptive", "draft_tree", *(m for kind in KINDS for m in HEAD_METHODS[kind]))
+           "draft_chain", "draft_adaptive", "draft_tree",
+           *(m for kind in KINDS for m in HEAD_METHODS[kind]))
 
 # sdjax method -> the `transformers` configuration that does the same thing.
 TORCH_COUNTERPART = {"autoregressive": "greedy", "draft_chain": "assisted",
