@@ -197,7 +197,7 @@ MODEL_HELP = (f"a checkpoint folder, a .gguf file, or a named model ({', '.join(
               "converted once into ~/.cache/sdjax)")
 
 # Variants the demo leaves out unless asked for (the benchmark runs them all).
-DEMO_SKIPS = ("draft_adaptive", "eagle", "eagle2_adaptive")
+DEMO_SKIPS = ("draft_adaptive", "eagle", "eagle2_adaptive", "kangaroo_early_stop")
 
 
 def _demo_setup(args):
@@ -392,9 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="speculate with this checkpoint as draft model (same tokenizer)")
     gen.add_argument("--gamma", type=int, default=4, help="draft-model tokens per cycle")
     gen.add_argument("--heads", metavar="DIR|KIND",
-                     help="speculate with Medusa / Hydra / MLP-speculator heads or an EAGLE "
-                          "draft trained on this model (`sdjax train heads`): their folder, "
-                          "or the kind of one shipped for a named model (e.g. eagle3)")
+                     help="speculate with Medusa / Hydra / MLP-speculator heads, an EAGLE "
+                          "draft or a Kangaroo adapter trained on this model (`sdjax train "
+                          "heads`): their folder, or the kind of one shipped for a named "
+                          "model (e.g. eagle3, kangaroo)")
     gen.add_argument("--datastore", metavar="DIR",
                      help="speculate with REST: drafts retrieved from this datastore "
                           "(`sdjax datastore build`)")
@@ -437,8 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "prompt_lookup rest rest_context lookahead lookahead_context "
                            "early_exit layer_skip "
                            "draft_chain draft_adaptive draft_tree medusa "
-                           "hydra mlp_speculator eagle eagle2 eagle2_adaptive eagle3 "
-                           "(default: those the model has drafts for, but "
+                           "hydra mlp_speculator eagle eagle2 eagle2_adaptive eagle3 kangaroo "
+                           "kangaroo_early_stop (default: those the model has drafts for, but "
                            + ", ".join(DEMO_SKIPS) + "; rest*, lookahead*, early_exit and "
                            "layer_skip only when named: they build the stdlib's datastore on first "
                            "use, ~30 s, and layer_skip calibrates, ~1 min on Gemma 3)")
@@ -494,9 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "resume), then export it as a Hugging Face checkpoint to OUTPUT/hf.")
     lm.set_defaults(func=cmd_train_lm)
     heads = train_kinds.add_parser(
-        "heads", help="train Medusa, Hydra, MLP-speculator or EAGLE drafts on a frozen target",
-        description="Train Medusa / Hydra heads, an MLP speculator or an EAGLE / EAGLE-3 "
-                    "draft (optionally over a reduced draft vocabulary) on a frozen target "
+        "heads", help="train Medusa, Hydra, MLP-speculator, EAGLE or Kangaroo drafts on a "
+                      "frozen target",
+        description="Train Medusa / Hydra heads, an MLP speculator, an EAGLE / EAGLE-3 "
+                    "draft or a Kangaroo adapter (optionally over a reduced draft "
+                    "vocabulary) on a frozen target "
                     "(a checkpoint folder or a named model) over the stdlib's code, English "
                     "prose, or the target's own generations (self-distillation, optax, orbax "
                     "checkpoints with resume), then export them to OUTPUT/heads.")

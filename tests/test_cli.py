@@ -198,7 +198,7 @@ def test_training_presets_are_valid():
         heads = "kind" in yaml.safe_load(preset.read_text())
         cfg = load_yaml_config(HeadsTrainConfig if heads else LMTrainConfig, str(preset))
         kinds.add(getattr(cfg, "kind", "lm"))
-    assert kinds == {"lm", "medusa", "hydra", "mlp_speculator", "eagle", "eagle3"}
+    assert kinds == {"lm", "medusa", "hydra", "mlp_speculator", "eagle", "eagle3", "kangaroo"}
 
 
 def test_demo_runs_end_to_end(capsys):
@@ -339,10 +339,11 @@ def test_heads_by_kind_name_are_the_drafts_shipped_for_the_named_model(capsys):
               "--max-new-tokens", "12", "--eos-token-id", "--json"]
     assert cli.main(common) == 0
     plain = json.loads(capsys.readouterr().out)
-    assert cli.main(common + ["--heads", "hydra"]) == 0
-    assert json.loads(capsys.readouterr().out)["tokens"] == plain["tokens"]
+    for kind in ("hydra", "kangaroo"):
+        assert cli.main(common + ["--heads", kind]) == 0
+        assert json.loads(capsys.readouterr().out)["tokens"] == plain["tokens"]
     assert cli.main(common + ["--heads", "eagle9"]) == 2
-    assert "shipped for testbed: medusa, hydra, mlp_speculator, eagle, eagle3" in \
+    assert "shipped for testbed: medusa, hydra, mlp_speculator, eagle, eagle3, kangaroo" in \
         capsys.readouterr().err
 
 

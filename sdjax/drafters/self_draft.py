@@ -13,6 +13,8 @@ draft computes; for a skipped-layer draft, the full model's, as Draft & Verify
 shares them), and drafts the tree level by level into that cache's pending region,
 which the verification forward then rewrites (`Drafter.reads_target_cache`). With
 every layer the draft is the target: greedy drafts are all accepted.
+`TargetLayersDraft` is what it shares with Kangaroo (`sdjax.heads.Kangaroo`: the first
+E layers and a trained adapter).
 """
 
 from __future__ import annotations
@@ -29,14 +31,15 @@ from sdjax.trees import TreeShape, chain
 from sdjax.validation import check_range, matches
 
 
-@dataclasses.dataclass(frozen=True)
-class SelfDraft(Drafter):
-    """Drafts a chain of `num_draft` tokens (or the static `tree`) with the target's
-    layers `layers` (ascending indices). `SelfDraft.early_exit(E)`: the first E.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TargetLayersDraft(Drafter):
+    """What drafts made of the target's own first layers share (`SelfDraft`, and
+    `sdjax.heads.Kangaroo`, which adds a trained adapter): a chain of `num_draft`
+    tokens or the static `tree`, drafted level by level over the target's KV cache.
     `min_confidence` > 0: a row stops drafting at the first level whose best draft
-    probability is below it (Kangaroo's early stop); levels no row needs are skipped."""
+    probability is below it (Kangaroo's early stop); levels no row needs are skipped.
+    Subclasses say which target layers the draft runs (`layers`, ascending)."""
 
-    layers: Tuple[int, ...]
     num_draft: int = 4
     tree: Optional[TreeShape] = None
     min_confidence: float = 0.0
@@ -45,20 +48,8 @@ class SelfDraft(Drafter):
         super().__post_init__()
         check_range(self, "num_draft", 1)
         check_range(self, "min_confidence", 0, 1)
-        if not self.layers or any(b <= a for a, b in zip(self.layers, self.layers[1:])):
-            raise ValueError(f"SelfDraft.layers must be distinct ascending layer indices, "
-                             f"got {self.layers}")
-        if self.layers[0] < 0:
-            raise ValueError(f"SelfDraft.layers must be >= 0, got {self.layers}")
         if self.tree is not None:
             self.tree.check_level_order()
-
-    @classmethod
-    def early_exit(cls, exit_layer: int, **kw) -> "SelfDraft":
-        """The draft of the target's first `exit_layer` layers (LayerSkip's early exit)."""
-        if not matches(exit_layer, int) or exit_layer < 1:
-            raise ValueError(f"the exit layer must be an int >= 1, got {exit_layer!r}")
-        return cls(tuple(range(int(exit_layer))), **kw)
 
     @property
     def shape(self) -> TreeShape:
@@ -70,8 +61,42 @@ class SelfDraft(Drafter):
 
     def check(self, cfg: SpecConfig, draft_params) -> None:
         if self.layers[-1] >= cfg.model.num_layers:
-            raise ValueError(f"SelfDraft.layers {self.layers} name layers the target does "
-                             f"not have (it has {cfg.model.num_layers})")
+            raise ValueError(f"{type(self).__name__}'s layers {self.layers} name layers the "
+                             f"target does not have (it has {cfg.model.num_layers})")
+
+    def draft(self, forward, cache, vocab_ids, sequence, seq_len, key, cfg: SpecConfig):
+        """(tree, cache): the tree drafted by `forward` (see `draft_levels`) over `cache`,
+        whose pending region it writes from slot 0 (the root) on."""
+        cache, tokens, probs, limit = draft_levels(
+            forward, self.shape, 0, cache, sequence, seq_len, key, cfg, cfg.model.vocab_size,
+            vocab_ids=vocab_ids, min_confidence=self.min_confidence)
+        return DraftTree(tokens, probs, limit), cache
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfDraft(TargetLayersDraft):
+    """Drafts with the target's layers `layers` (ascending indices) and its LM head.
+    `SelfDraft.early_exit(E)`: the first E."""
+
+    layers: Tuple[int, ...]
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.layers or any(b <= a for a, b in zip(self.layers, self.layers[1:])):
+            raise ValueError(f"SelfDraft.layers must be distinct ascending layer indices, "
+                             f"got {self.layers}")
+        if self.layers[0] < 0:
+            raise ValueError(f"SelfDraft.layers must be >= 0, got {self.layers}")
+
+    @classmethod
+    def early_exit(cls, exit_layer: int, **kw) -> "SelfDraft":
+        """The draft of the target's first `exit_layer` layers (LayerSkip's early exit)."""
+        if not matches(exit_layer, int) or exit_layer < 1:
+            raise ValueError(f"the exit layer must be an int >= 1, got {exit_layer!r}")
+        return cls(tuple(range(int(exit_layer))), **kw)
+
+    def check(self, cfg: SpecConfig, draft_params) -> None:
+        super().check(cfg, draft_params)
         check_head_params("SelfDraft", draft_params, cfg.model.vocab_size)
 
     def bind(self, draft_params, target_params):
@@ -99,11 +124,9 @@ class SelfDraft(Drafter):
                               logits_from=logits_from, head=head)
             return out.logits, out.hidden, out.cache
 
-        cache, tokens, probs, limit = draft_levels(
-            forward, self.shape, 0, target_cache, sequence, seq_len, key, cfg,
-            cfg.model.vocab_size, vocab_ids=draft_params["vocab_ids"],
-            min_confidence=self.min_confidence)
-        return DraftTree(tokens, probs, limit), state, cache
+        tree, cache = self.draft(forward, target_cache, draft_params["vocab_ids"], sequence,
+                                 seq_len, key, cfg)
+        return tree, state, cache
 
     def commit(self, state, result, committed_length, features=None):
         return state

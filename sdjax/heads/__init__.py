@@ -1,11 +1,12 @@
 """Self-drafting heads on the target's hidden states: Medusa-1, Hydra, the MLP
-speculator, EAGLE-1/2/3 (each optionally over a reduced draft vocabulary).
+speculator, EAGLE-1/2/3 and Kangaroo's adapter (each optionally over a reduced draft
+vocabulary).
 
 `init_heads` starts them from the target, `sdjax train heads` trains them,
 `save_heads` / `load_heads` move them as a folder, and the drafters
 `Medusa(cfg, tree)`, `Hydra(cfg, tree)`, `MLPSpeculator(cfg, tree)`, `Eagle(cfg, tree)`
-(static tree) and
-`Eagle2(cfg, ...)` (dynamic tree) run them (`draft_params=` the saved params);
+(static tree), `Eagle2(cfg, ...)` (dynamic tree) and `Kangaroo(adapter=cfg, ...)` run
+them (`draft_params=` the saved params);
 `make_drafter(cfg)` picks the drafter of the kind with default settings.
 `registry.KINDS` says everything else sdjax knows about each kind.
 """
@@ -14,6 +15,7 @@ from sdjax.heads.common import HeadsConfig
 from sdjax.heads.eagle import EagleConfig, EagleNet, eagle_config, init_eagle
 from sdjax.heads.eagle_drafters import DEFAULT_EAGLE_TREE, Eagle, Eagle2
 from sdjax.heads.hydra import Hydra, HydraHeads
+from sdjax.heads.kangaroo import Kangaroo, KangarooConfig, init_kangaroo, kangaroo_config
 from sdjax.heads.medusa import Medusa, MedusaHeads
 from sdjax.heads.mlp_speculator import MLPSpeculator, MLPSpeculatorHeads
 from sdjax.heads.registry import (
@@ -30,7 +32,8 @@ from sdjax.heads.registry import (
 )
 
 __all__ = ["DEFAULT_EAGLE_TREE", "DEFAULT_TREE", "KINDS", "Eagle", "Eagle2", "EagleConfig",
-           "EagleNet", "HeadKind", "HeadsConfig", "Hydra", "HydraHeads", "MLPSpeculator",
-           "MLPSpeculatorHeads", "Medusa", "MedusaHeads", "bench_drafters", "eagle_config",
-           "head_kind", "heads_module", "init_eagle", "init_heads", "load_heads",
-           "make_drafter", "save_heads"]
+           "EagleNet", "HeadKind", "HeadsConfig", "Hydra", "HydraHeads", "Kangaroo",
+           "KangarooConfig", "MLPSpeculator", "MLPSpeculatorHeads", "Medusa", "MedusaHeads",
+           "bench_drafters", "eagle_config", "head_kind", "heads_module", "init_eagle",
+           "init_heads", "init_kangaroo", "kangaroo_config", "load_heads", "make_drafter",
+           "save_heads"]

@@ -22,12 +22,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdjax.config import SpecConfig
+from sdjax.config import ModelConfig, SpecConfig
 from sdjax.drafters.vocab import check_ids
 from sdjax.models.transformer import dot_general
 from sdjax.protocols import Drafter
 from sdjax.trees import TreeShape
 from sdjax.validation import check_fields, check_range
+
+
+def draft_layer(target: ModelConfig) -> ModelConfig:
+    """One float32 layer of the target's architecture with global attention: what EAGLE
+    drafts with and Kangaroo's adapter is made of."""
+    return target.replace(num_layers=1, dtype="float32", param_dtype="float32",
+                          sliding_window=None, sliding_layers=None, tie_embeddings=False)
+
+
+class OneLayerDraft:
+    """The sizes of a draft config built on `layer` (`draft_layer`): EAGLE's, Kangaroo's."""
+
+    @property
+    def hidden_size(self) -> int:
+        return self.layer.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.layer.vocab_size
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,8 +35,10 @@ import numpy as np
 from sdjax.config import ModelConfig
 from sdjax.heads.common import (
     LMHead,
+    OneLayerDraft,
     bind_shared,
     declare_vocab_ids,
+    draft_layer,
     own_lm_heads,
     without,
 )
@@ -48,7 +50,7 @@ EAGLE_KINDS = ("eagle", "eagle3")
 
 
 @dataclasses.dataclass(frozen=True)
-class EagleConfig:
+class EagleConfig(OneLayerDraft):
     """An EAGLE draft: its decoder layer, kind, and (EAGLE-3) fused target layers."""
     layer: ModelConfig  # the draft layer: the target's architecture, one layer
     kind: str = "eagle"
@@ -68,14 +70,6 @@ class EagleConfig:
                              "reads the final hidden state and takes none")
         if self.layer.num_layers != 1:
             raise ValueError("the EAGLE draft is one decoder layer")
-
-    @property
-    def hidden_size(self) -> int:
-        return self.layer.hidden_size
-
-    @property
-    def vocab_size(self) -> int:
-        return self.layer.vocab_size
 
     @property
     def head_size(self) -> int:
@@ -100,9 +94,7 @@ def eagle_config(target: ModelConfig, kind: str = "eagle",
     for layer in feature_layers or ():
         if not 0 <= layer <= target.num_layers:
             raise ValueError(f"feature layer {layer} outside 0..{target.num_layers}")
-    layer = target.replace(num_layers=1, dtype="float32", param_dtype="float32",
-                           sliding_window=None, sliding_layers=None, tie_embeddings=False)
-    return EagleConfig(layer, kind, tuple(feature_layers or ()), draft_vocab)
+    return EagleConfig(draft_layer(target), kind, tuple(feature_layers or ()), draft_vocab)
 
 
 class EagleNet(nn.Module):

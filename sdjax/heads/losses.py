@@ -29,6 +29,10 @@ tree node sees while drafting.
 
 Metrics `top1_depth{s+1}`: how often step s's argmax is the target's, i.e. the greedy
 acceptance at that depth given the shallower drafts were right.
+
+Kangaroo (`kangaroo_loss`): the adapter over the target's layer-E states learns the
+target's next-token distribution (cross-entropy; with a reduced vocabulary, the
+target's restricted and renormalised, its LM head's rows only).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from sdjax.drafters.vocab import restrict, to_target
 from sdjax.heads import eagle as eagle_net
 from sdjax.heads.common import bind_shared, target_lm_head, vocab_ids
 from sdjax.heads.eagle import EagleConfig, EagleNet
+from sdjax.heads.kangaroo import Adapter, KangarooConfig
 from sdjax.models.cache import KVCache
 from sdjax.models.transformer import ModelOutput, sequence_forward, softcap
 
@@ -152,3 +157,25 @@ def eagle_loss(draft_params, target_params, windows, key=None, *, target_cfg: Mo
             total, weights = regression + token_weight * ce, 1.0
         features = eagle_net.shift_features(hidden)
     return total / weights, metrics
+
+
+def kangaroo_loss(adapter_params, target_params, windows, key=None, *,
+                  target_cfg: ModelConfig, kangaroo_cfg: KangarooConfig):
+    """(cross-entropy of the adapter's next-token distribution against the target's,
+    {top1_depth1: agreement with the target's greedy token}). The adapter reads the
+    target's exact layer-E states at every depth, so depth 1 stands for all."""
+    ids = vocab_ids(adapter_params)
+    taught = teach(target_params, target_cfg, windows[:, :-1], ids, key is not None,
+                   (kangaroo_cfg.exit_layer,))
+    states = taught.out.intermediates[0]
+    batch, length = states.shape[:2]
+    positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    normed, _ = Adapter(kangaroo_cfg).apply(
+        adapter_params, states, positions,
+        KVCache.init(kangaroo_cfg.layer, batch, length))
+    kernel = target_lm_head(jax.lax.stop_gradient(target_params)["params"])
+    kernel = (kernel if ids is None else restrict(kernel, ids)).astype(jnp.float32)
+    logits = softcap(normed @ kernel, target_cfg.final_logit_softcap)
+    loss = optax.softmax_cross_entropy(logits, jax.nn.softmax(taught.logits)).mean()
+    agreement = (to_target(ids, logits.argmax(-1)) == taught.token).mean()
+    return loss, {"top1_depth1": agreement}

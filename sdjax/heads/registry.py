@@ -24,11 +24,13 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from sdjax import trees
 from sdjax.config import ModelConfig, from_dict, model_config_from_dict
 from sdjax.heads import eagle as eagle_net
+from sdjax.heads import kangaroo
 from sdjax.heads.common import HeadsConfig, cast_floats, init_from_target, without
 from sdjax.heads.eagle import EagleConfig, eagle_config, init_eagle
 from sdjax.heads.eagle_drafters import Eagle, Eagle2
 from sdjax.heads.hydra import Hydra, HydraHeads
-from sdjax.heads.losses import eagle_loss, heads_loss
+from sdjax.heads.kangaroo import Kangaroo, init_kangaroo, kangaroo_config
+from sdjax.heads.losses import eagle_loss, heads_loss, kangaroo_loss
 from sdjax.heads.medusa import Medusa, MedusaHeads
 from sdjax.heads.mlp_speculator import MLPSpeculator, MLPSpeculatorHeads
 from sdjax.models.hf import read_json, read_safetensors_file
@@ -45,6 +47,10 @@ DEFAULT_TREE = trees.from_choices([[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0,
 BENCH_EAGLE_TREE = trees.chain(3)
 BENCH_EAGLE2 = dict(depth=4, top_k=2, num_nodes=8)
 BENCH_EAGLE2_ADAPTIVE = dict(BENCH_EAGLE2, depth=5, min_confidence=0.02)
+# Kangaroo: a chain of 4, like the benchmark's early exit; and the paper's setting, a
+# chain of up to 6 that each row stops at its first draft below probability 0.6.
+BENCH_KANGAROO = dict(num_draft=4)
+BENCH_KANGAROO_EARLY_STOP = dict(num_draft=6, min_confidence=0.6)
 
 # Parameter path regex -> logical axes (see `sdjax.sharding`), for every kind's weights.
 HEAD_AXES = (
@@ -145,6 +151,25 @@ def _eagle_kind(name: str, bench: Dict[str, Callable]) -> HeadKind:
     )
 
 
+def _kangaroo_kind() -> HeadKind:
+    return HeadKind(
+        name="kangaroo",
+        new_config=lambda target, settings: kangaroo_config(
+            target, settings.exit_layer, settings.draft_vocab),
+        read_config=kangaroo.read_config,
+        init=init_kangaroo,
+        saved_shapes=kangaroo.abstract_params,
+        loss=lambda cfg, target, settings: lambda p, frozen, windows, key=None: kangaroo_loss(
+            p, frozen, windows, key, target_cfg=target, kangaroo_cfg=cfg),
+        drafter=lambda cfg, tree=None: Kangaroo(adapter=cfg, tree=tree),
+        bench={"kangaroo": lambda cfg: Kangaroo(adapter=cfg, **BENCH_KANGAROO),
+               "kangaroo_early_stop": lambda cfg: Kangaroo(adapter=cfg,
+                                                           **BENCH_KANGAROO_EARLY_STOP)},
+        param_axes=(),  # the adapter's attention and norms: the transformer's rules
+        reduced_vocab=True,
+    )
+
+
 KINDS: Dict[str, HeadKind] = {
     "medusa": _heads_kind("medusa", MedusaHeads, Medusa),
     "hydra": _heads_kind("hydra", HydraHeads, Hydra),
@@ -154,6 +179,7 @@ KINDS: Dict[str, HeadKind] = {
         "eagle2": lambda cfg: Eagle2(cfg, **BENCH_EAGLE2),
         "eagle2_adaptive": lambda cfg: Eagle2(cfg, **BENCH_EAGLE2_ADAPTIVE)}),
     "eagle3": _eagle_kind("eagle3", {"eagle3": lambda cfg: Eagle2(cfg, **BENCH_EAGLE2)}),
+    "kangaroo": _kangaroo_kind(),
 }
 
 
@@ -179,7 +205,7 @@ def init_heads(cfg, target_params, key: jax.Array,
 def make_drafter(cfg, tree: Optional[trees.TreeShape] = None) -> Drafter:
     """The drafter for heads of `cfg.kind`: Medusa / Hydra on `tree` (default:
     DEFAULT_TREE if deep enough), EAGLE drafts on EAGLE-2's dynamic tree, or on `tree`
-    (EAGLE-1) when one is given."""
+    (EAGLE-1) when one is given, Kangaroo on a chain of 4 or `tree`."""
     return head_kind(cfg.kind).drafter(cfg, tree)
 
 
@@ -203,7 +229,7 @@ def save_heads(path: str, cfg, params, dtype: Optional[str] = None) -> None:
 
 def load_heads(path: str):
     """(config, params) from a folder written by `save_heads`: a HeadsConfig (Medusa,
-    Hydra) or an EagleConfig (EAGLE, EAGLE-3)."""
+    Hydra, MLP speculator), an EagleConfig (EAGLE, EAGLE-3) or a KangarooConfig."""
     config_path = os.path.join(path, "heads_config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{path!r} has no heads_config.json")

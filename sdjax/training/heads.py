@@ -1,6 +1,6 @@
 """Draft-head training on a frozen target: Medusa and Hydra heads by self-distillation,
-EAGLE / EAGLE-3 drafts (each kind's loss: `sdjax.heads.losses`, picked through
-`sdjax.heads.registry`).
+EAGLE / EAGLE-3 drafts, Kangaroo's adapter (each kind's loss: `sdjax.heads.losses`,
+picked through `sdjax.heads.registry`).
 
     sdjax train heads --config configs/train/testbed_medusa.yaml
 
@@ -47,6 +47,8 @@ class HeadsTrainConfig(LoopConfig):
     feature_layers: Optional[Tuple[int, ...]] = None  # eagle3 (None: low / mid / high)
     token_weight: float = 0.1  # eagle: weight of the cross-entropy next to the regression
     feature_noise: float = 0.1  # eagle: uniform noise on the input features
+    # Kangaroo only: the target layers the draft runs before its adapter (1..L-1)
+    exit_layer: int = 0
     # Rows of the draft's LM head: the K most frequent target tokens of the training
     # data (0: the whole vocabulary). Kinds whose head can be reduced only.
     draft_vocab: int = 0
@@ -61,6 +63,10 @@ class HeadsTrainConfig(LoopConfig):
         check_range(self, "token_weight", 0)
         check_range(self, "feature_noise", 0)
         check_range(self, "draft_vocab", 0)
+        check_range(self, "exit_layer", 0)
+        if (self.kind == "kangaroo") != bool(self.exit_layer):
+            raise ValueError("exit_layer (>= 1) is Kangaroo's and only Kangaroo's: where its "
+                             "adapter reads the target")
         if self.draft_vocab and not head_kind(self.kind).reduced_vocab:
             reducible = tuple(name for name, kind in KINDS.items() if kind.reduced_vocab)
             raise ValueError(f"draft_vocab: {self.kind} heads read the full vocabulary; "

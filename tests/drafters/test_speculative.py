@@ -20,11 +20,14 @@ from sdjax.heads import (
     Eagle2,
     HeadsConfig,
     Hydra,
+    Kangaroo,
     Medusa,
     MLPSpeculator,
     eagle_config,
     init_eagle,
     init_heads,
+    init_kangaroo,
+    kangaroo_config,
 )
 from sdjax.models import KVCache, Transformer
 from sdjax.sampling import warp_logits
@@ -76,6 +79,12 @@ SPECULATOR_REDUCED_PARAMS = init_heads(SPECULATOR_REDUCED, PARAMS, jax.random.PR
 HYDRA_REDUCED = dataclasses.replace(HYDRA, draft_vocab=64)
 HYDRA_REDUCED_PARAMS = noisy(init_heads(HYDRA_REDUCED, PARAMS, jax.random.PRNGKey(18),
                                         np.arange(0, 320, 5)), 18, 0.1)
+
+KANGAROO = kangaroo_config(TARGET, 1)
+KANGAROO_PARAMS = noisy(init_kangaroo(KANGAROO, PARAMS, jax.random.PRNGKey(30)), 30, 0.05)
+KANGAROO_REDUCED = kangaroo_config(TARGET, 1, draft_vocab=64)
+KANGAROO_REDUCED_PARAMS = init_kangaroo(KANGAROO_REDUCED, PARAMS, jax.random.PRNGKey(31),
+                                        np.arange(0, 320, 5))
 
 RNG = np.random.default_rng(5)
 BLOCK = RNG.integers(0, 320, size=12).tolist()
@@ -130,6 +139,10 @@ DRAFTERS = {
     "early_exit_reduced_vocab_g4": (SelfDraft((0,)), {"vocab_ids": np.arange(0, 320, 5)}),
     # a threshold near these random weights' top probabilities: rows stop at mixed depths
     "layer_skip_confidence_stop_g4": (SelfDraft((1,), min_confidence=0.005), None),
+    "kangaroo_g3": (Kangaroo(adapter=KANGAROO, num_draft=3), KANGAROO_PARAMS),
+    "kangaroo_reduced_vocab_tree_confidence_stop": (Kangaroo(
+        adapter=KANGAROO_REDUCED, tree=trees.kary(2, 2), min_confidence=0.01),
+        KANGAROO_REDUCED_PARAMS),
     "lookahead": (Lookahead(window=4, ngram=3, candidates=3, num_nodes=5), None),
     # a pool smaller than the prompt's n-grams: the ring overflows at once
     "lookahead_context_reduced_vocab": (Lookahead(window=3, ngram=4, from_context=True,
@@ -145,8 +158,11 @@ def spec(drafter=None, **kw):
 
 VERIFIERS = {"rejection": RejectionSampling(), "block": BlockVerification(),
              "typical": TypicalAcceptance()}
-# Every verifier is the same greedy rule at temperature 0: the others are marked slow.
-COMBINATIONS = [pytest.param(d, v, marks=[] if v == "rejection" else pytest.mark.slow)
+# Every verifier is the same greedy rule at temperature 0: the others are marked slow,
+# as are drafters whose chains tests/drafters/test_kangaroo.py runs through the loop.
+SLOW_GREEDY = {"kangaroo_g3"}
+COMBINATIONS = [pytest.param(d, v, marks=[] if v == "rejection" and d not in SLOW_GREEDY
+                             else pytest.mark.slow)
                 for d in sorted(DRAFTERS) for v in sorted(VERIFIERS)
                 if v != "block" or DRAFTERS[d][0].shape.is_chain]  # block takes chains
 
@@ -459,6 +475,9 @@ TINY_EAGLE3_REDUCED = eagle_config(TINY, "eagle3", draft_vocab=3)
 TINY_EAGLE3_REDUCED_PARAMS = init_eagle(TINY_EAGLE3_REDUCED, TINY_PARAMS,
                                         jax.random.PRNGKey(16), np.array([0, 1, 3]))
 PROMPT, NEW = [1, 2, 3, 1], 3
+TINY_KANGAROO = kangaroo_config(TINY, 1, draft_vocab=3)  # after the only layer
+TINY_KANGAROO_PARAMS = noisy(init_kangaroo(TINY_KANGAROO, TINY_PARAMS, jax.random.PRNGKey(23),
+                                           np.array([0, 1, 3])), 23, 0.3)
 TINY_STORE = from_tokens(np.random.default_rng(24).integers(0, 4, 400), 4, depth=4)
 SAMPLES = 200_000
 
@@ -500,7 +519,11 @@ def sequence_tv(out, exact):
     (Rest(num_nodes=6, depth=3, max_query=3, num_matches=4, context=2), TINY_STORE, None),
     (SelfDraft((0,), tree=trees.kary(2, 2)), None, None),
     (SelfDraft((0,), num_draft=2), {"vocab_ids": np.array([0, 1, 3])}, None),
-    (SelfDraft((0,), num_draft=3, min_confidence=0.5), None, None),
+    # the confidence stop's truncation is shared with (and sampled through) Kangaroo's
+    pytest.param(SelfDraft((0,), num_draft=3, min_confidence=0.5), None, None,
+                 marks=pytest.mark.slow),
+    (Kangaroo(adapter=TINY_KANGAROO, tree=trees.kary(2, 2), min_confidence=0.3),
+     TINY_KANGAROO_PARAMS, None),
     # small pools: each of the 200,000 rows keeps its own
     (Lookahead(window=3, ngram=3, candidates=3, num_nodes=5, pool_size=8), None, None),
     (Lookahead(window=2, ngram=3, candidates=2, num_nodes=4, pool_size=8, from_context=True),
@@ -521,7 +544,8 @@ def sequence_tv(out, exact):
 ], ids=["draft_model_chain", "draft_model_chain_block", "draft_model_tree_without_replacement",
         "draft_model_adaptive", "ensemble", "prompt_lookup", "prompt_lookup_branches", "rest",
         "rest_and_own_text", "self_draft_tree", "self_draft_reduced_vocab",
-        "self_draft_confidence_stop", "lookahead", "lookahead_context_reduced_vocab",
+        "self_draft_confidence_stop", "kangaroo_reduced_vocab_tree_confidence_stop",
+        "lookahead", "lookahead_context_reduced_vocab",
         "medusa_tree", "hydra_tree", "mlp_speculator_tree", "eagle_tree", "eagle2_dynamic",
         "eagle2_adaptive",
         "eagle3_reduced_vocab_tree", "hydra_reduced_vocab_tree", "eagle2_reduced_vocab",

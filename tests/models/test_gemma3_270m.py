@@ -127,10 +127,11 @@ def held_out(gemma):
     return prompts, sdjax.generate(gemma.params, prompts, cfg).tokens
 
 
-def test_shipped_eagle3_reproduces_greedy_on_held_out_prompts(gemma, held_out):
-    assert "eagle3" in shipped_drafts("gemma3-270m")
-    heads, draft_params = load_heads(heads_folder("eagle3", "gemma3-270m"))
-    assert heads.kind == "eagle3" and heads.draft_vocab == 16384
+@pytest.mark.parametrize("kind", ["eagle3", "kangaroo"])
+def test_shipped_drafts_reproduce_greedy_on_held_out_prompts(gemma, held_out, kind):
+    assert kind in shipped_drafts("gemma3-270m")
+    heads, draft_params = load_heads(heads_folder(kind, "gemma3-270m"))
+    assert heads.kind == kind and heads.draft_vocab == 16384
     prompts, greedy = held_out
     cfg = sdjax.SpecConfig(model=gemma.config, max_new_tokens=NEW_TOKENS, eos_token_id=(),
                            drafter=make_drafter(heads))

@@ -1,4 +1,4 @@
-"""Medusa, Hydra and EAGLE training: losses fall, held-out agreement rises above untrained
+"""Medusa, Hydra, EAGLE and Kangaroo training: losses fall, held-out agreement rises above untrained
 heads, resume is exact, sharded training matches one device, exported heads decode the same."""
 
 import dataclasses
@@ -13,6 +13,7 @@ from sdjax.heads import (
     Eagle,
     Eagle2,
     Hydra,
+    Kangaroo,
     Medusa,
     MLPSpeculator,
     init_eagle,
@@ -43,7 +44,9 @@ def setup(tmp_path_factory, corpus):
 # A kind name, or an EAGLE-3 draft with a reduced vocabulary of its 128 most
 # frequent training tokens (an int32 leaf in the trained params).
 VARIANTS = {"eagle3_reduced": dict(kind="eagle3", draft_vocab=128),
-            "hydra_reduced": dict(kind="hydra", draft_vocab=128)}
+            "hydra_reduced": dict(kind="hydra", draft_vocab=128),
+            "kangaroo": dict(kind="kangaroo", exit_layer=1),
+            "kangaroo_reduced": dict(kind="kangaroo", exit_layer=1, draft_vocab=128)}
 
 
 def _config(path, kind="medusa", **changes):
@@ -73,22 +76,26 @@ def test_training_lowers_the_loss_and_beats_untrained_heads(setup, tmp_path, kin
     assert min(gains) > 0.02 and np.mean(gains) > 0.05, gains
 
 
-@pytest.mark.parametrize("kind", ["eagle", pytest.param("eagle3", marks=pytest.mark.slow),
-                                  "eagle3_reduced"])
-def test_eagle_training_lowers_the_loss_and_raises_acceptance_by_depth(setup, tmp_path, kind):
+# Kangaroo's adapter reads exact target states at every depth: it reports depth 1 only.
+@pytest.mark.parametrize("kind", [
+    "eagle", pytest.param("eagle3", marks=pytest.mark.slow), "eagle3_reduced",
+    pytest.param("kangaroo", marks=pytest.mark.slow), "kangaroo_reduced"])
+def test_training_lowers_the_loss_and_raises_acceptance_by_depth(setup, tmp_path, kind):
     target, train, val = setup
     cfg = _config(tmp_path, steps=40, eval_every=20, checkpoint_every=40, kind=kind)
-    eagle_cfg, result = heads_training.train_heads(cfg, target, train, val, progress=False)
+    draft_cfg, result = heads_training.train_heads(cfg, target, train, val, progress=False)
     ids = result.params["params"].get("vocab_ids")
-    untrained = init_eagle(eagle_cfg, target.params, jax.random.PRNGKey(0), ids)
+    untrained = init_heads(draft_cfg, target.params, jax.random.PRNGKey(0), ids)
     windows = loop.eval_windows(val, cfg.eval_batches * cfg.batch_size, cfg.seq_len)
-    before, before_metrics = heads_training.make_loss(cfg, target.config, eagle_cfg)(
+    before, before_metrics = heads_training.make_loss(cfg, target.config, draft_cfg)(
         untrained, target.params, windows)
     after = result.history[-1]
-    assert after["eval_loss"] < 0.8 * float(before), (float(before), after)
-    gains = [after[f"eval_top1_depth{d}"] - float(before_metrics[f"top1_depth{d}"])
-             for d in (1, 2, 3)]
-    assert min(gains) > 0.05, gains
+    # Soft-label CE keeps the target's entropy; Kangaroo's adapter starts as the target's
+    # next layer (68% agreement here), so less of its loss is left to fall.
+    drop = 0.02 if cfg.kind == "kangaroo" else 0.2 * float(before)
+    assert after["eval_loss"] < float(before) - drop, (float(before), after)
+    gains = [after[f"eval_{name}"] - float(value) for name, value in before_metrics.items()]
+    assert len(gains) == (1 if cfg.kind == "kangaroo" else 3) and min(gains) > 0.05, gains
 
 
 def test_unrolled_training_sees_what_a_tree_node_sees():
@@ -124,7 +131,8 @@ def test_eagle_feature_noise_comes_from_the_step_key(setup, tmp_path):
 @pytest.mark.parametrize("kind", [pytest.param("hydra", marks=pytest.mark.slow),
                                   pytest.param("eagle", marks=pytest.mark.slow),
                                   pytest.param("eagle3", marks=pytest.mark.slow),
-                                  "eagle3_reduced"])
+                                  "eagle3_reduced",
+                                  pytest.param("kangaroo_reduced", marks=pytest.mark.slow)])
 def test_resume_reproduces_the_uninterrupted_run(setup, tmp_path, kind):
     target, train, val = setup
     _, whole = heads_training.train_heads(_config(tmp_path / "whole", kind=kind), target,
@@ -158,8 +166,12 @@ def test_sharded_training_matches_one_device(setup, tmp_path, kind, metric):
     pytest.param("medusa", Medusa, marks=pytest.mark.slow),
     pytest.param("hydra", Hydra, marks=pytest.mark.slow), ("mlp_speculator", MLPSpeculator),
     pytest.param("eagle", Eagle, marks=pytest.mark.slow),
-    ("eagle3", lambda c, tree: Eagle2(c, depth=3, top_k=2, num_nodes=6)),
-    ("eagle3_reduced", Eagle)])
+    pytest.param("eagle3", lambda c, tree: Eagle2(c, depth=3, top_k=2, num_nodes=6),
+                 marks=pytest.mark.slow),
+    ("eagle3_reduced", Eagle),
+    # the bundled testbed and Gemma adapters load through load_heads in the default run
+    pytest.param("kangaroo_reduced", lambda c, tree: Kangaroo(adapter=c, tree=tree),
+                 marks=pytest.mark.slow)])
 def test_exported_heads_reload_and_decode_identically(setup, tmp_path, kind, drafter):
     target, train, val = setup
     heads_cfg, result = heads_training.train_heads(_config(tmp_path, kind=kind), target, train,
@@ -203,6 +215,9 @@ def test_a_reduced_vocabulary_holds_the_most_frequent_training_tokens(setup, tmp
         _config(tmp_path, kind="hydra", draft_vocab=64, distill=False)
     with pytest.raises(ValueError, match="draft_vocab must be in"):
         sdjax.heads.eagle_config(target.config, "eagle3", draft_vocab=10**6)
+    for kind, exit_layer in (("kangaroo", 0), ("eagle", 1)):
+        with pytest.raises(ValueError, match="exit_layer"):
+            _config(tmp_path, kind=kind, exit_layer=exit_layer)
 
 
 def test_heads_files_are_checked(tmp_path):
