@@ -118,10 +118,12 @@ class Adapter(nn.Module):
 
 def init_kangaroo(cfg: KangarooConfig, target_params, key: jax.Array,
                   ids: Optional[np.ndarray] = None) -> dict:
-    """Adapter params started as the attention half of the target's next layer (layer
-    E's norms and attention; random when E is the last layer) and the target's final
-    norm, so that training starts from a sensible map rather than noise; a reduced
-    vocabulary's ids (required when draft_vocab > 0) are stored with them."""
+    """Adapter params started from the weights of the target's next layer's attention
+    half (layer E's norms and attention; random when E = L, past the last layer) and the
+    target's final norm, so that training starts from a sensible map rather than noise.
+    A start, not a copy: the adapter attends globally with the global RoPE base, which
+    a sliding-window layer E does not. A reduced vocabulary's ids (required when
+    draft_vocab > 0) are stored with them."""
     module = Adapter(cfg)
     params = dict(module.init(key, *module.example_inputs())["params"])
     target = target_params["params"]
@@ -189,6 +191,11 @@ class Kangaroo(TargetLayersDraft):
     def check(self, cfg: SpecConfig, draft_params) -> None:
         super().check(cfg, draft_params)
         check_fits(self, draft_params, self.adapter, cfg, "the adapter's params")
+        heads = lambda c: (c.num_heads, c.num_kv_heads, c.head_dim)
+        if heads(self.adapter.layer) != heads(cfg.model):
+            raise ValueError(f"an adapter with (heads, kv heads, head dim) "
+                             f"{heads(self.adapter.layer)} was not made for this target "
+                             f"{heads(cfg.model)}")
 
     def bind(self, draft_params, target_params):
         """The target's params, the adapter's (float32) and the LM head's rows of a
@@ -246,7 +253,8 @@ class Kangaroo(TargetLayersDraft):
         caches = DraftCaches(target_cache, self._catch_up(adapter_params, state))
         tree, caches = self.draft(forward, caches, draft_params["vocab_ids"], sequence,
                                   seq_len, key, cfg)
-        return tree, state.replace(cache=caches.adapter), caches.target
+        return (tree, state.replace(cache=caches.adapter, pending=jnp.zeros_like(state.pending)),
+                caches.target)
 
     def commit(self, state, result, committed_length, features=None):
         """Keeps layer E's states of the root and the accepted path (the next propose

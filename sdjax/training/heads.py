@@ -47,7 +47,7 @@ class HeadsTrainConfig(LoopConfig):
     feature_layers: Optional[Tuple[int, ...]] = None  # eagle3 (None: low / mid / high)
     token_weight: float = 0.1  # eagle: weight of the cross-entropy next to the regression
     feature_noise: float = 0.1  # eagle: uniform noise on the input features
-    # Kangaroo only: the target layers the draft runs before its adapter (1..L-1)
+    # Kangaroo only: the target layers the draft runs before its adapter (1..L)
     exit_layer: int = 0
     # Rows of the draft's LM head: the K most frequent target tokens of the training
     # data (0: the whole vocabulary). Kinds whose head can be reduced only.
@@ -67,6 +67,9 @@ class HeadsTrainConfig(LoopConfig):
         if (self.kind == "kangaroo") != bool(self.exit_layer):
             raise ValueError("exit_layer (>= 1) is Kangaroo's and only Kangaroo's: where its "
                              "adapter reads the target")
+        if self.kind == "kangaroo" and not self.distill:
+            raise ValueError("Kangaroo's adapter learns the target's distribution: it needs "
+                             "distill: true")
         if self.draft_vocab and not head_kind(self.kind).reduced_vocab:
             reducible = tuple(name for name, kind in KINDS.items() if kind.reduced_vocab)
             raise ValueError(f"draft_vocab: {self.kind} heads read the full vocabulary; "

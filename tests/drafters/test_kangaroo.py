@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import sdjax
+from sdjax import trees
 from sdjax.decode.loop import verify_forward
 from sdjax.decode.prompts import prefill
 from sdjax.heads import Kangaroo, init_kangaroo, kangaroo_config
@@ -109,26 +110,42 @@ def test_each_cycle_drafts_what_the_adapter_computes_from_scratch():
     np.testing.assert_allclose(out.stats["acceptance_by_depth"], expected)
 
 
-def test_the_adapters_cache_holds_the_committed_texts_kv_after_mixed_accepts():
-    """Cycles that accept 2, 0 and all 3 drafts: the adapter's committed keys and
-    values (rotated at their positions) are those of a fresh run over the text."""
-    drafter = Kangaroo(adapter=KANGAROO, num_draft=3)
+# (drafter, [(accepted path as node indices, next root)] per cycle): a chain whose cycles
+# accept 2, 0, 3 and 1 drafts, and a 2 x 2 tree whose accepted paths leave nodes behind.
+CYCLES = {
+    "chain": (Kangaroo(adapter=KANGAROO, num_draft=3),
+              [([0, 1, 2], 11), ([0], 13), ([0, 1, 2, 3], 17), ([0, 1], 19)]),
+    "tree": (Kangaroo(adapter=KANGAROO, tree=trees.kary(2, 2)),
+             [([0, 2, 5], 11), ([0], 13), ([0, 1, 4], 17), ([0, 2], 19)]),
+}
+
+
+@pytest.mark.parametrize("name", CYCLES)
+def test_the_adapters_cache_holds_the_committed_texts_kv_after_mixed_accepts(name):
+    """Cycles of mixed accepted paths: the adapter's committed keys and values (rotated
+    at their positions) are those of a fresh run over the committed text."""
+    drafter, cycles = CYCLES[name]
     bound, cfg, max_len = drafter.bind(KANGAROO_PARAMS, PARAMS), spec(drafter), 64
+    depth = drafter.shape.max_depth
     tokens, lengths = jnp.asarray([PROMPTS[0]]), jnp.asarray([len(PROMPTS[0])])
     start = prefill(PARAMS, TARGET, tokens, lengths, max_len, (1,))
     state, cache = drafter.init(bound, tokens, lengths, max_len, start.features), start.cache
+    topology = static_topology(drafter.shape, 1)
     text = list(PROMPTS[0]) + [7]  # then the root
-    for accepted, next_root in [(2, 11), (0, 13), (3, 17), (1, 19)]:
+    for path, next_root in cycles:
         sequence = jnp.zeros((1, max_len), jnp.int32).at[0, :len(text)].set(jnp.asarray(text))
         tree, state, cache = drafter.propose(bound, state, sequence, jnp.asarray([len(text)]),
                                              jax.random.PRNGKey(0), cfg, target_cache=cache)
-        cache, _, features, _ = verify_forward(Transformer(TARGET), PARAMS, tree,
-                                               static_topology(drafter.shape, 1), cache, (1,))
-        cache = cache.commit(jnp.asarray([accepted + 1]))
-        result = VerifyResult(path=jnp.arange(4)[None], num_accepted=jnp.asarray([accepted]),
+        cache, _, features, _ = verify_forward(Transformer(TARGET), PARAMS, tree, topology,
+                                               cache, (1,))
+        accepted = len(path) - 1
+        padded = jnp.asarray([path + [path[-1]] * (depth + 1 - len(path))])
+        cache = cache.commit(jnp.asarray([accepted + 1]),
+                             None if topology.is_chain else padded)
+        result = VerifyResult(path=padded, num_accepted=jnp.asarray([accepted]),
                               next_token=jnp.asarray([next_root]))
         state = drafter.commit(state, result, cache.length, features)
-        text += np.asarray(tree.tokens[0, 1:accepted + 1]).tolist() + [next_root]
+        text += np.asarray(tree.tokens[0, path[1:]]).tolist() + [next_root]
     committed = len(text) - 1  # the last root is not in the caches yet
     adapter_cache = drafter._catch_up(bound["adapter"], state)
     assert int(adapter_cache.length[0]) == int(cache.length[0]) == committed
@@ -154,6 +171,13 @@ def test_a_reduced_vocabulary_drafts_only_its_own_tokens():
     tree, _, _ = drafter.propose(bound, state, sequence.at[0, lengths[0]].set(5), lengths + 1,
                                  jax.random.PRNGKey(0), cfg, target_cache=start.cache)
     assert np.isin(np.asarray(tree.tokens[0, 1:]), ids).all()
+    # the first draft: the best of the reduced vocabulary under a from-scratch forward
+    text = jnp.asarray([PROMPTS[1] + [5]])
+    states = sequence_forward(PARAMS, TARGET, text, hidden_layers=(1,)).intermediates[0]
+    normed, _ = Adapter(adapter).apply(params, states, jnp.arange(text.shape[1])[None],
+                                       KVCache.init(adapter.layer, 1, text.shape[1]))
+    logits = Transformer(TARGET).apply(PARAMS, normed[0, -1], method=Transformer.lm_logits)
+    assert int(tree.tokens[0, 1]) == ids[int(jnp.argmax(logits[ids]))]
 
 
 @pytest.mark.parametrize("make,message", [
@@ -176,6 +200,8 @@ def test_bad_kangaroo_configs_are_refused(make, message):
      "does not fit the target"),
     (kangaroo_config(TARGET.replace(num_layers=4), 4), KANGAROO_PARAMS,
      "layers the target does not have"),
+    (kangaroo_config(TARGET.replace(num_heads=2, num_kv_heads=1), 1), KANGAROO_PARAMS,
+     "was not made for this target"),
 ])
 def test_kangaroo_checks_its_params_before_compiling(adapter, draft_params, message):
     with pytest.raises(ValueError, match=message):

@@ -218,6 +218,8 @@ def test_a_reduced_vocabulary_holds_the_most_frequent_training_tokens(setup, tmp
     for kind, exit_layer in (("kangaroo", 0), ("eagle", 1)):
         with pytest.raises(ValueError, match="exit_layer"):
             _config(tmp_path, kind=kind, exit_layer=exit_layer)
+    with pytest.raises(ValueError, match="needs distill: true"):
+        _config(tmp_path, kind="kangaroo", exit_layer=1, distill=False)
 
 
 def test_heads_files_are_checked(tmp_path):
