@@ -64,6 +64,12 @@ class TargetLayersDraft(Drafter):
             raise ValueError(f"{type(self).__name__}'s layers {self.layers} name layers the "
                              f"target does not have (it has {cfg.model.num_layers})")
 
+    def check_target_cache(self, target_cache) -> None:
+        """Raises unless `propose` got the target's KV cache, which the draft runs over."""
+        if target_cache is None:
+            raise ValueError(f"{type(self).__name__} drafts over the target's KV cache: call "
+                             "propose(..., target_cache=cache), or run_propose")
+
     def draft(self, forward, cache, vocab_ids, sequence, seq_len, key, cfg: SpecConfig):
         """(tree, cache): the tree drafted by `forward` (see `draft_levels`) over `cache`,
         whose pending region it writes from slot 0 (the root) on."""
@@ -111,9 +117,7 @@ class SelfDraft(TargetLayersDraft):
                 target_cache=None):
         """The tree, the (empty) state, and the target cache with the drafted tokens'
         KV in its pending region (the verify forward overwrites it)."""
-        if target_cache is None:
-            raise ValueError("SelfDraft drafts over the target's KV cache: call "
-                             "propose(..., target_cache=cache), or run_propose")
+        self.check_target_cache(target_cache)
         model = Transformer(cfg.model)
         target, head = draft_params["target"], draft_params["head"]
 

@@ -162,9 +162,8 @@ class DraftCaches:
 @flax.struct.dataclass
 class KangarooState:
     """A Kangaroo drafter's state between cycles."""
-    cache: KVCache  # the adapter's: the target cache's length minus `pending`
-    states: jax.Array  # [B, P, D] layer E's states of the tokens committed last cycle
-    pending: jax.Array  # [B] how many of them the adapter's cache does not hold yet
+    cache: KVCache  # the adapter's: behind the target's by the tokens committed last cycle
+    states: jax.Array  # [B, P, D] layer E's states of those tokens (root, accepted path)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -214,25 +213,23 @@ class Kangaroo(TargetLayersDraft):
             KVCache.init(self.adapter.layer, batch, max_len))
         return KangarooState(
             cache.commit(prompt_lengths),
-            jnp.zeros((batch, self._path_length, self.adapter.hidden_size), jnp.float32),
-            jnp.zeros((batch,), jnp.int32))
+            jnp.zeros((batch, self._path_length, self.adapter.hidden_size), jnp.float32))
 
-    def _catch_up(self, adapter_params, state: KangarooState) -> KVCache:
-        """The adapter's cache with last cycle's committed tokens in it."""
+    def _catch_up(self, adapter_params, state: KangarooState, committed) -> KVCache:
+        """The adapter's cache with last cycle's committed tokens in it: as long as the
+        target's (`committed` [B])."""
         length = self._path_length
         positions = state.cache.length[:, None] + jnp.arange(length)
         _, cache = Adapter(self.adapter).apply(
             adapter_params, state.states, positions, state.cache,
             jnp.tril(jnp.ones((length, length), bool)), 0, positions)
-        return cache.commit(state.pending)
+        return cache.commit(committed - state.cache.length)
 
     def propose(self, draft_params, state, sequence, seq_len, key, cfg: SpecConfig,
                 target_cache=None):
         """The tree, the state (the adapter's cache caught up) and the target cache with
         the drafted tokens' KV in its pending region (the verify forward overwrites it)."""
-        if target_cache is None:
-            raise ValueError("Kangaroo drafts over the target's KV cache: call "
-                             "propose(..., target_cache=cache), or run_propose")
+        self.check_target_cache(target_cache)
         model, adapter = Transformer(cfg.model), Adapter(self.adapter)
         target, adapter_params = draft_params["target"], draft_params["adapter"]
         head = draft_params["head"]
@@ -250,15 +247,14 @@ class Kangaroo(TargetLayersDraft):
                                  head, method=Transformer.lm_logits)
             return logits, normed, DraftCaches(out.cache, adapter_cache)
 
-        caches = DraftCaches(target_cache, self._catch_up(adapter_params, state))
+        caches = DraftCaches(target_cache,
+                             self._catch_up(adapter_params, state, target_cache.length))
         tree, caches = self.draft(forward, caches, draft_params["vocab_ids"], sequence,
                                   seq_len, key, cfg)
-        return (tree, state.replace(cache=caches.adapter, pending=jnp.zeros_like(state.pending)),
-                caches.target)
+        return tree, state.replace(cache=caches.adapter), caches.target
 
     def commit(self, state, result, committed_length, features=None):
         """Keeps layer E's states of the root and the accepted path (the next propose
         feeds them to the adapter)."""
         states = jnp.take_along_axis(features, result.path[..., None], axis=1)
-        return state.replace(states=states.astype(state.states.dtype),
-                             pending=committed_length - state.cache.length)
+        return state.replace(states=states.astype(state.states.dtype))

@@ -147,7 +147,7 @@ def test_the_adapters_cache_holds_the_committed_texts_kv_after_mixed_accepts(nam
         state = drafter.commit(state, result, cache.length, features)
         text += np.asarray(tree.tokens[0, path[1:]]).tolist() + [next_root]
     committed = len(text) - 1  # the last root is not in the caches yet
-    adapter_cache = drafter._catch_up(bound["adapter"], state)
+    adapter_cache = drafter._catch_up(bound["adapter"], state, cache.length)
     assert int(adapter_cache.length[0]) == int(cache.length[0]) == committed
     states = sequence_forward(PARAMS, TARGET, jnp.asarray([text[:-1]]), hidden_layers=(1,))
     _, fresh = Adapter(KANGAROO).apply(bound["adapter"], states.intermediates[0],
