@@ -20,6 +20,9 @@ from sdjax.data.corpus import SPLITS
 from sdjax.models.families import MissingExtraError
 from sdjax.pretrained import NAMES
 
+# `sdjax.training.distill.DIVERGENCES` (named here so that the CLI starts without the
+# training stack; a test keeps them equal).
+DIVERGENCE_NAMES = ("fkl", "jsd", "rkl", "tvd")
 # SpecConfig fields a preset or a flag may set (the model comes from --model).
 _GENERATION_FIELDS = [f.name for f in dataclasses.fields(SpecConfig) if f.name != "model"]
 # A preset names its verifier; the drafter comes from flags (it needs a model or heads).
@@ -113,6 +116,10 @@ def _drafter_from_args(args, target: sdjax.LoadedModel):
                          "--datastore, --exit-layer, --skip-layers and --lookahead")
     if args.rest_context and not args.datastore:
         raise ValueError("--rest-context needs --datastore")
+    if args.stop_head and not args.draft_model:
+        raise ValueError("--stop-head needs --draft-model (the draft it was trained for)")
+    if args.stop_threshold is not None and not args.stop_head:
+        raise ValueError("--stop-threshold needs --stop-head")
     own_head = args.exit_layer is not None or args.skip_layers is not None or args.lookahead
     if args.draft_vocab and not own_head:
         raise ValueError("--draft-vocab needs --exit-layer, --skip-layers or --lookahead")
@@ -136,7 +143,19 @@ def _drafter_from_args(args, target: sdjax.LoadedModel):
         return sdjax.drafters.PromptLookup(num_draft=args.prompt_lookup), None
     if args.draft_model:
         draft = sdjax.load_hf(args.draft_model, dtype=args.dtype, load_tokenizer=False)
-        return sdjax.drafters.DraftModel(draft.config, num_draft=args.gamma), draft.params
+        if not args.stop_head:
+            return sdjax.drafters.DraftModel(draft.config, num_draft=args.gamma), draft.params
+        from sdjax.drafters.acceptance import (
+            DEFAULT_STOP_THRESHOLD,
+            load_acceptance_head,
+            with_acceptance_head,
+        )
+
+        head_cfg, head = load_acceptance_head(args.stop_head)
+        threshold = DEFAULT_STOP_THRESHOLD if args.stop_threshold is None else args.stop_threshold
+        return (sdjax.drafters.DraftModel(draft.config, num_draft=args.gamma, stop_head=head_cfg,
+                                          stop_threshold=threshold),
+                with_acceptance_head(draft.params, head))
     return None, None
 
 
@@ -313,6 +332,23 @@ def cmd_train_heads(args) -> None:
     run_heads(cfg, stop_at=args.stop_at)
 
 
+def cmd_train_distill(args) -> None:
+    """`sdjax train distill`."""
+    from sdjax.training.distill import load_config, run_distill
+
+    cfg = load_config(args.config, steps=args.steps, output=args.output,
+                      divergence=args.divergence, on_policy=args.on_policy)
+    run_distill(cfg, stop_at=args.stop_at)
+
+
+def cmd_train_acceptance(args) -> None:
+    """`sdjax train acceptance`."""
+    from sdjax.training.acceptance import load_config, run_acceptance
+
+    cfg = load_config(args.config, steps=args.steps, output=args.output)
+    run_acceptance(cfg, stop_at=args.stop_at)
+
+
 def cmd_train_generations(args) -> None:
     """`sdjax train generations`."""
     from sdjax.training.generations import run_generations
@@ -391,6 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--draft-model", metavar="DIR",
                      help="speculate with this checkpoint as draft model (same tokenizer)")
     gen.add_argument("--gamma", type=int, default=4, help="draft-model tokens per cycle")
+    gen.add_argument("--stop-head", metavar="DIR",
+                     help="with --draft-model: SpecDec++'s acceptance head (from `sdjax train "
+                          "acceptance`) stops each chain early, --gamma at most")
+    gen.add_argument("--stop-threshold", type=float, metavar="H",
+                     help="stop once the predicted chance of a rejection exceeds H "
+                          "(default 0.5)")
     gen.add_argument("--heads", metavar="DIR|KIND",
                      help="speculate with Medusa / Hydra / MLP-speculator heads, an EAGLE "
                           "draft or a Kangaroo adapter trained on this model (`sdjax train "
@@ -486,7 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_arguments(bench)
     bench.set_defaults(func=cmd_bench)
 
-    train = commands.add_parser("train", help="train a language model (or draft heads)")
+    train = commands.add_parser(
+        "train", help="train a language model or draft heads, distil a draft model, or "
+                      "train its SpecDec++ stop head")
     train_kinds = train.add_subparsers(dest="kind", required=True, metavar="KIND")
     lm = train_kinds.add_parser(
         "lm", help="train a language model on the stdlib corpus",
@@ -503,7 +547,28 @@ def build_parser() -> argparse.ArgumentParser:
                     "(a checkpoint folder or a named model) over the stdlib's code, English "
                     "prose, or the target's own generations (self-distillation, optax, orbax "
                     "checkpoints with resume), then export them to OUTPUT/heads.")
-    for kind in (lm, heads):
+    distill = train_kinds.add_parser(
+        "distill", help="align a draft model to a frozen target (DistillSpec, Seq-KD)",
+        description="Distil a draft model that shares the target's tokenizer towards the "
+                    "target's next-token distributions: forward / reverse KL, Jensen-Shannon "
+                    "or total variation, on the corpus, on the target's own generations "
+                    "(Seq-KD) and on the draft's own samples (on-policy), with optax and "
+                    "orbax checkpoints (exact resume); export it to OUTPUT/hf.")
+    distill.add_argument("--divergence", choices=DIVERGENCE_NAMES,
+                         help="override the config's divergence")
+    distill.add_argument("--on-policy", type=float, metavar="FRACTION",
+                         help="override the config's fraction of on-policy rows")
+    distill.set_defaults(func=cmd_train_distill)
+    acceptance = train_kinds.add_parser(
+        "acceptance", help="train SpecDec++'s acceptance head for a (draft, target) pair",
+        description="Train the acceptance-prediction head of SpecDec++ on a frozen draft "
+                    "model and target: the draft continues corpus prompts, the target labels "
+                    "each drafted token with its chance of acceptance, and the head learns it "
+                    "from the draft's hidden state (optax, orbax checkpoints with exact "
+                    "resume); export it to OUTPUT/acceptance_head, for `sdjax generate "
+                    "--draft-model DRAFT --stop-head OUTPUT/acceptance_head`.")
+    acceptance.set_defaults(func=cmd_train_acceptance)
+    for kind in (lm, heads, distill, acceptance):
         kind.add_argument("--config", required=True, help="YAML training config (configs/train/)")
         kind.add_argument("--steps", type=int, help="override the config's total steps")
         kind.add_argument("--output", help="override the config's run folder")

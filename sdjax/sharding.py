@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from sdjax.drafters import acceptance
 from sdjax.heads import registry as heads_registry
 from sdjax.models.cache import KVCache
 
@@ -48,9 +49,11 @@ MODEL_AXES: Tuple[Tuple[str, Tuple[Optional[str], ...]], ...] = (
 )
 # REST's datastore (`sdjax.drafters.Datastore`): every device holds all of it.
 DATASTORE_AXES = ((r"^\.(tokens|suffix_array)$", (None,)),)
-# The transformer's rules, then every kind of draft head's (`sdjax.heads.registry`).
+# The transformer's rules, then every kind of draft head's (`sdjax.heads.registry`), then
+# SpecDec++'s acceptance head's.
 PARAM_AXES = MODEL_AXES + DATASTORE_AXES + tuple(dict.fromkeys(
-    rule for kind in heads_registry.KINDS.values() for rule in kind.param_axes))
+    rule for kind in heads_registry.KINDS.values() for rule in kind.param_axes)) + (
+    acceptance.PARAM_AXES)
 
 
 def make_mesh(data: int = 1, model: Optional[int] = None,

@@ -8,6 +8,11 @@ import pytest
 
 import sdjax
 from sdjax.cli import main
+from sdjax.drafters.acceptance import (
+    AcceptanceHeadConfig,
+    init_acceptance_head,
+    save_acceptance_head,
+)
 from sdjax.training.lm import model_config
 
 pytest.importorskip("torch")
@@ -30,16 +35,21 @@ def pair(tmp_path_factory, tokenizer_dir):
 def test_bench_writes_a_well_formed_report(pair, tmp_path, capsys):
     target, draft = pair
     out = tmp_path / "report"
+    head = AcceptanceHeadConfig(32)  # the draft's hidden size; a random SpecDec++ head
+    save_acceptance_head(str(tmp_path / "head"), head, init_acceptance_head(head,
+                                                                            jax.random.key(0)))
     code = main(["bench", "--target", target, "--draft", draft, "--prompts", "1",
                  "--new-tokens", "6", "--repeats", "1", "--categories", "completion",
                  "copy_edit", "--vs-transformers", "--out", str(out), "--methods",
                  "autoregressive", "prompt_lookup", "draft_chain", "draft_adaptive",
-                 "draft_tree"])  # test_bench_runs_rest_from_a_datastore runs the default set
+                 "draft_stop_head", "draft_tree", "--stop-head", str(tmp_path / "head")])
+    # test_bench_runs_rest_from_a_datastore runs the default set (no draft)
     assert code == 0
     assert sorted(os.listdir(out)) == ["acceptance.png", "results.json", "results.md",
                                        "speedup.png"]
     report = json.loads((out / "results.json").read_text())
-    methods = ["autoregressive", "prompt_lookup", "draft_chain", "draft_adaptive", "draft_tree"]
+    methods = ["autoregressive", "prompt_lookup", "draft_chain", "draft_adaptive",
+               "draft_stop_head", "draft_tree"]
     assert [(r["category"], r["method"]) for r in report["rows"]] == [
         (c, m) for c in ("completion", "copy_edit") for m in methods]
     for row in report["rows"]:
@@ -50,8 +60,8 @@ def test_bench_writes_a_well_formed_report(pair, tmp_path, capsys):
         assert row["speedup"] == pytest.approx(row["tokens_per_second"]
                                                / baseline["tokens_per_second"])
         # tau: at most the deepest draft + 1 (the bench's gamma and lookup are 4)
-        assert 1.0 <= row["tau"] <= {"autoregressive": 1,
-                                     "draft_adaptive": 7}.get(row["method"], 5)
+        assert 1.0 <= row["tau"] <= {"autoregressive": 1, "draft_adaptive": 7,
+                                     "draft_stop_head": 9}.get(row["method"], 5)
         if row["method"] == "autoregressive":
             assert row["acceptance_by_depth"] == []
             assert row["predicted_speedup"] == 1.0 and row["draft_ms"] == 0.0

@@ -110,6 +110,10 @@ def test_generate_user_errors_exit_2_with_one_line(checkpoint, tmp_path, capsys,
     ("heads", "target: t\noutput: run\nkind: medusa2\n", "unknown head kind 'medusa2'"),
     ("heads", "target: t\noutput: run\nsteps: 0\n", "steps must be >= 1"),
     ("heads", "target: t\noutput: run\nfeature_layers: 3\n", "feature_layers must be"),
+    ("distill", "target: t\ndraft: d\noutput: run\ndivergence: kl\n",
+     "divergence must be one of"),
+    ("acceptance", "target: t\ndraft: d\noutput: run\nprompt_len: 600\n",
+     "prompt_len must be in"),
 ])
 def test_train_config_errors_exit_2_before_any_work(tmp_path, capsys, command, config,
                                                      message):
@@ -189,16 +193,21 @@ def test_presets_in_configs_are_valid():
 def test_training_presets_are_valid():
     import pathlib
 
+    from sdjax.training.acceptance import AcceptanceTrainConfig
+    from sdjax.training.distill import DistillConfig
     from sdjax.training.heads import HeadsTrainConfig
     from sdjax.training.lm import LMTrainConfig
     from sdjax.training.loop import load_yaml_config
     presets = sorted(pathlib.Path(__file__).parent.parent.glob("configs/train/*.yaml"))
     kinds = set()
     for preset in presets:
-        heads = "kind" in yaml.safe_load(preset.read_text())
-        cfg = load_yaml_config(HeadsTrainConfig if heads else LMTrainConfig, str(preset))
-        kinds.add(getattr(cfg, "kind", "lm"))
-    assert kinds == {"lm", "medusa", "hydra", "mlp_speculator", "eagle", "eagle3", "kangaroo"}
+        values = yaml.safe_load(preset.read_text())
+        cls = (HeadsTrainConfig if "kind" in values else DistillConfig if "divergence" in values
+               else AcceptanceTrainConfig if "num_blocks" in values else LMTrainConfig)
+        cfg = load_yaml_config(cls, str(preset))
+        kinds.add(getattr(cfg, "kind", cls.__name__))
+    assert kinds == {"LMTrainConfig", "medusa", "hydra", "mlp_speculator", "eagle", "eagle3",
+                     "kangaroo", "DistillConfig", "AcceptanceTrainConfig"}
 
 
 def test_demo_runs_end_to_end(capsys):
@@ -218,7 +227,8 @@ def test_demo_rejects_unknown_methods(capsys):
 
 def test_help_of_every_command():
     for command in (["generate"], ["demo"], ["bench"], ["convert"], ["train", "lm"],
-                    ["train", "heads"], ["train", "generations"], ["datastore", "build"]):
+                    ["train", "heads"], ["train", "generations"], ["train", "distill"],
+                    ["train", "acceptance"], ["datastore", "build"]):
         result = subprocess.run([sys.executable, "-m", "sdjax.cli", *command, "--help"],
                                 capture_output=True, text=True, check=True)
         assert "usage: sdjax" in result.stdout
@@ -247,6 +257,8 @@ def test_speculative_flags_give_the_same_greedy_tokens(checkpoint, capsys, flags
     (["--draft-vocab", "8"], "--draft-vocab needs --exit-layer, --skip-layers or --lookahead"),
     (["--exit-layer", "1", "--skip-layers", "0"], "choose one of"),
     (["--lookahead", "--prompt-lookup", "2"], "choose one of"),
+    (["--stop-head", "HEAD"], "--stop-head needs --draft-model"),
+    (["--stop-threshold", "0.3"], "--stop-threshold needs --stop-head"),
 ])
 def test_self_speculation_flags_are_checked(checkpoint, capsys, flags, message):
     assert cli.main(["generate", "--model", checkpoint, "--prompt", "x", *flags]) == 2
@@ -381,3 +393,46 @@ def _train_heads_then_generate(tmp_path, capsys, name, **config):
                      str(tmp_path / name / "heads"), "--max-new-tokens", "5",
                      "--eos-token-id", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["tokens"][0]) == 5
+
+
+def test_train_distill_then_acceptance_then_generate_with_the_stop_head(tmp_path, capsys):
+    """`sdjax train generations` and `sdjax train distill` on them (Seq-KD) for the testbed
+    pair, `sdjax train acceptance` for the distilled draft, then `generate --draft-model
+    --stop-head`: plain greedy tokens. The runs' corpus caches are seeded with one module
+    (the commands reuse them)."""
+    import numpy as np
+
+    from sdjax import data, testbed
+    from tests.hf_models import stdlib_source
+
+    target = testbed.path("target")
+    stream = data.encode_corpus(sdjax.load_hf(target).tokenizer, [stdlib_source("textwrap")])
+    common = dict(target=target, steps=2, seq_len=48, prompt_len=16, batch_size=2,
+                  eval_every=2, eval_batches=1, checkpoint_every=2, warmup_steps=1,
+                  data_parallel=1)
+    runs = {"distill": dict(draft=testbed.path("draft"), on_policy=0.5,
+                            generations=str(tmp_path / "generations")),  # Seq-KD
+            "acceptance": dict(draft=str(tmp_path / "distill" / "hf"))}
+    for name in ("generations", *runs):
+        (tmp_path / name / "data").mkdir(parents=True)
+        for split in ("train", "validation"):
+            np.save(tmp_path / name / "data" / f"stdlib-{split}.npy", stream)
+    for name, values in runs.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(
+            dict(common, output=str(tmp_path / name), **values)))
+    assert cli.main(["train", "generations", "--target", target, "--output",
+                     str(tmp_path / "generations"), "--prompts", "4", "--prompt-len", "16",
+                     "--new-tokens", "40", "--batch-size", "4"]) == 0
+    assert cli.main(["train", "distill", "--config", str(tmp_path / "distill.yaml"),
+                     "--divergence", "tvd"]) == 0
+    assert "the draft before distillation: eval_loss" in capsys.readouterr().out
+    assert cli.main(["train", "acceptance", "--config", str(tmp_path / "acceptance.yaml")]) == 0
+    capsys.readouterr()
+    common = ["generate", "--model", target, "--prompt", "def f(x):\n    return",
+              "--max-new-tokens", "16", "--json"]
+    assert cli.main(common) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert cli.main(common + ["--draft-model", str(tmp_path / "distill" / "hf"), "--gamma", "6",
+                              "--stop-head", str(tmp_path / "acceptance" / "acceptance_head"),
+                              "--stop-threshold", "0.8"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == plain["tokens"]

@@ -35,6 +35,11 @@ from sdjax.calibrate import skip_layers
 from sdjax.cli import positive_int
 from sdjax.decode import acceptance_summary
 from sdjax.drafters import DraftModel, PromptLookup, load_datastore
+from sdjax.drafters.acceptance import (
+    DEFAULT_STOP_THRESHOLD,
+    load_acceptance_head,
+    with_acceptance_head,
+)
 from sdjax.drafters.lookahead import Lookahead
 from sdjax.drafters.rest import rest_for
 from sdjax.drafters.self_draft import SelfDraft
@@ -59,7 +64,7 @@ SELF_METHODS = ("early_exit", "layer_skip")
 # Lookahead decoding's Jacobi window alone, and with the row's own n-grams in its pool.
 LOOKAHEAD_METHODS = ("lookahead", "lookahead_context")
 METHODS = ("autoregressive", "prompt_lookup", *REST_METHODS, *LOOKAHEAD_METHODS, *SELF_METHODS,
-           "draft_chain", "draft_adaptive", "draft_tree",
+           "draft_chain", "draft_adaptive", "draft_stop_head", "draft_tree",
            *(m for kind in KINDS for m in HEAD_METHODS[kind]))
 
 # sdjax method -> the `transformers` configuration that does the same thing.
@@ -98,10 +103,12 @@ def self_drafts(target: sdjax.LoadedModel, wanted: Sequence[str], gamma: int,
 
 def methods(draft: Optional[sdjax.LoadedModel], gamma: int, lookup: int,
             heads: Sequence[tuple] = (), datastore=None,
-            self_draft: Optional[Dict[str, tuple]] = None) -> Dict[str, tuple]:
+            self_draft: Optional[Dict[str, tuple]] = None, stop_head: Optional[tuple] = None,
+            stop_threshold: float = DEFAULT_STOP_THRESHOLD) -> Dict[str, tuple]:
     """name -> (drafter, draft_params). `heads`: (HeadsConfig, params) pairs; without a
     draft model, no draft-model methods; without a datastore, no REST; `self_draft`:
-    what `self_drafts` built."""
+    what `self_drafts` built; `stop_head`: the draft's SpecDec++ acceptance head (config,
+    params), whose chains run up to 2 x gamma."""
     found = {
         "autoregressive": (None, None),
         "prompt_lookup": (PromptLookup(num_draft=lookup), None),
@@ -117,6 +124,11 @@ def methods(draft: Optional[sdjax.LoadedModel], gamma: int, lookup: int,
                                draft.params),
             "draft_tree": (DraftModel(draft.config, tree=DRAFT_TREE), draft.params),
         })
+    if draft is not None and stop_head is not None:
+        found["draft_stop_head"] = (
+            DraftModel(draft.config, num_draft=2 * gamma, stop_head=stop_head[0],
+                       stop_threshold=stop_threshold),
+            with_acceptance_head(draft.params, stop_head[1]))
     for cfg, params in heads:
         found.update({name: (drafter, params) for name, drafter in bench_drafters(cfg).items()})
     return found
@@ -157,11 +169,19 @@ def run(args) -> dict:
                      else stdlib_datastore(target.tokenizer))
     self_draft = self_drafts(target, args.methods, args.gamma, args.exit_layer, args.skip,
                              args.draft_vocab)
-    available = methods(draft, args.gamma, args.lookup, heads, datastore, self_draft)
+    if args.stop_head and draft is None:
+        raise ValueError("--stop-head needs a draft model (--draft DIR): the one it was "
+                         "trained for")
+    if args.stop_threshold is not None and not args.stop_head:
+        raise ValueError("--stop-threshold needs --stop-head")
+    stop_head = load_acceptance_head(args.stop_head) if args.stop_head else None
+    available = methods(draft, args.gamma, args.lookup, heads, datastore, self_draft,
+                        stop_head, DEFAULT_STOP_THRESHOLD if args.stop_threshold is None
+                        else args.stop_threshold)
     missing = sorted(set(args.methods) - set(available))
     if missing:
-        raise ValueError(f"methods {missing} need draft heads of that kind (--heads DIR) "
-                         "or a draft model (--draft DIR)")
+        raise ValueError(f"methods {missing} need draft heads of that kind (--heads DIR), "
+                         "a draft model (--draft DIR) or its stop head (--stop-head DIR)")
     chosen = {name: available[name] for name in METHODS if name in args.methods}
     prompts = [(c, i, t.prompt) for c, ts in tasks.items() for i, t in enumerate(ts)]
 
@@ -380,6 +400,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"subset of: {' '.join(METHODS)} (default: all available)")
     parser.add_argument("--gamma", type=int, default=4, help="draft-model chain length")
     parser.add_argument("--lookup", type=int, default=4, help="prompt-lookup tokens")
+    parser.add_argument("--stop-head", metavar="DIR",
+                        help="the draft model's SpecDec++ acceptance head (`sdjax train "
+                             "acceptance`): method draft_stop_head, chains up to 2 x gamma")
+    parser.add_argument("--stop-threshold", type=float, metavar="H",
+                        help="draft_stop_head stops once the predicted chance of a rejection "
+                             "exceeds H (default 0.5)")
     parser.add_argument("--datastore", metavar="DIR",
                         help="REST's datastore (`sdjax datastore build`; default: the "
                              "stdlib's train split, built into the cache on first use)")
@@ -420,6 +446,7 @@ def main(args) -> dict:
         head_methods = {m for names in HEAD_METHODS.values() for m in names}
         args.methods = [m for m in METHODS if m in from_heads or (
             m not in head_methods and (args.draft or not m.startswith("draft_"))
+            and (m != "draft_stop_head" or args.stop_head)
             and (m not in REST_METHODS or args.datastore or args.model)
             and (m not in SELF_METHODS or args.model))]
     if "autoregressive" not in args.methods:

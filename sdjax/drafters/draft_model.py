@@ -15,11 +15,15 @@ never computed if it was a leaf) is gathered into place after verification. With
 W = max depth + 1 the window alone covers every token a cycle can commit, whoever
 drafted it: that is how ensemble members stay in step (`Ensemble`). The pending
 region is [window (W slots), node 0, node 1, ...].
+
+With a SpecDec++ acceptance head (`stop_head`, `sdjax.drafters.acceptance`) a chain
+stops where the head predicts a rejection has become likely.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional
 
 import flax.struct
@@ -27,6 +31,12 @@ import jax
 import jax.numpy as jnp
 
 from sdjax.config import ModelConfig, SpecConfig
+from sdjax.drafters.acceptance import (
+    DEFAULT_STOP_THRESHOLD,
+    AcceptanceHeadConfig,
+    acceptance_probability,
+    check_head_params,
+)
 from sdjax.drafters.levels import draft_levels
 from sdjax.models.cache import KVCache
 from sdjax.models.transformer import Transformer, check_params
@@ -47,13 +57,19 @@ class DraftModel(Drafter):
     """`num_draft`: chain length (the static maximum when adaptive), unless `tree` is
     given. `adaptive=True` (chains only) follows `transformers`' heuristic per row:
     after a fully accepted chain draft two more tokens next time, otherwise one
-    fewer (at least one); levels no row needs are skipped (`lax.cond`)."""
+    fewer (at least one); levels no row needs are skipped (`lax.cond`).
+    `stop_head` (chains only): SpecDec++'s acceptance head; a row's chain stops at the
+    first depth where the predicted chance that some draft so far is rejected exceeds
+    `stop_threshold`. draft_params are then {"params": the draft's weights,
+    "acceptance_head": the head's params}."""
 
     config: ModelConfig
     num_draft: int = 4
     tree: Optional[TreeShape] = None
     adaptive: bool = False
     catch_up: int = 1
+    stop_head: Optional[AcceptanceHeadConfig] = None
+    stop_threshold: float = DEFAULT_STOP_THRESHOLD
 
     def __post_init__(self):
         super().__post_init__()
@@ -64,6 +80,13 @@ class DraftModel(Drafter):
             self.tree.check_level_order()
         if self.adaptive and self.tree is not None:
             raise ValueError("adaptive draft length applies to chains, not trees")
+        check_range(self, "stop_threshold", 0, 1)
+        if self.stop_head is not None and (self.tree is not None or self.adaptive):
+            raise ValueError("a SpecDec++ stop head decides a chain's length: it takes "
+                             "neither a tree nor adaptive=True")
+        if self.stop_head is not None and self.stop_head.hidden_size != self.config.hidden_size:
+            raise ValueError(f"the stop head reads hidden states of {self.stop_head.hidden_size}"
+                             f", the draft model's are {self.config.hidden_size}")
 
     @property
     def shape(self) -> TreeShape:
@@ -77,33 +100,51 @@ class DraftModel(Drafter):
                 f"draft model vocabulary ({self.config.vocab_size}) differs from the "
                 f"target's ({cfg.model.vocab_size}); they must share a tokenizer"
             )
-        check_params(draft_params, self.config, "draft_params")
+        if self.stop_head is not None:
+            if not isinstance(draft_params, dict) or "acceptance_head" not in draft_params:
+                raise ValueError("DraftModel(stop_head=...) needs draft_params = {'params': "
+                                 "the draft's weights, 'acceptance_head': the head's params}")
+            check_head_params(self.stop_head, draft_params["acceptance_head"])
+            if self.stop_head.temperature != cfg.temperature:
+                raise ValueError(f"the stop head was trained for temperature "
+                                 f"{self.stop_head.temperature}, this decode samples at "
+                                 f"{cfg.temperature}: train one for it (`sdjax train "
+                                 "acceptance`, temperature)")
+        check_params(self._weights(draft_params), self.config, "draft_params")
+
+    def _weights(self, draft_params):
+        """The draft model's own variables (without the acceptance head's)."""
+        return draft_params if self.stop_head is None else {"params": draft_params["params"]}
 
     def init(self, draft_params, prompt_tokens, prompt_lengths, max_len, features=None):
         """State: the draft's KV cache and each row's current draft length."""
         batch, bucket = prompt_tokens.shape
         positions = jnp.broadcast_to(jnp.arange(bucket), (batch, bucket))
         out = Transformer(self.config).apply(
-            draft_params, prompt_tokens, positions, KVCache.init(self.config, batch, max_len + 1))
+            self._weights(draft_params), prompt_tokens, positions,
+            KVCache.init(self.config, batch, max_len + 1))
         cache = out.cache.commit(jnp.maximum(prompt_lengths - self.catch_up, 0))
         return DraftModelState(cache, jnp.full((batch,), self.shape.max_depth, jnp.int32))
 
     def propose(self, draft_params, state, sequence, seq_len, key, cfg: SpecConfig):
         limit = state.draft_len
         model = Transformer(self.config)
+        weights = self._weights(draft_params)
+        accept_prob = None if self.stop_head is None else functools.partial(
+            acceptance_probability, self.stop_head, draft_params["acceptance_head"])
 
         def forward(tokens, features, positions, cache, mask, write_offset, pending_positions,
                     logits_from):
-            out = model.apply(draft_params, tokens, positions, cache, mask,
+            out = model.apply(weights, tokens, positions, cache, mask,
                               write_offset=write_offset, pending_positions=pending_positions,
                               logits_from=logits_from)
             return out.logits, out.hidden, out.cache
 
-        cache, tokens, probs, _ = draft_levels(
+        cache, tokens, probs, stop = draft_levels(
             forward, self.shape, self.catch_up, state.cache, sequence, seq_len, key, cfg,
-            self.config.vocab_size, skip_past=limit if self.adaptive else None)
-        return (DraftTree(tokens, probs, limit if self.adaptive else None),
-                state.replace(cache=cache))
+            self.config.vocab_size, skip_past=limit if self.adaptive else None,
+            accept_prob=accept_prob, stop_threshold=self.stop_threshold)
+        return DraftTree(tokens, probs, stop), state.replace(cache=cache)
 
     def commit(self, state, result, committed_length, features=None):
         """Keeps the window and the accepted path up to W tokens short of the target

@@ -33,8 +33,9 @@ class Ensemble(Drafter):
         super().__post_init__()
         if len(self.members) < 2:
             raise ValueError("an ensemble needs at least two draft models")
-        if any(m.adaptive for m in self.members):
-            raise ValueError("ensemble members draft fixed shapes (adaptive=False)")
+        if any(m.adaptive or m.stop_head is not None for m in self.members):
+            raise ValueError("ensemble members draft fixed shapes (adaptive=False, no "
+                             "stop_head)")
         window = 1 + max(m.shape.max_depth for m in self.members)
         members = tuple(dataclasses.replace(m, catch_up=window) for m in self.members)
         object.__setattr__(self, "members", members)

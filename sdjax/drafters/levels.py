@@ -45,7 +45,8 @@ def region_mask(tree_mask: jax.Array, window_valid: jax.Array) -> jax.Array:
 
 def draft_levels(forward, shape: TreeShape, window: int, cache, sequence, seq_len, key,
                  cfg: SpecConfig, vocab_size: int, first_features=None, skip_past=None,
-                 vocab_ids=None, min_confidence: float = 0.0):
+                 vocab_ids=None, min_confidence: float = 0.0, accept_prob=None,
+                 stop_threshold: float = 1.0):
     """Drafts the static tree `shape` one depth level per forward; returns (cache,
     tokens [B, N], probs [B, N, V] or None, limit [B] or None).
 
@@ -60,7 +61,10 @@ def draft_levels(forward, shape: TreeShape, window: int, cache, sequence, seq_le
     level whose most probable child has a draft probability below it; `limit` [B] is
     then how many drafted tokens each row proposes (`DraftTree.limit`: a length fixed
     by the draft alone, so truncating there stays lossless), and levels no row needs
-    are skipped too. `vocab_ids` [K]: the network's logits are over that reduced
+    are skipped too. `accept_prob` (SpecDec++; chains) maps the network's hidden
+    output for the fed node [B, 1, D] to the chance [B, 1] that the target accepts it;
+    a row stops at the first depth d where 1 - prod_{k <= d} p_k > stop_threshold
+    (limit = d), likewise. `vocab_ids` [K]: the network's logits are over that reduced
     draft vocabulary.
     """
     nodes = shape.num_nodes
@@ -75,7 +79,7 @@ def draft_levels(forward, shape: TreeShape, window: int, cache, sequence, seq_le
     def level(d, fed, carry):
         """Feeds nodes `fed` (level 0: the window and the root), drafts the children
         of the nodes fed at depth d."""
-        cache, tokens, probs, hidden, limit = carry
+        cache, tokens, probs, hidden, limit, survival = carry
         if d == 0:
             slots = np.arange(window + 1)
             fed_tokens = jnp.concatenate([window_tokens, tokens[:, :1]], axis=1)
@@ -95,20 +99,24 @@ def draft_levels(forward, shape: TreeShape, window: int, cache, sequence, seq_le
         if min_confidence > 0:
             confidence = jax.nn.softmax(logits.astype(jnp.float32), -1).max(axis=(1, 2))
             limit = jnp.where((limit > d) & (confidence < min_confidence), d, limit)
-        return cache, tokens, probs, hidden, limit
+        if accept_prob is not None and d > 0:  # the root (d = 0) is the target's own token
+            survival = survival * accept_prob(out_hidden[:, -1:])[:, 0]
+            limit = jnp.where((limit > d) & (1.0 - survival > stop_threshold), d, limit)
+        return cache, tokens, probs, hidden, limit, survival
 
     tokens, probs = root_filled(sequence, seq_len, nodes, vocab_size, cfg)
     hidden = None
     if first_features is not None:
         hidden = jnp.zeros((seq_len.shape[0], nodes, first_features.shape[-1]), jnp.float32)
     limit = skip_past
-    if limit is None and min_confidence > 0:
+    if limit is None and (min_confidence > 0 or accept_prob is not None):
         limit = jnp.full(seq_len.shape, shape.max_depth, jnp.int32)
-    carry = (cache, tokens, probs, hidden, limit)
+    survival = None if accept_prob is None else jnp.ones(seq_len.shape, jnp.float32)
+    carry = (cache, tokens, probs, hidden, limit, survival)
     for d in range(shape.max_depth):
         step = functools.partial(level, d, np.flatnonzero(shape.depth == d))
         if limit is not None and d > 0:
             carry = jax.lax.cond(jnp.any(carry[4] > d), step, lambda c: c, carry)
         else:
             carry = step(carry)
-    return carry[:3] + carry[4:]
+    return carry[:3] + (carry[4],)

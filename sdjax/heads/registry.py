@@ -16,10 +16,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-import safetensors.flax
-from flax.traverse_util import flatten_dict, unflatten_dict
 
 from sdjax import trees
 from sdjax.config import ModelConfig, from_dict, model_config_from_dict
@@ -33,7 +30,7 @@ from sdjax.heads.kangaroo import Kangaroo, init_kangaroo, kangaroo_config
 from sdjax.heads.losses import eagle_loss, heads_loss, kangaroo_loss
 from sdjax.heads.medusa import Medusa, MedusaHeads
 from sdjax.heads.mlp_speculator import MLPSpeculator, MLPSpeculatorHeads
-from sdjax.models.hf import read_json, read_safetensors_file
+from sdjax.models.hf import load_tree, read_json, save_tree
 from sdjax.protocols import Drafter
 
 # The default choice tree (8 nodes, depth 3): the top 3 of the first head, top 2 below
@@ -220,11 +217,9 @@ def save_heads(path: str, cfg, params, dtype: Optional[str] = None) -> None:
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "heads_config.json"), "w") as f:
         json.dump(dataclasses.asdict(cfg), f, indent=1)
-    flat = {"/".join(k): jnp.asarray(np.asarray(v))
-            for k, v in flatten_dict(params["params"]).items()}
-    if dtype:
-        flat = cast_floats(flat, dtype)
-    safetensors.flax.save_file(flat, os.path.join(path, "heads.safetensors"))
+    weights = jax.tree.map(np.asarray, params["params"])
+    save_tree(os.path.join(path, "heads.safetensors"),
+              cast_floats(weights, dtype) if dtype else weights)
 
 
 def load_heads(path: str):
@@ -235,8 +230,7 @@ def load_heads(path: str):
         raise FileNotFoundError(f"{path!r} has no heads_config.json")
     values = read_json(config_path)
     cfg = head_kind(values.get("kind", "medusa")).read_config(values)
-    flat = read_safetensors_file(os.path.join(path, "heads.safetensors"))
-    params = {"params": unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})}
+    params = {"params": load_tree(os.path.join(path, "heads.safetensors"))}
     shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
     if shapes(head_kind(cfg.kind).saved_shapes(cfg)) != shapes(params):
         raise ValueError(f"{path}: head weights do not match heads_config.json")

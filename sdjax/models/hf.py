@@ -284,6 +284,22 @@ def read_safetensors_file(path: str) -> Dict[str, jax.Array]:
                          f"corrupt?): {err}") from err
 
 
+def save_tree(path: str, tree) -> None:
+    """A nested dict of arrays as one safetensors file, keys joined by '/'."""
+    from flax.traverse_util import flatten_dict
+
+    safetensors.flax.save_file({"/".join(k): jnp.asarray(v)
+                                for k, v in flatten_dict(tree).items()}, path)
+
+
+def load_tree(path: str) -> dict:
+    """The nested dict `save_tree` wrote."""
+    from flax.traverse_util import unflatten_dict
+
+    return unflatten_dict({tuple(k.split("/")): v
+                           for k, v in read_safetensors_file(path).items()})
+
+
 def _read_safetensors(path: str) -> Dict[str, jax.Array]:
     single = os.path.join(path, "model.safetensors")
     index = os.path.join(path, "model.safetensors.index.json")

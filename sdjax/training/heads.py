@@ -20,13 +20,17 @@ import jax
 import numpy as np
 
 from sdjax.config import ModelConfig
-from sdjax.data import prepare_corpus
 from sdjax.drafters.vocab import frequent_tokens
 from sdjax.heads import KINDS, head_kind, save_heads
-from sdjax.models.hf import load_hf
-from sdjax.pretrained import model_folder
-from sdjax.training.generations import read_generations
-from sdjax.training.loop import MODEL, PATH, LoopConfig, fit, load_yaml_config, write_summary
+from sdjax.training.loop import (
+    MODEL,
+    PATH,
+    LoopConfig,
+    fit,
+    load_yaml_config,
+    target_and_corpus,
+    write_summary,
+)
 from sdjax.validation import check_range
 
 
@@ -101,16 +105,9 @@ def train_heads(cfg: HeadsTrainConfig, target, train_stream: np.ndarray,
 
 def run_heads(cfg: HeadsTrainConfig, stop_at: Optional[int] = None) -> str:
     """Data, training (resumable) and export to `output`/heads; returns that path."""
-    os.makedirs(cfg.output, exist_ok=True)
-    folder = model_folder(cfg.target)
-    target = load_hf(folder)
-    if target.tokenizer is None:
-        raise ValueError(f"{cfg.target} has no tokenizer; head training reads the corpus")
-    _, streams = prepare_corpus(folder, 0, cfg.output, cfg.corpus)
-    train = streams["train"]
-    if cfg.generations:
-        train = read_generations(cfg.generations, target.config)
-    heads_cfg, result = train_heads(cfg, target, train, streams["validation"], stop_at)
+    target, streams = target_and_corpus(cfg.target, cfg.output, cfg.corpus, cfg.generations)
+    heads_cfg, result = train_heads(cfg, target, streams["train"], streams["validation"],
+                                    stop_at)
     export = os.path.join(cfg.output, "heads")
     save_heads(export, heads_cfg, jax.tree.map(np.asarray, result.params))
     write_summary(cfg.output, result, export)

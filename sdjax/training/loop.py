@@ -159,7 +159,9 @@ def fit(cfg: LoopConfig, params, loss_fn: LossFn, train_stream: np.ndarray,
     """
     mesh = make_mesh(cfg)
     tx = make_optimizer(cfg)
-    params = sharding.shard_params(params, mesh)
+    # The step donates its state: copy, so the caller's arrays (e.g. a draft model it
+    # evaluates again after) survive when sharding them moved nothing.
+    params = jax.tree.map(lambda x: x.copy(), sharding.shard_params(params, mesh))
     frozen = None if frozen is None else sharding.shard_params(frozen, mesh)
     state = {"params": params, "opt_state": jax.jit(tx.init)(trainable(params)),
              "step": jnp.zeros((), jnp.int32)}
@@ -169,9 +171,7 @@ def fit(cfg: LoopConfig, params, loss_fn: LossFn, train_stream: np.ndarray,
         start = int(state["step"])
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         train_step = _train_step(loss_fn, tx, cfg.seed)
-        eval_fn = jax.jit(lambda params, frozen, windows: loss_fn(params, frozen, windows, None))
-        val = None if val_stream is None else eval_windows(
-            val_stream, cfg.eval_batches * cfg.batch_size, cfg.seq_len)
+        evaluator = None if val_stream is None else Evaluator(cfg, loss_fn, val_stream, mesh)
         history: List[Dict[str, float]] = []
         schedule = learning_rate_schedule(cfg)
         bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not progress,
@@ -186,16 +186,15 @@ def fit(cfg: LoopConfig, params, loss_fn: LossFn, train_stream: np.ndarray,
             if done % cfg.eval_every == 0 or done == end:
                 row = {"step": done, "loss": float(loss), "lr": float(schedule(step)),
                        "seconds": time.perf_counter() - started}
-                if val is not None:
-                    row.update(_evaluate(eval_fn, state["params"], frozen, val, cfg.batch_size,
-                                         mesh))
+                if evaluator is not None:
+                    row.update(evaluator(state["params"], frozen))
                 history.append(row)
                 if jax.process_index() == 0:
                     with open(os.path.join(cfg.output, "metrics.jsonl"), "a") as f:
                         f.write(json.dumps(row) + "\n")
             if done % 10 == 0 or row:
                 bar.set_postfix(loss=f"{float(loss):.3f}",
-                                **({"eval": f"{row['eval_loss']:.3f}"} if row and val is not None
+                                **({"eval": f"{row['eval_loss']:.3f}"} if row and evaluator
                                    else {}))
             if done % cfg.checkpoint_every == 0 or done == end:
                 checkpoints.save(done, state)
@@ -204,13 +203,32 @@ def fit(cfg: LoopConfig, params, loss_fn: LossFn, train_stream: np.ndarray,
     return TrainResult(state["params"], int(state["step"]), history)
 
 
-def _evaluate(eval_fn, params, frozen, windows, batch_size, mesh) -> Dict[str, float]:
-    rows = []
-    for i in range(0, len(windows), batch_size):
-        loss, metrics = eval_fn(params, frozen, sharding.shard_batch(
-            windows[i:i + batch_size], mesh))
-        rows.append({"eval_loss": loss, **{f"eval_{k}": v for k, v in metrics.items()}})
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+class Evaluator:
+    """eval_loss and the loss function's eval_ metrics on the fixed validation windows,
+    averaged: what `fit` logs."""
+
+    def __init__(self, cfg: LoopConfig, loss_fn: LossFn, val_stream: np.ndarray, mesh):
+        self.fn = jax.jit(lambda params, frozen, windows: loss_fn(params, frozen, windows, None))
+        self.windows = eval_windows(val_stream, cfg.eval_batches * cfg.batch_size, cfg.seq_len)
+        self.batch_size, self.mesh = cfg.batch_size, mesh
+
+    def __call__(self, params, frozen) -> Dict[str, float]:
+        rows = []
+        for i in range(0, len(self.windows), self.batch_size):
+            loss, metrics = self.fn(params, frozen, sharding.shard_batch(
+                self.windows[i:i + self.batch_size], self.mesh))
+            rows.append({"eval_loss": loss, **{f"eval_{k}": v for k, v in metrics.items()}})
+        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def evaluate(cfg: LoopConfig, params, loss_fn: LossFn, val_stream: np.ndarray,
+             frozen=None) -> Dict[str, float]:
+    """What `fit` would log for `params` on the validation windows (e.g. an untrained
+    draft's, to compare)."""
+    mesh = make_mesh(cfg)
+    frozen = None if frozen is None else sharding.shard_params(frozen, mesh)
+    return Evaluator(cfg, loss_fn, val_stream, mesh)(sharding.shard_params(params, mesh),
+                                                     frozen)
 
 
 def load_yaml_config(cls, path: str, **overrides):
@@ -236,6 +254,26 @@ def load_yaml_config(cls, path: str, **overrides):
             values[field.name] = os.path.normpath(os.path.join(folder, value))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(cls, values)
+
+
+def target_and_corpus(target: str, output: str, corpus, generations: Optional[str] = None):
+    """(the frozen target, {"train", "validation"} token streams of `corpus` in its
+    tokenizer, cached under `output`/data; with `generations`, a folder of the target's
+    own continuations, "train" is those): what every trainer on a target reads."""
+    from sdjax.data import prepare_corpus
+    from sdjax.models.hf import load_hf
+    from sdjax.pretrained import model_folder
+    from sdjax.training.generations import read_generations
+
+    os.makedirs(output, exist_ok=True)
+    folder = model_folder(target)
+    model = load_hf(folder)
+    if model.tokenizer is None:
+        raise ValueError(f"{target} has no tokenizer to read the training corpus with")
+    streams = prepare_corpus(folder, 0, output, corpus)[1]
+    if generations:
+        streams["train"] = read_generations(generations, model.config)
+    return model, streams
 
 
 def write_summary(output: str, result: TrainResult, export: str, **extra) -> None:

@@ -12,6 +12,11 @@ import pytest
 import sdjax
 from sdjax import trees
 from sdjax.drafters import DraftModel, Ensemble, PromptLookup, Rest
+from sdjax.drafters.acceptance import (
+    AcceptanceHeadConfig,
+    init_acceptance_head,
+    with_acceptance_head,
+)
 from sdjax.drafters.datastore import from_tokens
 from sdjax.drafters.lookahead import Lookahead
 from sdjax.drafters.self_draft import SelfDraft
@@ -100,6 +105,12 @@ DRAFTERS = {
     "target_copy_g4": (DraftModel(TARGET, num_draft=4), PARAMS),
     "never_agrees_g2": (DraftModel(TARGET, num_draft=2), WRONG),
     "draft_model_tree_2x2": (DraftModel(DRAFT, tree=trees.kary(2, 2)), DRAFT_PARAMS),
+    # SpecDec++ with a random acceptance head
+    "draft_model_stop_head_g5": (
+        DraftModel(DRAFT, num_draft=5, stop_head=AcceptanceHeadConfig(DRAFT.hidden_size),
+                   stop_threshold=0.6),
+        with_acceptance_head(DRAFT_PARAMS, init_acceptance_head(
+            AcceptanceHeadConfig(DRAFT.hidden_size), jax.random.PRNGKey(30)))),
     "target_copy_adaptive_g6": (DraftModel(TARGET, num_draft=6, adaptive=True), PARAMS),
     "perturbed_adaptive_g5": (DraftModel(TARGET, num_draft=5, adaptive=True), jax.tree.map(
         lambda x: x + 0.01 * jax.random.normal(jax.random.PRNGKey(7), x.shape), PARAMS)),
@@ -159,8 +170,9 @@ def spec(drafter=None, **kw):
 VERIFIERS = {"rejection": RejectionSampling(), "block": BlockVerification(),
              "typical": TypicalAcceptance()}
 # Every verifier is the same greedy rule at temperature 0: the others are marked slow,
-# as are drafters whose chains tests/drafters/test_kangaroo.py runs through the loop.
-SLOW_GREEDY = {"kangaroo_g3"}
+# as are drafters whose chains tests/drafters/test_kangaroo.py (test_specdec_pp.py) runs
+# through the loop.
+SLOW_GREEDY = {"kangaroo_g3", "draft_model_stop_head_g5"}
 COMBINATIONS = [pytest.param(d, v, marks=[] if v == "rejection" and d not in SLOW_GREEDY
                              else pytest.mark.slow)
                 for d in sorted(DRAFTERS) for v in sorted(VERIFIERS)
@@ -478,6 +490,9 @@ PROMPT, NEW = [1, 2, 3, 1], 3
 TINY_KANGAROO = kangaroo_config(TINY, 1, draft_vocab=3)  # after the only layer
 TINY_KANGAROO_PARAMS = noisy(init_kangaroo(TINY_KANGAROO, TINY_PARAMS, jax.random.PRNGKey(23),
                                            np.array([0, 1, 3])), 23, 0.3)
+# SpecDec++: a random head (tests/drafters/test_specdec_pp.py checks that it stops chains)
+TINY_STOP_HEAD = AcceptanceHeadConfig(TINY_DRAFT.hidden_size, temperature=0.9)
+TINY_STOP_HEAD_PARAMS = init_acceptance_head(TINY_STOP_HEAD, jax.random.PRNGKey(31))
 TINY_STORE = from_tokens(np.random.default_rng(24).integers(0, 4, 400), 4, depth=4)
 SAMPLES = 200_000
 
@@ -511,12 +526,16 @@ def sequence_tv(out, exact):
     (DraftModel(TINY_DRAFT, num_draft=3), TINY_DRAFT_PARAMS, BlockVerification()),
     (DraftModel(TINY_DRAFT, tree=trees.kary(2, 2)), TINY_DRAFT_PARAMS, None),
     (DraftModel(TINY_DRAFT, num_draft=3, adaptive=True), TINY_DRAFT_PARAMS, None),
+    (DraftModel(TINY_DRAFT, num_draft=3, stop_head=TINY_STOP_HEAD, stop_threshold=0.5),
+     with_acceptance_head(TINY_DRAFT_PARAMS, TINY_STOP_HEAD_PARAMS), None),
     (Ensemble((DraftModel(TINY_DRAFT, 2), DraftModel(TINY, tree=trees.kary(2, 1)))),
      (TINY_DRAFT_PARAMS, sharpen(TINY_PARAMS, 0.5)), None),
     (PromptLookup(num_draft=2, max_ngram=2), None, None),
     (PromptLookup(num_draft=2, max_ngram=1, num_branches=3), None, None),
     (Rest(num_nodes=6, depth=3, max_query=4, min_query=1, num_matches=8), TINY_STORE, None),
-    (Rest(num_nodes=6, depth=3, max_query=3, num_matches=4, context=2), TINY_STORE, None),
+    # the row's own text joins REST's trie through the same verify path: slow
+    pytest.param(Rest(num_nodes=6, depth=3, max_query=3, num_matches=4, context=2), TINY_STORE,
+                 None, marks=pytest.mark.slow),
     (SelfDraft((0,), tree=trees.kary(2, 2)), None, None),
     (SelfDraft((0,), num_draft=2), {"vocab_ids": np.array([0, 1, 3])}, None),
     # the confidence stop's truncation is shared with (and sampled through) Kangaroo's
@@ -525,16 +544,20 @@ def sequence_tv(out, exact):
     (Kangaroo(adapter=TINY_KANGAROO, tree=trees.kary(2, 2), min_confidence=0.3),
      TINY_KANGAROO_PARAMS, None),
     # small pools: each of the 200,000 rows keeps its own
-    (Lookahead(window=3, ngram=3, candidates=3, num_nodes=5, pool_size=8), None, None),
+    # the pool without the row's n-grams (the context entry below samples the same window)
+    pytest.param(Lookahead(window=3, ngram=3, candidates=3, num_nodes=5, pool_size=8), None,
+                 None, marks=pytest.mark.slow),
     (Lookahead(window=2, ngram=3, candidates=2, num_nodes=4, pool_size=8, from_context=True),
      {"vocab_ids": np.array([0, 1, 3])}, None),
     (Medusa(TINY_HEADS, trees.kary(2, 2)), TINY_HEAD_PARAMS, None),
     (Hydra(TINY_HYDRA, trees.kary(2, 2)), TINY_HYDRA_PARAMS, None),
     (MLPSpeculator(TINY_SPECULATOR, trees.kary(2, 2)), TINY_SPECULATOR_PARAMS, None),
-    (Eagle(TINY_EAGLE, trees.kary(2, 2)), TINY_EAGLE_PARAMS, None),
+    # the same static-tree drafter is sampled with EAGLE-3's reduced head below
+    pytest.param(Eagle(TINY_EAGLE, trees.kary(2, 2)), TINY_EAGLE_PARAMS, None,
+                 marks=pytest.mark.slow),
     (Eagle2(TINY_EAGLE, depth=3, top_k=2, num_nodes=6), TINY_EAGLE_PARAMS, None),
-    (Eagle2(TINY_EAGLE, depth=3, top_k=2, num_nodes=6, min_confidence=0.25),
-     TINY_EAGLE_PARAMS, None),
+    pytest.param(Eagle2(TINY_EAGLE, depth=3, top_k=2, num_nodes=6, min_confidence=0.25),
+                 TINY_EAGLE_PARAMS, None, marks=pytest.mark.slow),  # eagle2_dynamic's path
     (Eagle(TINY_EAGLE3_REDUCED, trees.kary(2, 2)), TINY_EAGLE3_REDUCED_PARAMS, None),
     pytest.param(Hydra(TINY_HYDRA_REDUCED, trees.kary(2, 2)), TINY_HYDRA_REDUCED_PARAMS, None,
                  marks=pytest.mark.slow),
@@ -542,7 +565,8 @@ def sequence_tv(out, exact):
                  TINY_EAGLE3_REDUCED_PARAMS, None, marks=pytest.mark.slow),
     (None, None, None),
 ], ids=["draft_model_chain", "draft_model_chain_block", "draft_model_tree_without_replacement",
-        "draft_model_adaptive", "ensemble", "prompt_lookup", "prompt_lookup_branches", "rest",
+        "draft_model_adaptive", "draft_model_stop_head", "ensemble", "prompt_lookup",
+        "prompt_lookup_branches", "rest",
         "rest_and_own_text", "self_draft_tree", "self_draft_reduced_vocab",
         "self_draft_confidence_stop", "kangaroo_reduced_vocab_tree_confidence_stop",
         "lookahead", "lookahead_context_reduced_vocab",

@@ -89,7 +89,9 @@ def undamaged_run(corpus, tmp_path_factory):
                        train, val, progress=False)
 
 
-@pytest.mark.parametrize("kind", ["truncate", "corrupt", "manifest"])
+# One damage in the default run; the digests catch the others the same way.
+@pytest.mark.parametrize("kind", [pytest.param("truncate", marks=pytest.mark.slow), "corrupt",
+                                  pytest.param("manifest", marks=pytest.mark.slow)])
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(corpus, tmp_path, kind,
                                                                       undamaged_run):
     from sdjax.training.checkpoints import CheckpointWarning
