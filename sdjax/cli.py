@@ -106,6 +106,26 @@ def _print_result(out: sdjax.GenerateOutput, as_json: bool) -> None:
           f"compile {stats['compile_seconds']:.2f} s", file=sys.stderr)
 
 
+def add_stop_head_flags(parser: argparse.ArgumentParser, scope: str) -> None:
+    """--stop-head / --stop-threshold (SpecDec++), for `generate` and `bench`."""
+    parser.add_argument("--stop-head", metavar="DIR",
+                        help=f"{scope}SpecDec++'s acceptance head for the draft model (from "
+                             "`sdjax train acceptance`): chains stop where it predicts a "
+                             "rejection")
+    parser.add_argument("--stop-threshold", type=float, metavar="H",
+                        help="stop once the predicted chance of a rejection exceeds H "
+                             "(default 0.5)")
+
+
+def stop_threshold(args) -> float:
+    """--stop-threshold, or the default; refused without --stop-head (it would be ignored)."""
+    from sdjax.drafters.acceptance import DEFAULT_STOP_THRESHOLD
+
+    if args.stop_threshold is not None and not args.stop_head:
+        raise ValueError("--stop-threshold needs --stop-head")
+    return DEFAULT_STOP_THRESHOLD if args.stop_threshold is None else args.stop_threshold
+
+
 def _drafter_from_args(args, target: sdjax.LoadedModel):
     """(drafter, draft params) chosen by --prompt-lookup / --draft-model / --heads /
     --datastore / --exit-layer / --skip-layers / --lookahead."""
@@ -118,8 +138,7 @@ def _drafter_from_args(args, target: sdjax.LoadedModel):
         raise ValueError("--rest-context needs --datastore")
     if args.stop_head and not args.draft_model:
         raise ValueError("--stop-head needs --draft-model (the draft it was trained for)")
-    if args.stop_threshold is not None and not args.stop_head:
-        raise ValueError("--stop-threshold needs --stop-head")
+    threshold = stop_threshold(args)
     own_head = args.exit_layer is not None or args.skip_layers is not None or args.lookahead
     if args.draft_vocab and not own_head:
         raise ValueError("--draft-vocab needs --exit-layer, --skip-layers or --lookahead")
@@ -145,14 +164,9 @@ def _drafter_from_args(args, target: sdjax.LoadedModel):
         draft = sdjax.load_hf(args.draft_model, dtype=args.dtype, load_tokenizer=False)
         if not args.stop_head:
             return sdjax.drafters.DraftModel(draft.config, num_draft=args.gamma), draft.params
-        from sdjax.drafters.acceptance import (
-            DEFAULT_STOP_THRESHOLD,
-            load_acceptance_head,
-            with_acceptance_head,
-        )
+        from sdjax.drafters.acceptance import load_acceptance_head, with_acceptance_head
 
         head_cfg, head = load_acceptance_head(args.stop_head)
-        threshold = DEFAULT_STOP_THRESHOLD if args.stop_threshold is None else args.stop_threshold
         return (sdjax.drafters.DraftModel(draft.config, num_draft=args.gamma, stop_head=head_cfg,
                                           stop_threshold=threshold),
                 with_acceptance_head(draft.params, head))
@@ -427,12 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--draft-model", metavar="DIR",
                      help="speculate with this checkpoint as draft model (same tokenizer)")
     gen.add_argument("--gamma", type=int, default=4, help="draft-model tokens per cycle")
-    gen.add_argument("--stop-head", metavar="DIR",
-                     help="with --draft-model: SpecDec++'s acceptance head (from `sdjax train "
-                          "acceptance`) stops each chain early, --gamma at most")
-    gen.add_argument("--stop-threshold", type=float, metavar="H",
-                     help="stop once the predicted chance of a rejection exceeds H "
-                          "(default 0.5)")
+    add_stop_head_flags(gen, "with --draft-model: ")
     gen.add_argument("--heads", metavar="DIR|KIND",
                      help="speculate with Medusa / Hydra / MLP-speculator heads, an EAGLE "
                           "draft or a Kangaroo adapter trained on this model (`sdjax train "

@@ -32,7 +32,7 @@ from sdjax.bench.common import DRAFT_TREE
 from sdjax.bench.cost import forward_ms, propose_ms, verify_ms
 from sdjax.bench.tasks import CATEGORIES, build_tasks
 from sdjax.calibrate import skip_layers
-from sdjax.cli import positive_int
+from sdjax.cli import add_stop_head_flags, positive_int, stop_threshold
 from sdjax.decode import acceptance_summary
 from sdjax.drafters import DraftModel, PromptLookup, load_datastore
 from sdjax.drafters.acceptance import (
@@ -172,12 +172,10 @@ def run(args) -> dict:
     if args.stop_head and draft is None:
         raise ValueError("--stop-head needs a draft model (--draft DIR): the one it was "
                          "trained for")
-    if args.stop_threshold is not None and not args.stop_head:
-        raise ValueError("--stop-threshold needs --stop-head")
+    threshold = stop_threshold(args)
     stop_head = load_acceptance_head(args.stop_head) if args.stop_head else None
     available = methods(draft, args.gamma, args.lookup, heads, datastore, self_draft,
-                        stop_head, DEFAULT_STOP_THRESHOLD if args.stop_threshold is None
-                        else args.stop_threshold)
+                        stop_head, threshold)
     missing = sorted(set(args.methods) - set(available))
     if missing:
         raise ValueError(f"methods {missing} need draft heads of that kind (--heads DIR), "
@@ -400,12 +398,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"subset of: {' '.join(METHODS)} (default: all available)")
     parser.add_argument("--gamma", type=int, default=4, help="draft-model chain length")
     parser.add_argument("--lookup", type=int, default=4, help="prompt-lookup tokens")
-    parser.add_argument("--stop-head", metavar="DIR",
-                        help="the draft model's SpecDec++ acceptance head (`sdjax train "
-                             "acceptance`): method draft_stop_head, chains up to 2 x gamma")
-    parser.add_argument("--stop-threshold", type=float, metavar="H",
-                        help="draft_stop_head stops once the predicted chance of a rejection "
-                             "exceeds H (default 0.5)")
+    add_stop_head_flags(parser, "method draft_stop_head (chains up to 2 x gamma): ")
     parser.add_argument("--datastore", metavar="DIR",
                         help="REST's datastore (`sdjax datastore build`; default: the "
                              "stdlib's train split, built into the cache on first use)")
