@@ -161,7 +161,17 @@ def _drafter_from_args(args, target: sdjax.LoadedModel):
     if args.prompt_lookup is not None:
         return sdjax.drafters.PromptLookup(num_draft=args.prompt_lookup), None
     if args.draft_model:
-        draft = sdjax.load_hf(args.draft_model, dtype=args.dtype, load_tokenizer=False)
+        from sdjax.drafters import cross_vocab
+
+        draft = sdjax.load_hf(args.draft_model, dtype=args.dtype)
+        if (draft.tokenizer is not None and target.tokenizer is not None
+                and not cross_vocab.shares_tokenizer(target.tokenizer, draft.tokenizer)):
+            if args.stop_head:
+                raise ValueError("--stop-head needs a draft that shares the target's tokenizer")
+            tmap = cross_vocab.token_map(target.tokenizer, draft.tokenizer,
+                                         target.config.vocab_size, draft.config.vocab_size)
+            return (cross_vocab.CrossVocabDraft(draft.config, num_draft=args.gamma),
+                    cross_vocab.with_token_map(draft.params, tmap))
         if not args.stop_head:
             return sdjax.drafters.DraftModel(draft.config, num_draft=args.gamma), draft.params
         from sdjax.drafters.acceptance import load_acceptance_head, with_acceptance_head
@@ -439,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt-lookup", type=int, metavar="N",
                      help="speculate with prompt lookup, N drafted tokens per cycle")
     gen.add_argument("--draft-model", metavar="DIR",
-                     help="speculate with this checkpoint as draft model (same tokenizer)")
+                     help="speculate with this checkpoint as draft model (with a tokenizer "
+                          "of its own, it drafts the tokens both share: CrossVocabDraft)")
     gen.add_argument("--gamma", type=int, default=4, help="draft-model tokens per cycle")
     add_stop_head_flags(gen, "with --draft-model: ")
     gen.add_argument("--heads", metavar="DIR|KIND",

@@ -7,6 +7,7 @@ import jax
 import pytest
 
 import sdjax
+from sdjax import testbed
 from sdjax.cli import main
 from sdjax.drafters.acceptance import (
     AcceptanceHeadConfig,
@@ -42,14 +43,15 @@ def test_bench_writes_a_well_formed_report(pair, tmp_path, capsys):
                  "--new-tokens", "6", "--repeats", "1", "--categories", "completion",
                  "copy_edit", "--vs-transformers", "--out", str(out), "--methods",
                  "autoregressive", "prompt_lookup", "draft_chain", "draft_adaptive",
-                 "draft_stop_head", "draft_tree", "--stop-head", str(tmp_path / "head")])
+                 "draft_stop_head", "draft_tree", "cross_vocab", "--stop-head",
+                 str(tmp_path / "head"), "--cross-draft", testbed.path("draft")])
     # test_bench_runs_rest_from_a_datastore runs the default set (no draft)
     assert code == 0
     assert sorted(os.listdir(out)) == ["acceptance.png", "results.json", "results.md",
                                        "speedup.png"]
     report = json.loads((out / "results.json").read_text())
     methods = ["autoregressive", "prompt_lookup", "draft_chain", "draft_adaptive",
-               "draft_stop_head", "draft_tree"]
+               "draft_stop_head", "draft_tree", "cross_vocab"]
     assert [(r["category"], r["method"]) for r in report["rows"]] == [
         (c, m) for c in ("completion", "copy_edit") for m in methods]
     for row in report["rows"]:
@@ -69,7 +71,7 @@ def test_bench_writes_a_well_formed_report(pair, tmp_path, capsys):
             assert row["draft_ms"] > 0 and row["verify_ms"] > 0
             assert row["predicted_speedup"] == pytest.approx(
                 row["tau"] * row["ar_ms"] / (row["verify_ms"] + row["draft_ms"]))
-        if row["method"] in ("autoregressive", "draft_chain", "prompt_lookup"):
+        if row["method"] in ("autoregressive", "draft_chain", "prompt_lookup", "cross_vocab"):
             assert row["vs_transformers"] > 0
             assert row["transformers_same_as_greedy"] is True
     table = (out / "results.md").read_text().splitlines()

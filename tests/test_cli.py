@@ -236,17 +236,21 @@ def test_help_of_every_command():
 
 @pytest.mark.parametrize("flags", [["--prompt-lookup", "4"],
                                    ["--draft-model", "SELF", "--gamma", "3"],
+                                   # another tokenizer's draft: CrossVocabDraft
+                                   ["--draft-model", "OTHER", "--gamma", "3"],
                                    ["--exit-layer", "1", "--gamma", "3"],
                                    ["--lookahead"], ["--lookahead", "context"]])
 def test_speculative_flags_give_the_same_greedy_tokens(checkpoint, capsys, flags):
+    from sdjax import testbed
     common = ["generate", "--model", checkpoint, "--prompt", "def f(x):\n    return x",
               "--max-new-tokens", "12", "--eos-token-id", "--json"]
     assert cli.main(common) == 0
     plain = json.loads(capsys.readouterr().out)
-    assert cli.main(common + [checkpoint if f == "SELF" else f for f in flags]) == 0
+    folders = {"SELF": checkpoint, "OTHER": testbed.path("draft")}
+    assert cli.main(common + [folders.get(f, f) for f in flags]) == 0
     spec = json.loads(capsys.readouterr().out)
     assert spec["tokens"] == plain["tokens"]
-    if "--gamma" in flags:
+    if "SELF" in flags:
         assert spec["tau"] == 4.0  # the target as its own draft: every draft accepted
 
 

@@ -34,12 +34,13 @@ from sdjax.bench.tasks import CATEGORIES, build_tasks
 from sdjax.calibrate import skip_layers
 from sdjax.cli import add_stop_head_flags, positive_int, stop_threshold
 from sdjax.decode import acceptance_summary
-from sdjax.drafters import DraftModel, PromptLookup, load_datastore
+from sdjax.drafters import CrossVocabDraft, DraftModel, PromptLookup, load_datastore, with_token_map
 from sdjax.drafters.acceptance import (
     DEFAULT_STOP_THRESHOLD,
     load_acceptance_head,
     with_acceptance_head,
 )
+from sdjax.drafters.cross_vocab import load_cross_draft
 from sdjax.drafters.lookahead import Lookahead
 from sdjax.drafters.rest import rest_for
 from sdjax.drafters.self_draft import SelfDraft
@@ -64,12 +65,13 @@ SELF_METHODS = ("early_exit", "layer_skip")
 # Lookahead decoding's Jacobi window alone, and with the row's own n-grams in its pool.
 LOOKAHEAD_METHODS = ("lookahead", "lookahead_context")
 METHODS = ("autoregressive", "prompt_lookup", *REST_METHODS, *LOOKAHEAD_METHODS, *SELF_METHODS,
-           "draft_chain", "draft_adaptive", "draft_stop_head", "draft_tree",
+           "draft_chain", "draft_adaptive", "draft_stop_head", "draft_tree", "cross_vocab",
            *(m for kind in KINDS for m in HEAD_METHODS[kind]))
 
 # sdjax method -> the `transformers` configuration that does the same thing.
 TORCH_COUNTERPART = {"autoregressive": "greedy", "draft_chain": "assisted",
-                     "prompt_lookup": "prompt_lookup", "early_exit": "early_exit"}
+                     "prompt_lookup": "prompt_lookup", "early_exit": "early_exit",
+                     "cross_vocab": "universal_assisted"}
 
 
 def self_drafts(target: sdjax.LoadedModel, wanted: Sequence[str], gamma: int,
@@ -104,11 +106,13 @@ def self_drafts(target: sdjax.LoadedModel, wanted: Sequence[str], gamma: int,
 def methods(draft: Optional[sdjax.LoadedModel], gamma: int, lookup: int,
             heads: Sequence[tuple] = (), datastore=None,
             self_draft: Optional[Dict[str, tuple]] = None, stop_head: Optional[tuple] = None,
-            stop_threshold: float = DEFAULT_STOP_THRESHOLD) -> Dict[str, tuple]:
+            stop_threshold: float = DEFAULT_STOP_THRESHOLD,
+            cross_draft: Optional[tuple] = None) -> Dict[str, tuple]:
     """name -> (drafter, draft_params). `heads`: (HeadsConfig, params) pairs; without a
     draft model, no draft-model methods; without a datastore, no REST; `self_draft`:
     what `self_drafts` built; `stop_head`: the draft's SpecDec++ acceptance head (config,
-    params), whose chains run up to 2 x gamma."""
+    params), whose chains run up to 2 x gamma; `cross_draft`: (a draft model with a
+    tokenizer of its own, its `TokenMap`), drafting chains of gamma."""
     found = {
         "autoregressive": (None, None),
         "prompt_lookup": (PromptLookup(num_draft=lookup), None),
@@ -129,6 +133,9 @@ def methods(draft: Optional[sdjax.LoadedModel], gamma: int, lookup: int,
             DraftModel(draft.config, num_draft=2 * gamma, stop_head=stop_head[0],
                        stop_threshold=stop_threshold),
             with_acceptance_head(draft.params, stop_head[1]))
+    if cross_draft is not None:
+        found["cross_vocab"] = (CrossVocabDraft(cross_draft[0].config, num_draft=gamma),
+                                with_token_map(cross_draft[0].params, cross_draft[1]))
     for cfg, params in heads:
         found.update({name: (drafter, params) for name, drafter in bench_drafters(cfg).items()})
     return found
@@ -142,7 +149,14 @@ def load_pair(target: str, draft: Optional[str], heads: Sequence[str] = (),
             [load_heads(folder) for folder in heads])
 
 
-def _torch_kwargs(name: str, assistant, gamma: int, lookup: int, exit_layer: int) -> dict:
+def _torch_kwargs(name: str, assistant, gamma: int, lookup: int, exit_layer: int,
+                  cross: Optional[tuple] = None) -> dict:
+    """generate()'s arguments for `name`; `cross`: (the other tokenizer's assistant, the
+    target's tokenizer, the assistant's)."""
+    if name == "universal_assisted":
+        cross[0].generation_config.num_assistant_tokens = gamma
+        cross[0].generation_config.num_assistant_tokens_schedule = "constant"
+        return {"assistant_model": cross[0], "tokenizer": cross[1], "assistant_tokenizer": cross[2]}
     if name == "early_exit":  # the model itself cut after exit_layer layers, its whole head
         return {"assistant_early_exit": exit_layer, "num_assistant_tokens": gamma,
                 "num_assistant_tokens_schedule": "constant"}
@@ -174,8 +188,11 @@ def run(args) -> dict:
                          "trained for")
     threshold = stop_threshold(args)
     stop_head = load_acceptance_head(args.stop_head) if args.stop_head else None
+    cross = None
+    if "cross_vocab" in args.methods:
+        cross = load_cross_draft(args.cross_draft, target, args.dtype)
     available = methods(draft, args.gamma, args.lookup, heads, datastore, self_draft,
-                        stop_head, threshold)
+                        stop_head, threshold, cross)
     missing = sorted(set(args.methods) - set(available))
     if missing:
         raise ValueError(f"methods {missing} need draft heads of that kind (--heads DIR), "
@@ -292,17 +309,23 @@ def _run_transformers(args, prompts, first, exit_layer: Optional[int]):
     model = load(args.target)
     assistant = load(args.draft) if args.draft else None
     names = sorted(set(TORCH_COUNTERPART[m] for m in args.methods if m in TORCH_COUNTERPART))
+    cross = None
+    if "universal_assisted" in names:
+        tokenizer = lambda path: transformers.AutoTokenizer.from_pretrained(path)
+        cross = (load(args.cross_draft), tokenizer(args.target), tokenizer(args.cross_draft))
+    kwargs_of = lambda name: _torch_kwargs(name, assistant, args.gamma, args.lookup,
+                                           exit_layer, cross)
     seconds = {n: [[] for _ in prompts] for n in names}
     same = {n: [] for n in names}
     for name in names:  # warm-up, and the tokens
-        kwargs = _torch_kwargs(name, assistant, args.gamma, args.lookup, exit_layer)
+        kwargs = kwargs_of(name)
         for k, (_, _, prompt) in enumerate(prompts):
             tokens = torch_generate(model, [prompt], args.new_tokens, **kwargs)[0][0]
             reference = first["autoregressive"][k].tokens[0]
             same[name].append(bool(np.array_equal(tokens, reference[:len(tokens)])))
     for _ in tqdm(range(args.repeats), desc="transformers rounds", unit="round"):
         for name in names:
-            kwargs = _torch_kwargs(name, assistant, args.gamma, args.lookup, exit_layer)
+            kwargs = kwargs_of(name)
             for k, (_, _, prompt) in enumerate(prompts):
                 seconds[name][k].append(torch_generate(model, [prompt], args.new_tokens,
                                                        **kwargs)[1])
@@ -386,6 +409,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", help="target checkpoint folder (default: --model)")
     parser.add_argument("--draft", help="draft checkpoint folder (default: the testbed's, "
                                         "with the testbed target; none otherwise)")
+    parser.add_argument("--cross-draft", metavar="DIR",
+                        help="method cross_vocab's draft model, whose tokenizer is not the "
+                             "target's (default: the testbed's draft, with another target)")
     parser.add_argument("--heads", nargs="+", default=None, metavar="DIR",
                         help="draft-head folders (default: the drafts shipped for the "
                              "named model)")
@@ -433,6 +459,8 @@ def main(args) -> dict:
         args.heads = list(shipped_drafts(named).values()) if named else []
     if args.draft is None and on_testbed:
         args.draft = testbed.path("draft")
+    if args.cross_draft is None and not on_testbed:
+        args.cross_draft = testbed.path("draft")
     if args.methods is None:
         kinds = {load_heads(folder)[0].kind for folder in args.heads}
         from_heads = {m for kind in kinds for m in HEAD_METHODS[kind]}
@@ -440,6 +468,7 @@ def main(args) -> dict:
         args.methods = [m for m in METHODS if m in from_heads or (
             m not in head_methods and (args.draft or not m.startswith("draft_"))
             and (m != "draft_stop_head" or args.stop_head)
+            and (m != "cross_vocab" or args.cross_draft)
             and (m not in REST_METHODS or args.datastore or args.model)
             and (m not in SELF_METHODS or args.model))]
     if "autoregressive" not in args.methods:

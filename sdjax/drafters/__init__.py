@@ -10,10 +10,12 @@ drafter's device-resident data (REST's `Datastore`) is its draft params. A draft
 made of the target's own layers (`SelfDraft`) drafts over the target's cache
 (`reads_target_cache`) instead of keeping one. A drafter may also have the verify
 forward score tokens that are not drafts (`num_extra`, `DraftTree.extra`: Lookahead's
-Jacobi window) and read their logits back in `commit`.
+Jacobi window) and read their logits back in `commit`. A draft model with a tokenizer of
+its own drafts the tokens it shares with the target (`CrossVocabDraft`, `token_map`).
 """
 
 from sdjax.drafters.base import Autoregressive
+from sdjax.drafters.cross_vocab import CrossVocabDraft, TokenMap, token_map, with_token_map
 from sdjax.drafters.datastore import (
     Datastore,
     build_datastore,
@@ -29,6 +31,7 @@ from sdjax.drafters.rest import Rest
 from sdjax.drafters.self_draft import SelfDraft
 from sdjax.protocols import Drafter, DraftTree
 
-__all__ = ["Autoregressive", "Datastore", "DraftModel", "DraftTree", "Drafter", "Ensemble",
-           "Lookahead", "PromptLookup", "Rest", "SelfDraft", "build_datastore", "load_datastore",
-           "save_datastore", "write_datastore"]
+__all__ = ["Autoregressive", "CrossVocabDraft", "Datastore", "DraftModel", "DraftTree", "Drafter",
+           "Ensemble", "Lookahead", "PromptLookup", "Rest", "SelfDraft", "TokenMap",
+           "build_datastore", "load_datastore", "save_datastore", "token_map", "with_token_map",
+           "write_datastore"]

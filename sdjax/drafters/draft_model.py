@@ -45,6 +45,19 @@ from sdjax.trees import TreeShape, chain
 from sdjax.validation import check_range
 
 
+def network_forward(model: Transformer, weights):
+    """`draft_levels`' forward for a draft that is a whole language model (it reads
+    tokens only): (logits, hidden, cache) of `model` with `weights`."""
+
+    def forward(tokens, features, positions, cache, mask, write_offset, pending_positions,
+                logits_from):
+        out = model.apply(weights, tokens, positions, cache, mask, write_offset=write_offset,
+                          pending_positions=pending_positions, logits_from=logits_from)
+        return out.logits, out.hidden, out.cache
+
+    return forward
+
+
 @flax.struct.dataclass
 class DraftModelState:
     """A draft model's state between cycles."""
@@ -98,7 +111,8 @@ class DraftModel(Drafter):
         if self.config.vocab_size != cfg.model.vocab_size:
             raise ValueError(
                 f"draft model vocabulary ({self.config.vocab_size}) differs from the "
-                f"target's ({cfg.model.vocab_size}); they must share a tokenizer"
+                f"target's ({cfg.model.vocab_size}); a draft with a tokenizer of its own "
+                "drafts through CrossVocabDraft (sdjax.drafters.cross_vocab)"
             )
         if self.stop_head is not None:
             if not isinstance(draft_params, dict) or "acceptance_head" not in draft_params:
@@ -128,21 +142,12 @@ class DraftModel(Drafter):
 
     def propose(self, draft_params, state, sequence, seq_len, key, cfg: SpecConfig):
         limit = state.draft_len
-        model = Transformer(self.config)
-        weights = self._weights(draft_params)
         accept_prob = None if self.stop_head is None else functools.partial(
             acceptance_probability, self.stop_head, draft_params["acceptance_head"])
-
-        def forward(tokens, features, positions, cache, mask, write_offset, pending_positions,
-                    logits_from):
-            out = model.apply(weights, tokens, positions, cache, mask,
-                              write_offset=write_offset, pending_positions=pending_positions,
-                              logits_from=logits_from)
-            return out.logits, out.hidden, out.cache
-
+        forward = network_forward(Transformer(self.config), self._weights(draft_params))
         cache, tokens, probs, stop = draft_levels(
-            forward, self.shape, self.catch_up, state.cache, sequence, seq_len, key, cfg,
-            self.config.vocab_size, skip_past=limit if self.adaptive else None,
+            forward, self.shape, self.catch_up, state.cache, sequence,
+            seq_len, key, cfg, self.config.vocab_size, skip_past=limit if self.adaptive else None,
             accept_prob=accept_prob, stop_threshold=self.stop_threshold)
         return DraftTree(tokens, probs, stop), state.replace(cache=cache)
 

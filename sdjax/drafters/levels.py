@@ -46,7 +46,7 @@ def region_mask(tree_mask: jax.Array, window_valid: jax.Array) -> jax.Array:
 def draft_levels(forward, shape: TreeShape, window: int, cache, sequence, seq_len, key,
                  cfg: SpecConfig, vocab_size: int, first_features=None, skip_past=None,
                  vocab_ids=None, min_confidence: float = 0.0, accept_prob=None,
-                 stop_threshold: float = 1.0):
+                 stop_threshold: float = 1.0, own_text=None, input_ids=None):
     """Drafts the static tree `shape` one depth level per forward; returns (cache,
     tokens [B, N], probs [B, N, V] or None, limit [B] or None).
 
@@ -65,12 +65,16 @@ def draft_levels(forward, shape: TreeShape, window: int, cache, sequence, seq_le
     output for the fed node [B, 1, D] to the chance [B, 1] that the target accepts it;
     a row stops at the first depth d where 1 - prod_{k <= d} p_k > stop_threshold
     (limit = d), likewise. `vocab_ids` [K]: the network's logits are over that reduced
-    draft vocabulary.
+    draft vocabulary. A network with a tokenizer of its own (`CrossVocabDraft`) reads
+    its window from `own_text` = (its text of the sequence [B, S'], lengths [B]), whose
+    last token is the root's, and is fed tree tokens as `input_ids[token]`.
     """
     nodes = shape.num_nodes
-    committed = seq_len - 1  # the target's cache length; the root is at this position
+    text, text_len = (sequence, seq_len) if own_text is None else own_text
+    committed = text_len - 1  # the cache length before the root, which is at this position
     window_pos, window_valid, window_tokens = window_inputs(cache.length, committed, window,
-                                                            sequence)
+                                                            text)
+    as_input = (lambda t: t) if input_ids is None else (lambda t: jnp.take(input_ids, t))
     mask = region_mask(jnp.asarray(shape.ancestor_mask), window_valid)
     region_positions = jnp.concatenate(
         [window_pos, committed[:, None] + jnp.asarray(shape.depth)[None]], axis=1)
@@ -82,11 +86,11 @@ def draft_levels(forward, shape: TreeShape, window: int, cache, sequence, seq_le
         cache, tokens, probs, hidden, limit, survival = carry
         if d == 0:
             slots = np.arange(window + 1)
-            fed_tokens = jnp.concatenate([window_tokens, tokens[:, :1]], axis=1)
+            fed_tokens = jnp.concatenate([window_tokens, as_input(tokens[:, :1])], axis=1)
             features = first_features
         else:
             slots = fed + window
-            fed_tokens = tokens[:, fed]
+            fed_tokens = as_input(tokens[:, fed])
             features = None if hidden is None else hidden[:, parents[fed]]
         logits, out_hidden, cache = forward(
             fed_tokens, features, jnp.take(region_positions, slots, axis=1), cache,
