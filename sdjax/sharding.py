@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sdjax.drafters import acceptance
+from sdjax.drafters import acceptance, cross_vocab
 from sdjax.heads import registry as heads_registry
 from sdjax.models.cache import KVCache
 
@@ -50,10 +50,10 @@ MODEL_AXES: Tuple[Tuple[str, Tuple[Optional[str], ...]], ...] = (
 # REST's datastore (`sdjax.drafters.Datastore`): every device holds all of it.
 DATASTORE_AXES = ((r"^\.(tokens|suffix_array)$", (None,)),)
 # The transformer's rules, then every kind of draft head's (`sdjax.heads.registry`), then
-# SpecDec++'s acceptance head's.
+# SpecDec++'s acceptance head's and a cross-tokenizer draft's token map.
 PARAM_AXES = MODEL_AXES + DATASTORE_AXES + tuple(dict.fromkeys(
     rule for kind in heads_registry.KINDS.values() for rule in kind.param_axes)) + (
-    acceptance.PARAM_AXES)
+    acceptance.PARAM_AXES + cross_vocab.PARAM_AXES)
 
 
 def make_mesh(data: int = 1, model: Optional[int] = None,

@@ -42,6 +42,9 @@ from sdjax.protocols import Drafter, DraftTree
 from sdjax.trees import TreeShape, chain
 from sdjax.validation import check_range
 
+# Sharding (`sdjax.sharding.PARAM_AXES`): every device holds the whole map.
+PARAM_AXES = ((r"^token_map/\.(pieces|num_pieces|target_ids|draft_ids)$", (None,)),)
+
 
 @flax.struct.dataclass
 class TokenMap:

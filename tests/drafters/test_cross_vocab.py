@@ -12,7 +12,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models
 
 import sdjax
-from sdjax import trees
+from sdjax import sharding, trees
 from sdjax.drafters import CrossVocabDraft, DraftModel, DraftTree, token_map, with_token_map
 from sdjax.drafters.cross_vocab import translate
 from sdjax.models import KVCache, Transformer
@@ -248,3 +248,14 @@ def test_bad_draft_params_are_refused():
                        draft_params=with_token_map(CROSS_PARAMS, MAP))
     with pytest.raises(ValueError, match="CrossVocabDraft"):
         sdjax.generate(PARAMS, PROMPTS[0], spec(DraftModel(CROSS)), draft_params=CROSS_PARAMS)
+
+
+def test_on_a_mesh_equals_one_device():
+    """The token map is replicated, the draft's cache split like any draft model's."""
+    cfg = spec(CrossVocabDraft(CROSS, num_draft=3), max_new_tokens=14)
+    params = with_token_map(CROSS_PARAMS, MAP)
+    plain = sdjax.generate(PARAMS, PROMPTS, cfg, draft_params=params)
+    sharded = sdjax.generate(PARAMS, PROMPTS, cfg, draft_params=params,
+                             mesh=sharding.make_mesh(data=2, model=4))
+    np.testing.assert_array_equal(sharded.tokens, plain.tokens)
+    np.testing.assert_array_equal(sharded.stats["accepted_hist"], plain.stats["accepted_hist"])
