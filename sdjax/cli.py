@@ -265,7 +265,14 @@ def _demo_setup(args):
     wanted = set(REST_METHODS) & set(args.method or ())
     datastore = stdlib_datastore(target.tokenizer) if wanted else None
     self_draft = self_drafts(target, args.method or (), args.gamma)
-    return (target, methods(draft, args.gamma, args.lookup, heads, datastore, self_draft),
+    cross = None  # the testbed's draft drafting for a real model, only when asked for
+    if args.model != TESTBED and "cross_vocab" in (args.method or ()):
+        from sdjax import testbed
+        from sdjax.drafters.cross_vocab import load_cross_draft
+
+        cross = load_cross_draft(testbed.path("draft"), target, args.dtype)
+    return (target, methods(draft, args.gamma, args.lookup, heads, datastore, self_draft,
+                            cross_draft=cross),
             [ts[0] for ts in tasks.values()])
 
 
@@ -501,10 +508,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "early_exit layer_skip "
                            "draft_chain draft_adaptive draft_tree medusa "
                            "hydra mlp_speculator eagle eagle2 eagle2_adaptive eagle3 kangaroo "
-                           "kangaroo_early_stop (default: those the model has drafts for, but "
+                           "kangaroo_early_stop cross_vocab (default: those the model has "
+                           "drafts for, but "
                            + ", ".join(DEMO_SKIPS) + "; rest*, lookahead*, early_exit and "
                            "layer_skip only when named: they build the stdlib's datastore on first "
-                           "use, ~30 s, and layer_skip calibrates, ~1 min on Gemma 3)")
+                           "use, ~30 s, and layer_skip calibrates, ~1 min on Gemma 3; "
+                           "cross_vocab, a real model's only: the testbed's draft through the "
+                           "tokens both tokenizers share)")
     demo.add_argument("--gamma", type=int, default=4, help="draft-model chain length")
     demo.add_argument("--lookup", type=int, default=4, help="prompt-lookup tokens")
     demo.set_defaults(func=cmd_demo)

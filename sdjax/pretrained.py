@@ -11,12 +11,13 @@ takes all three.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import importlib
 import os
 import shutil
 import sys
 import tempfile
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
@@ -71,13 +72,31 @@ def pretrained_path(name: str) -> str:
         ) from None
     from sdjax.models.gguf import convert_gguf
 
-    print(f"converting {name} into {folder} (once; about a minute)", file=sys.stderr)
-    os.makedirs(cache_dir(), exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir()) as work:
-        gguf_file = str(package.assemble(os.path.join(work, f"{name}.gguf")))
-        convert_gguf(gguf_file, os.path.join(work, "hf"))
-        shutil.rmtree(folder, ignore_errors=True)  # a partial folder of an earlier try
-        os.replace(os.path.join(work, "hf"), folder)  # whole or not at all
+    def convert(work: str) -> str:
+        print(f"converting {name} into {folder} (once; about a minute)", file=sys.stderr)
+        convert_gguf(str(package.assemble(os.path.join(work, f"{name}.gguf"))),
+                     os.path.join(work, "hf"))
+        return os.path.join(work, "hf")
+
+    return build_once(folder, "model.safetensors", convert)
+
+
+def build_once(folder: str, marker: str, build: Callable[[str], str]) -> str:
+    """`folder` of the cache, built unless it holds `marker`: `build(scratch)` writes it
+    under a scratch folder and returns where, and it replaces `folder` whole (a partial
+    folder of an interrupted try is never used). Processes that need it at once (two
+    notebooks, parallel test workers) take turns on a file lock: one builds, the
+    others then find it."""
+    if os.path.exists(os.path.join(folder, marker)):
+        return folder
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    with open(folder + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not os.path.exists(os.path.join(folder, marker)):
+            with tempfile.TemporaryDirectory(dir=os.path.dirname(folder)) as work:
+                staged = build(work)
+                shutil.rmtree(folder, ignore_errors=True)
+                os.replace(staged, folder)
     return folder
 
 
@@ -142,16 +161,14 @@ def stdlib_datastore(tokenizer):
 
     fingerprint = tokenizer_fingerprint(tokenizer)
     folder = os.path.join(cache_dir(), "datastores", f"stdlib-train-{fingerprint}")
-    if not os.path.exists(os.path.join(folder, "datastore.json")):
+
+    def build(work: str) -> str:
         print(f"building REST's stdlib datastore into {folder} (once)", file=sys.stderr)
-        os.makedirs(os.path.dirname(folder), exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache_dir()) as work:
-            staged = os.path.join(work, "datastore")
-            write_datastore(staged, tokenizer, read_split("train"), corpus=["stdlib"],
-                            split="train")
-            shutil.rmtree(folder, ignore_errors=True)  # a partial folder of an earlier try
-            os.replace(staged, folder)  # whole or not at all
-    return load_datastore(folder, tokenizer)
+        write_datastore(os.path.join(work, "datastore"), tokenizer, read_split("train"),
+                        corpus=["stdlib"], split="train")
+        return os.path.join(work, "datastore")
+
+    return load_datastore(build_once(folder, "datastore.json", build), tokenizer)
 
 
 def stdlib_vocab(tokenizer, size: int, vocab_size: int):

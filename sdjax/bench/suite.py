@@ -411,7 +411,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                         "with the testbed target; none otherwise)")
     parser.add_argument("--cross-draft", metavar="DIR",
                         help="method cross_vocab's draft model, whose tokenizer is not the "
-                             "target's (default: the testbed's draft, with another target)")
+                             "target's (default: the testbed's draft, for a named model but "
+                             "the testbed)")
     parser.add_argument("--heads", nargs="+", default=None, metavar="DIR",
                         help="draft-head folders (default: the drafts shipped for the "
                              "named model)")
@@ -459,7 +460,7 @@ def main(args) -> dict:
         args.heads = list(shipped_drafts(named).values()) if named else []
     if args.draft is None and on_testbed:
         args.draft = testbed.path("draft")
-    if args.cross_draft is None and not on_testbed:
+    if args.cross_draft is None and args.model and not on_testbed:
         args.cross_draft = testbed.path("draft")
     if args.methods is None:
         kinds = {load_heads(folder)[0].kind for folder in args.heads}

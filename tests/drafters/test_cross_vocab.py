@@ -154,7 +154,8 @@ def test_drafts_stay_in_the_shared_vocabulary():
 
 @pytest.mark.parametrize("drafter,draft_params", [
     (CrossVocabDraft(CROSS, num_draft=3), CROSS_PARAMS),
-    (CrossVocabDraft(CROSS, tree=trees.kary(2, 2)), CROSS_PARAMS),
+    pytest.param(CrossVocabDraft(CROSS, tree=trees.kary(2, 2)), CROSS_PARAMS,
+                 marks=pytest.mark.slow),  # trees: the level-by-level path DraftModel tests
     (CrossVocabDraft(CROSS, num_draft=4), TRIPLE_LOVER),
 ], ids=["chain", "tree_2x2", "draft_prefers_unshared_tokens"])
 def test_greedy_equals_plain_greedy(drafter, draft_params):
@@ -213,9 +214,10 @@ def test_tiny_map_shares_three_tokens():
     assert np.asarray(TINY_MAP.pieces[3]).tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("drafter", [CrossVocabDraft(TINY_CROSS, num_draft=2),
-                                     CrossVocabDraft(TINY_CROSS, tree=trees.kary(2, 2))],
-                         ids=["chain", "tree"])
+@pytest.mark.parametrize("drafter", [
+    CrossVocabDraft(TINY_CROSS, num_draft=2),
+    pytest.param(CrossVocabDraft(TINY_CROSS, tree=trees.kary(2, 2)), marks=pytest.mark.slow)],
+    ids=["chain", "tree"])
 def test_sampled_sequences_follow_the_target(drafter):
     exact = exact_sequence_probs(0.9)
     cfg = sdjax.SpecConfig(model=TINY, drafter=drafter, max_new_tokens=NEW, temperature=0.9,

@@ -144,9 +144,10 @@ def test_shipped_drafts_reproduce_greedy_on_held_out_prompts(gemma, held_out, ki
 
 def test_demo_and_generate_on_the_real_model(capsys):
     assert cli.main(["demo", "--model", "gemma3-270m", "--max-new-tokens", "8",
-                     "--method", "eagle3"]) == 0
+                     "--method", "eagle3", "cross_vocab"]) == 0
     out = capsys.readouterr().out
     assert out.count("--- completion (8 tokens, greedy) ---") == 2  # code and prose
+    assert out.count("\ncross_vocab ") == 2
     assert "--- prose prompt" in out and "--- function_body prompt" in out
     assert cli.main(["generate", "--model", "gemma3-270m", "--prompt",
                      "def add(a, b):\n    return", "--max-new-tokens", "4", "--json",

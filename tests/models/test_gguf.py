@@ -174,3 +174,36 @@ def test_convert_command(gguf_models, tmp_path, capsys):
     assert cli.main(["convert", str(tmp_path / "missing.gguf"), out]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0]
+
+
+def test_a_cache_entry_is_built_once_by_racing_builders_and_never_half(tmp_path):
+    """Four builders at once (as parallel test workers or two notebooks): one builds,
+    the others wait on the lock and find it; an interrupted try's partial folder is
+    replaced whole."""
+    import threading
+    import time
+
+    from sdjax.pretrained import build_once
+
+    folder = str(tmp_path / "entry")
+    os.makedirs(folder)
+    (tmp_path / "entry" / "partial").write_text("an interrupted try")
+    builds = []
+
+    def build(work):
+        builds.append(work)
+        time.sleep(0.3)
+        os.makedirs(os.path.join(work, "out"))
+        with open(os.path.join(work, "out", "done"), "w") as f:
+            f.write("whole")
+        return os.path.join(work, "out")
+
+    threads = [threading.Thread(target=build_once, args=(folder, "done", build))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1
+    assert sorted(os.listdir(folder)) == ["done"]
+    assert build_once(folder, "done", build) == folder and len(builds) == 1
