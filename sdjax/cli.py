@@ -168,10 +168,9 @@ def _drafter_from_args(args, target: sdjax.LoadedModel):
                 and not cross_vocab.shares_tokenizer(target.tokenizer, draft.tokenizer)):
             if args.stop_head:
                 raise ValueError("--stop-head needs a draft that shares the target's tokenizer")
-            tmap = cross_vocab.token_map(target.tokenizer, draft.tokenizer,
-                                         target.config.vocab_size, draft.config.vocab_size)
             return (cross_vocab.CrossVocabDraft(draft.config, num_draft=args.gamma),
-                    cross_vocab.with_token_map(draft.params, tmap))
+                    cross_vocab.with_token_map(draft.params,
+                                               cross_vocab.models_token_map(target, draft)))
         if not args.stop_head:
             return sdjax.drafters.DraftModel(draft.config, num_draft=args.gamma), draft.params
         from sdjax.drafters.acceptance import load_acceptance_head, with_acceptance_head

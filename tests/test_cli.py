@@ -270,6 +270,14 @@ def test_self_speculation_flags_are_checked(checkpoint, capsys, flags, message):
     assert err.count("\n") == 1 and message in err, err
 
 
+def test_a_stop_head_is_refused_for_a_draft_of_another_tokenizer(checkpoint, capsys):
+    from sdjax import testbed
+    assert cli.main(["generate", "--model", checkpoint, "--prompt", "x", "--draft-model",
+                     testbed.path("draft"), "--stop-head", "HEAD"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--stop-head needs a draft that shares" in err, err
+
+
 def test_datastore_build_then_generate_with_rest(checkpoint, tmp_path, capsys):
     """`sdjax datastore build` on the user's own text, then `generate --datastore`: the
     greedy tokens of plain decoding; a datastore of another tokenizer is refused."""

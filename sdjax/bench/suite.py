@@ -34,7 +34,13 @@ from sdjax.bench.tasks import CATEGORIES, build_tasks
 from sdjax.calibrate import skip_layers
 from sdjax.cli import add_stop_head_flags, positive_int, stop_threshold
 from sdjax.decode import acceptance_summary
-from sdjax.drafters import CrossVocabDraft, DraftModel, PromptLookup, load_datastore, with_token_map
+from sdjax.drafters import (
+    CrossVocabDraft,
+    DraftModel,
+    PromptLookup,
+    load_datastore,
+    with_token_map,
+)
 from sdjax.drafters.acceptance import (
     DEFAULT_STOP_THRESHOLD,
     load_acceptance_head,
@@ -153,17 +159,16 @@ def _torch_kwargs(name: str, assistant, gamma: int, lookup: int, exit_layer: int
                   cross: Optional[tuple] = None) -> dict:
     """generate()'s arguments for `name`; `cross`: (the other tokenizer's assistant, the
     target's tokenizer, the assistant's)."""
-    if name == "universal_assisted":
-        cross[0].generation_config.num_assistant_tokens = gamma
-        cross[0].generation_config.num_assistant_tokens_schedule = "constant"
-        return {"assistant_model": cross[0], "tokenizer": cross[1], "assistant_tokenizer": cross[2]}
+    if name in ("assisted", "universal_assisted"):
+        model = assistant if name == "assisted" else cross[0]
+        model.generation_config.num_assistant_tokens = gamma
+        model.generation_config.num_assistant_tokens_schedule = "constant"
+        if name == "assisted":
+            return {"assistant_model": model}
+        return {"assistant_model": model, "tokenizer": cross[1], "assistant_tokenizer": cross[2]}
     if name == "early_exit":  # the model itself cut after exit_layer layers, its whole head
         return {"assistant_early_exit": exit_layer, "num_assistant_tokens": gamma,
                 "num_assistant_tokens_schedule": "constant"}
-    if name == "assisted":
-        assistant.generation_config.num_assistant_tokens = gamma
-        assistant.generation_config.num_assistant_tokens_schedule = "constant"
-        return {"assistant_model": assistant}
     if name == "prompt_lookup":
         return {"prompt_lookup_num_tokens": lookup, "max_matching_ngram_size": 3}
     return {}

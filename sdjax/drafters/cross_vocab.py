@@ -173,15 +173,19 @@ def shares_tokenizer(target_tokenizer, draft_tokenizer) -> bool:
     return target_tokenizer.get_vocab() == draft_tokenizer.get_vocab()
 
 
-def load_cross_draft(folder: str, target, dtype: str = "float32", max_pieces: int = 4):
-    """(the draft model in `folder`, with its tokenizer; its `TokenMap` to `target`, a
-    `LoadedModel` with a tokenizer)."""
-    draft = load_hf(folder, dtype=dtype)
-    for model, name in ((target, "the target"), (draft, folder)):
+def models_token_map(target, draft, max_pieces: int = 4) -> TokenMap:
+    """The `TokenMap` between two `LoadedModel`s (their tokenizers and vocabularies)."""
+    for model, name in ((target, "the target"), (draft, "the draft")):
         if model.tokenizer is None:
             raise ValueError(f"{name} has no tokenizer: drafting across tokenizers needs both")
-    return draft, token_map(target.tokenizer, draft.tokenizer, target.config.vocab_size,
-                            draft.config.vocab_size, max_pieces)
+    return token_map(target.tokenizer, draft.tokenizer, target.config.vocab_size,
+                     draft.config.vocab_size, max_pieces)
+
+
+def load_cross_draft(folder: str, target, dtype: str = "float32", max_pieces: int = 4):
+    """(the draft model in `folder`, with its tokenizer; its `TokenMap` to `target`)."""
+    draft = load_hf(folder, dtype=dtype)
+    return draft, models_token_map(target, draft, max_pieces)
 
 
 def translate(tokens: jax.Array, lengths: jax.Array, tmap: TokenMap):
@@ -236,7 +240,12 @@ class CrossVocabDraft(Drafter):
 
     @staticmethod
     def _weights(draft_params) -> dict:
-        return {k: v for k, v in draft_params.items() if k != "token_map"}
+        return {k: v for k, v in draft_params.items() if k not in ("token_map", "input_ids")}
+
+    def bind(self, draft_params, target_params):
+        """Adds `input_ids` [V_target], the draft token each target token is fed as,
+        gathered once per generate instead of once per cycle."""
+        return {**draft_params, "input_ids": draft_params["token_map"].last_piece}
 
     def _window(self, tmap: TokenMap) -> int:
         """Pieces re-fed each cycle: all one cycle can commit (D drafts, M of the next)."""
@@ -271,7 +280,7 @@ class CrossVocabDraft(Drafter):
         cache, tokens, probs, _ = draft_levels(
             forward, self.shape, window, cache, sequence, seq_len, key, cfg,
             cfg.model.vocab_size, vocab_ids=tmap.target_ids, own_text=(text, length),
-            input_ids=tmap.last_piece)
+            input_ids=draft_params["input_ids"])
         return DraftTree(tokens, probs), state.replace(cache=cache)
 
     def commit(self, state, result, committed_length, features=None):

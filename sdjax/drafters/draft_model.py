@@ -146,8 +146,8 @@ class DraftModel(Drafter):
             acceptance_probability, self.stop_head, draft_params["acceptance_head"])
         forward = network_forward(Transformer(self.config), self._weights(draft_params))
         cache, tokens, probs, stop = draft_levels(
-            forward, self.shape, self.catch_up, state.cache, sequence,
-            seq_len, key, cfg, self.config.vocab_size, skip_past=limit if self.adaptive else None,
+            forward, self.shape, self.catch_up, state.cache, sequence, seq_len, key, cfg,
+            self.config.vocab_size, skip_past=limit if self.adaptive else None,
             accept_prob=accept_prob, stop_threshold=self.stop_threshold)
         return DraftTree(tokens, probs, stop), state.replace(cache=cache)
 

@@ -91,7 +91,7 @@ def test_each_cycles_chain_is_the_drafts_greedy_decoding_of_the_text_so_far():
     """The draft's cache after accepts of every length (and next tokens of one and two
     pieces) gives the chain a from-scratch greedy decoding of the translated text gives."""
     drafter = CrossVocabDraft(CROSS, num_draft=3)
-    params = with_token_map(CROSS_PARAMS, MAP)
+    params = drafter.bind(with_token_map(CROSS_PARAMS, MAP), PARAMS)
     cfg = spec(drafter, max_new_tokens=40)
     model = Transformer(CROSS)
     shared = np.asarray(MAP.draft_ids)
@@ -135,7 +135,8 @@ def test_drafts_stay_in_the_shared_vocabulary():
     cfg = spec(drafter, max_new_tokens=20)
     prompt = jnp.asarray([PROMPTS[1]])
     lengths = jnp.asarray([prompt.shape[1]])
-    state = drafter.init(with_token_map(TRIPLE_LOVER, MAP), prompt, lengths, 32)
+    params = drafter.bind(with_token_map(TRIPLE_LOVER, MAP), PARAMS)
+    state = drafter.init(params, prompt, lengths, 32)
     sequence = jnp.pad(prompt, ((0, 0), (0, 16)))
     text, n = translate(sequence, lengths, MAP)
     own = Transformer(CROSS).apply(TRIPLE_LOVER, text[:, :int(n[0])],
@@ -143,7 +144,7 @@ def test_drafts_stay_in_the_shared_vocabulary():
     assert int(jnp.argmax(own.logits[0, -1])) >= 116  # left alone, it would draft a triple
     propose = jax.jit(drafter.propose, static_argnums=5)
     for temperature in (0.0, 1.0):
-        tree, _ = propose(with_token_map(TRIPLE_LOVER, MAP), state, sequence, lengths,
+        tree, _ = propose(params, state, sequence, lengths,
                                   jax.random.PRNGKey(0), cfg.replace(temperature=temperature))
         assert set(np.asarray(tree.tokens[0, 1:]).tolist()) <= set(np.asarray(MAP.target_ids))
         if temperature:

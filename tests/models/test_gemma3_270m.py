@@ -201,7 +201,7 @@ def test_rest_with_the_stdlib_datastore_reproduces_greedy_on_held_out_prompts(ge
 
 def test_a_draft_of_another_tokenizer_reproduces_greedy_on_held_out_prompts(gemma, held_out):
     """The testbed's draft (0.9M parameters, its own 4,096-token byte-level BPE) drafting
-    for Gemma through the tokens both vocabularies share (3,461 of them; most of the
+    for Gemma through the tokens both vocabularies share (3,462 of them; 89% of the
     stdlib's Gemma tokens): the held-out prompts' greedy tokens, with drafts accepted."""
     draft, tmap = load_cross_draft(testbed.path("draft"), gemma)
     assert 3000 < len(tmap.target_ids) < 4096
