@@ -166,8 +166,8 @@ def test_cost_split_times_every_bundled_method():
     from sdjax.bench import cost
 
     report = cost.main(["--repeats", "1", "--new-tokens", "8", "--context", "64"])
-    assert all(report[kind] > 0 for kind in ("medusa", "hydra", "mlp_speculator"))
+    assert all(report[kind] > 0 for kind in ("medusa", "hydra", "mlp_speculator", "redrafter"))
     methods = {"autoregressive", "draft_chain", "draft_tree", "medusa", "hydra",
-               "mlp_speculator", "eagle", "eagle2", "eagle3", "kangaroo"}
+               "mlp_speculator", "redrafter", "eagle", "eagle2", "eagle3", "kangaroo"}
     assert methods <= set(report["cycles"])
     assert all(report["cycles"][m]["verify"] > 0 for m in methods)

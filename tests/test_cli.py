@@ -206,8 +206,8 @@ def test_training_presets_are_valid():
                else AcceptanceTrainConfig if "num_blocks" in values else LMTrainConfig)
         cfg = load_yaml_config(cls, str(preset))
         kinds.add(getattr(cfg, "kind", cls.__name__))
-    assert kinds == {"LMTrainConfig", "medusa", "hydra", "mlp_speculator", "eagle", "eagle3",
-                     "kangaroo", "DistillConfig", "AcceptanceTrainConfig"}
+    assert kinds == {"LMTrainConfig", "medusa", "hydra", "mlp_speculator", "redrafter", "eagle",
+                     "eagle3", "kangaroo", "DistillConfig", "AcceptanceTrainConfig"}
 
 
 def test_demo_runs_end_to_end(capsys):
@@ -367,8 +367,8 @@ def test_heads_by_kind_name_are_the_drafts_shipped_for_the_named_model(capsys):
         assert cli.main(common + ["--heads", kind]) == 0
         assert json.loads(capsys.readouterr().out)["tokens"] == plain["tokens"]
     assert cli.main(common + ["--heads", "eagle9"]) == 2
-    assert "shipped for testbed: medusa, hydra, mlp_speculator, eagle, eagle3, kangaroo" in \
-        capsys.readouterr().err
+    assert ("shipped for testbed: medusa, hydra, mlp_speculator, redrafter, eagle, eagle3, "
+            "kangaroo") in capsys.readouterr().err
 
 
 @pytest.mark.slow  # 2 min: encodes the whole stdlib three times; the pieces have fast tests

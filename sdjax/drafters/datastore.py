@@ -24,6 +24,8 @@ import numpy as np
 import safetensors.numpy
 from tqdm import tqdm
 
+from sdjax.models.hf import write_safetensors
+
 FORMAT = "sdjax-datastore"
 VERSION = 1
 ARRAYS, METADATA = "datastore.safetensors", "datastore.json"
@@ -100,9 +102,8 @@ def from_tokens(tokens: np.ndarray, vocab_size: int, depth: int = 16,
 def save_datastore(folder: str, datastore: Datastore, **metadata) -> None:
     """Writes the arrays and `metadata` (JSON-able: fingerprint, sources...) to `folder`."""
     os.makedirs(folder, exist_ok=True)
-    safetensors.numpy.save_file({"tokens": np.asarray(datastore.tokens),
-                                 "suffix_array": np.asarray(datastore.suffix_array)},
-                                os.path.join(folder, ARRAYS))
+    write_safetensors(os.path.join(folder, ARRAYS), {"tokens": datastore.tokens,
+                                                     "suffix_array": datastore.suffix_array})
     info = {"format": FORMAT, "version": VERSION, "depth": datastore.depth,
             "max_id": datastore.max_id, "num_tokens": datastore.size, **metadata}
     with open(os.path.join(folder, METADATA), "w") as f:

@@ -1,10 +1,11 @@
 """Self-drafting heads on the target's hidden states: Medusa-1, Hydra, the MLP
-speculator, EAGLE-1/2/3 and Kangaroo's adapter (each optionally over a reduced draft
-vocabulary).
+speculator, ReDrafter's recurrent head, EAGLE-1/2/3 and Kangaroo's adapter (each
+optionally over a reduced draft vocabulary).
 
 `init_heads` starts them from the target, `sdjax train heads` trains them,
 `save_heads` / `load_heads` move them as a folder, and the drafters
-`Medusa(cfg, tree)`, `Hydra(cfg, tree)`, `MLPSpeculator(cfg, tree)`, `Eagle(cfg, tree)`
+`Medusa(cfg, tree)`, `Hydra(cfg, tree)`, `MLPSpeculator(cfg, tree)`,
+`ReDrafter(cfg, beam_width=...)` (beam search), `Eagle(cfg, tree)`
 (static tree), `Eagle2(cfg, ...)` (dynamic tree) and `Kangaroo(adapter=cfg, ...)` run
 them (`draft_params=` the saved params);
 `make_drafter(cfg)` picks the drafter of the kind with default settings.
@@ -18,6 +19,7 @@ from sdjax.heads.hydra import Hydra, HydraHeads
 from sdjax.heads.kangaroo import Kangaroo, KangarooConfig, init_kangaroo, kangaroo_config
 from sdjax.heads.medusa import Medusa, MedusaHeads
 from sdjax.heads.mlp_speculator import MLPSpeculator, MLPSpeculatorHeads
+from sdjax.heads.redrafter import ReDrafter, ReDrafterHead
 from sdjax.heads.registry import (
     DEFAULT_TREE,
     KINDS,
@@ -34,6 +36,7 @@ from sdjax.heads.registry import (
 __all__ = ["DEFAULT_EAGLE_TREE", "DEFAULT_TREE", "KINDS", "Eagle", "Eagle2", "EagleConfig",
            "EagleNet", "HeadKind", "HeadsConfig", "Hydra", "HydraHeads", "Kangaroo",
            "KangarooConfig", "MLPSpeculator", "MLPSpeculatorHeads", "Medusa", "MedusaHeads",
+           "ReDrafter", "ReDrafterHead",
            "bench_drafters", "eagle_config", "head_kind", "heads_module", "init_eagle",
            "init_heads", "init_kangaroo", "kangaroo_config", "load_heads", "make_drafter",
            "save_heads"]

@@ -61,13 +61,15 @@ HEADS_LAYOUTS = {
     "medusa": HeadsLayout(reads_tokens=False, head_per_stage=False),
     "hydra": HeadsLayout(reads_tokens=True, head_per_stage=False),
     "mlp_speculator": HeadsLayout(reads_tokens=True, head_per_stage=True),
+    "redrafter": HeadsLayout(reads_tokens=True, head_per_stage=False),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class HeadsConfig:
-    """Medusa / Hydra heads or MLP-speculator stages: how many, the target's width and
-    vocabulary, and the draft vocabulary."""
+    """Medusa / Hydra heads, MLP-speculator stages or ReDrafter's recurrent head (how
+    many tokens it drafts): how many, the target's width and vocabulary, and the draft
+    vocabulary."""
     num_heads: int
     hidden_size: int
     vocab_size: int
@@ -219,23 +221,11 @@ class HeadsState:
 
 @dataclasses.dataclass(frozen=True)
 class HeadsDrafter(Drafter):
-    """Base of the head drafters: a choice tree no deeper than the heads, and as state
-    the target's hidden state [B, D] of the token that produced the current root (from
-    the prefill, then from each verification's last accepted node)."""
+    """Base of the head drafters: as state the target's hidden state [B, D] of the token
+    that produced the current root (from the prefill, then from each verification's
+    last accepted node)."""
 
     heads: HeadsConfig
-    tree: TreeShape
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.tree.max_depth > self.heads.num_heads:
-            raise ValueError(f"a tree of depth {self.tree.max_depth} needs that many heads; "
-                             f"there are {self.heads.num_heads}")
-        self.tree.check_level_order()
-
-    @property
-    def shape(self) -> TreeShape:
-        return self.tree
 
     def check(self, cfg: SpecConfig, draft_params) -> None:
         check_fits(self, draft_params, self.heads, cfg, "the heads' params")
@@ -250,3 +240,21 @@ class HeadsDrafter(Drafter):
     def commit(self, state, result, committed_length, features=None):
         last = jnp.take_along_axis(result.path, result.num_accepted[:, None], axis=1)
         return HeadsState(jnp.take_along_axis(features, last[:, :, None], axis=1)[:, 0])
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeHeadsDrafter(HeadsDrafter):
+    """Head drafters on a static choice tree no deeper than the heads."""
+
+    tree: TreeShape
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.tree.max_depth > self.heads.num_heads:
+            raise ValueError(f"a tree of depth {self.tree.max_depth} needs that many heads; "
+                             f"there are {self.heads.num_heads}")
+        self.tree.check_level_order()
+
+    @property
+    def shape(self) -> TreeShape:
+        return self.tree

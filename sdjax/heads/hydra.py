@@ -22,8 +22,8 @@ from sdjax.config import SpecConfig
 from sdjax.drafters.base import add_children, root_filled
 from sdjax.heads.common import (
     HeadsConfig,
-    HeadsDrafter,
     LMHead,
+    TreeHeadsDrafter,
     declare_vocab_ids,
     vocab_ids,
 )
@@ -31,7 +31,7 @@ from sdjax.models.transformer import embed_rows
 from sdjax.protocols import DraftTree
 
 
-def _pass_hidden(key, shape, dtype=jnp.float32):
+def pass_hidden(key, shape, dtype=jnp.float32):
     """[D * (k + 2), D] kernel that starts as the projection onto h (the first D inputs)."""
     eye = jnp.eye(shape[1], dtype=dtype)
     return jnp.concatenate([eye, jnp.zeros((shape[0] - shape[1], shape[1]), dtype)], axis=0)
@@ -51,7 +51,7 @@ class HydraHeads(nn.Module):
     def setup(self):
         cfg = self.config
         self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, name="embed")
-        self.inputs = [nn.Dense(cfg.hidden_size, kernel_init=_pass_hidden, name=f"head_{k}_in")
+        self.inputs = [nn.Dense(cfg.hidden_size, kernel_init=pass_hidden, name=f"head_{k}_in")
                        for k in range(cfg.num_heads)]
         self.residuals = [nn.Dense(cfg.hidden_size, kernel_init=nn.initializers.zeros,
                                    name=f"head_{k}_res") for k in range(cfg.num_heads)]
@@ -86,7 +86,7 @@ class HydraHeads(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class PathHeadsDrafter(HeadsDrafter):
+class PathHeadsDrafter(TreeHeadsDrafter):
     """Drafter of heads whose head k reads the path drafted before it (its module's
     `head(k, hidden, path_tokens)`): level by level over a choice tree."""
 

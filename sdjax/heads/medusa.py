@@ -22,8 +22,8 @@ from sdjax.config import SpecConfig
 from sdjax.drafters.base import add_children, root_filled
 from sdjax.heads.common import (
     HeadsConfig,
-    HeadsDrafter,
     LMHead,
+    TreeHeadsDrafter,
     declare_vocab_ids,
     vocab_ids,
 )
@@ -56,7 +56,7 @@ class MedusaHeads(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class Medusa(HeadsDrafter):
+class Medusa(TreeHeadsDrafter):
     """Drafter: Medusa heads' candidates arranged by a choice tree (depth <= heads)."""
 
     def propose(self, draft_params, state, sequence, seq_len, key, cfg: SpecConfig):

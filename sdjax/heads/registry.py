@@ -30,6 +30,7 @@ from sdjax.heads.kangaroo import Kangaroo, init_kangaroo, kangaroo_config
 from sdjax.heads.losses import eagle_loss, heads_loss, kangaroo_loss
 from sdjax.heads.medusa import Medusa, MedusaHeads
 from sdjax.heads.mlp_speculator import MLPSpeculator, MLPSpeculatorHeads
+from sdjax.heads.redrafter import ReDrafter, ReDrafterHead
 from sdjax.models.hf import load_tree, read_json, save_tree
 from sdjax.protocols import Drafter
 
@@ -49,10 +50,15 @@ BENCH_EAGLE2_ADAPTIVE = dict(BENCH_EAGLE2, depth=5, min_confidence=0.02)
 BENCH_KANGAROO = dict(num_draft=4)
 BENCH_KANGAROO_EARLY_STOP = dict(num_draft=6, min_confidence=0.6)
 
+# ReDrafter: 2 beams (9 nodes with 4 steps, about the size of DEFAULT_TREE).
+BENCH_REDRAFTER = dict(beam_width=2)
+
 # Parameter path regex -> logical axes (see `sdjax.sharding`), for every kind's weights.
 HEAD_AXES = (
-    (r"head_\d+_(res|in|proj)/kernel$", (None, None)),
-    (r"head_\d+_(res|in)/bias$", (None,)),
+    (r"head_(\d+_)?(res|in|proj)/kernel$", (None, None)),
+    (r"head_(\d+_)?(res|in)/bias$", (None,)),
+    (r"rnn/\w+/kernel$", (None, None)),  # ReDrafter's GRU
+    (r"rnn/\w+/bias$", (None,)),
     (r"head_\d+_norm/(scale|bias)$", (None,)),
     (r"head_\d+_lm/kernel$", ("embed", "vocab")),
     (r"vocab_ids$", (None,)),  # a reduced vocabulary's ids (every kind's)
@@ -91,9 +97,17 @@ def _heads_drafter(drafter_class):
     return make
 
 
-def _heads_kind(name: str, module_class, drafter_class) -> HeadKind:
-    """Medusa-style heads: K heads on the target's last hidden state."""
-    drafter = _heads_drafter(drafter_class)
+def _redrafter_drafter(cfg: HeadsConfig, tree: Optional[trees.TreeShape] = None) -> Drafter:
+    """ReDrafter's beam search (its tree is the beams')."""
+    if tree is not None:
+        raise ValueError("ReDrafter drafts the tree of its beams; set ReDrafter(beam_width=, "
+                         "beam_length=) instead of a tree")
+    return ReDrafter(cfg)
+
+
+def _heads_kind(name: str, module_class, drafter: Callable, bench: Optional[Dict] = None
+                ) -> HeadKind:
+    """Medusa-style heads on the target's last hidden state (`HeadsConfig`)."""
     return HeadKind(
         name=name,
         new_config=lambda target, settings: HeadsConfig(
@@ -109,7 +123,7 @@ def _heads_kind(name: str, module_class, drafter_class) -> HeadKind:
             p, frozen, windows, key, target_cfg=target, module=module_class(cfg),
             head_decay=settings.head_decay, distill=settings.distill),
         drafter=drafter,
-        bench={name: drafter},
+        bench=bench or {name: drafter},
         param_axes=HEAD_AXES,
         module=module_class,
         reduced_vocab=True,
@@ -168,9 +182,12 @@ def _kangaroo_kind() -> HeadKind:
 
 
 KINDS: Dict[str, HeadKind] = {
-    "medusa": _heads_kind("medusa", MedusaHeads, Medusa),
-    "hydra": _heads_kind("hydra", HydraHeads, Hydra),
-    "mlp_speculator": _heads_kind("mlp_speculator", MLPSpeculatorHeads, MLPSpeculator),
+    "medusa": _heads_kind("medusa", MedusaHeads, _heads_drafter(Medusa)),
+    "hydra": _heads_kind("hydra", HydraHeads, _heads_drafter(Hydra)),
+    "mlp_speculator": _heads_kind("mlp_speculator", MLPSpeculatorHeads,
+                                  _heads_drafter(MLPSpeculator)),
+    "redrafter": _heads_kind("redrafter", ReDrafterHead, _redrafter_drafter, {
+        "redrafter": lambda cfg: ReDrafter(cfg, **BENCH_REDRAFTER)}),
     "eagle": _eagle_kind("eagle", {
         "eagle": lambda cfg: Eagle(cfg, BENCH_EAGLE_TREE),
         "eagle2": lambda cfg: Eagle2(cfg, **BENCH_EAGLE2),
@@ -188,7 +205,7 @@ def head_kind(name: str) -> HeadKind:
 
 
 def heads_module(cfg: HeadsConfig) -> nn.Module:
-    """The network of Medusa / Hydra heads (all heads at one position)."""
+    """The network of `HeadsConfig` heads (all heads at one position)."""
     return head_kind(cfg.kind).module(cfg)
 
 
@@ -200,9 +217,10 @@ def init_heads(cfg, target_params, key: jax.Array,
 
 
 def make_drafter(cfg, tree: Optional[trees.TreeShape] = None) -> Drafter:
-    """The drafter for heads of `cfg.kind`: Medusa / Hydra on `tree` (default:
-    DEFAULT_TREE if deep enough), EAGLE drafts on EAGLE-2's dynamic tree, or on `tree`
-    (EAGLE-1) when one is given, Kangaroo on a chain of 4 or `tree`."""
+    """The drafter for heads of `cfg.kind`: Medusa / Hydra / the MLP speculator on
+    `tree` (default: DEFAULT_TREE if deep enough), ReDrafter's beams, EAGLE drafts on
+    EAGLE-2's dynamic tree, or on `tree` (EAGLE-1) when one is given, Kangaroo on a chain
+    of 4 or `tree`."""
     return head_kind(cfg.kind).drafter(cfg, tree)
 
 

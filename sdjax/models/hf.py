@@ -284,12 +284,19 @@ def read_safetensors_file(path: str) -> Dict[str, jax.Array]:
                          f"corrupt?): {err}") from err
 
 
+def write_safetensors(path: str, tensors: Dict[str, Any], metadata=None) -> None:
+    """Writes arrays (jax or numpy) as a safetensors file, created like any other file:
+    with the umask's permissions (safetensors' own writer makes every file private)."""
+    data = safetensors.flax.save({k: jnp.asarray(v) for k, v in tensors.items()}, metadata)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 def save_tree(path: str, tree) -> None:
     """A nested dict of arrays as one safetensors file, keys joined by '/'."""
     from flax.traverse_util import flatten_dict
 
-    safetensors.flax.save_file({"/".join(k): jnp.asarray(v)
-                                for k, v in flatten_dict(tree).items()}, path)
+    write_safetensors(path, {"/".join(k): v for k, v in flatten_dict(tree).items()})
 
 
 def load_tree(path: str) -> dict:
@@ -443,9 +450,8 @@ def save_hf(path: str, cfg: ModelConfig, params: dict, tokenizer: Any = None) ->
     hf_config = config_to_hf(cfg)
     hf_config.architectures = [_ARCHITECTURES[cfg.hf_model_type]]
     hf_config.save_pretrained(path)
-    tensors = {k: jnp.asarray(v) for k, v in params_to_hf_tensors(cfg, params).items()}
-    safetensors.flax.save_file(tensors, os.path.join(path, "model.safetensors"),
-                               metadata={"format": "pt"})
+    write_safetensors(os.path.join(path, "model.safetensors"),
+                      params_to_hf_tensors(cfg, params), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
 

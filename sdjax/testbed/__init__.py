@@ -12,7 +12,7 @@ import os
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MODELS = ("target", "draft")
 # drafts trained on the target (sdjax.heads)
-HEADS = ("medusa", "hydra", "mlp_speculator", "eagle", "eagle3", "kangaroo")
+HEADS = ("medusa", "hydra", "mlp_speculator", "redrafter", "eagle", "eagle3", "kangaroo")
 
 
 def path(name: str) -> str:

@@ -28,6 +28,8 @@ from sdjax.heads import (
     Kangaroo,
     Medusa,
     MLPSpeculator,
+    ReDrafter,
+    ReDrafterHead,
     eagle_config,
     init_eagle,
     init_heads,
@@ -81,6 +83,11 @@ SPECULATOR_PARAMS = init_heads(SPECULATOR, PARAMS, jax.random.PRNGKey(20))
 SPECULATOR_REDUCED = dataclasses.replace(SPECULATOR, draft_vocab=64)
 SPECULATOR_REDUCED_PARAMS = init_heads(SPECULATOR_REDUCED, PARAMS, jax.random.PRNGKey(21),
                                        np.arange(0, 320, 5))
+REDRAFTER = dataclasses.replace(HEADS, kind="redrafter")
+REDRAFTER_PARAMS = noisy(init_heads(REDRAFTER, PARAMS, jax.random.PRNGKey(25)), 25, 0.3)
+REDRAFTER_REDUCED = dataclasses.replace(REDRAFTER, draft_vocab=64)
+REDRAFTER_REDUCED_PARAMS = noisy(init_heads(REDRAFTER_REDUCED, PARAMS, jax.random.PRNGKey(26),
+                                            np.arange(0, 320, 5)), 26, 0.3)
 HYDRA_REDUCED = dataclasses.replace(HYDRA, draft_vocab=64)
 HYDRA_REDUCED_PARAMS = noisy(init_heads(HYDRA_REDUCED, PARAMS, jax.random.PRNGKey(18),
                                         np.arange(0, 320, 5)), 18, 0.1)
@@ -136,6 +143,9 @@ DRAFTERS = {
     "mlp_speculator_chain": (MLPSpeculator(SPECULATOR, trees.chain(3)), SPECULATOR_PARAMS),
     "mlp_speculator_reduced_vocab_tree": (MLPSpeculator(SPECULATOR_REDUCED, trees.from_choices(
         [(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)])), SPECULATOR_REDUCED_PARAMS),
+    "redrafter_beams": (ReDrafter(REDRAFTER, beam_width=3), REDRAFTER_PARAMS),
+    "redrafter_reduced_vocab_one_beam": (ReDrafter(REDRAFTER_REDUCED, beam_width=1, beam_length=2),
+                                         REDRAFTER_REDUCED_PARAMS),
     "eagle3_reduced_vocab_chain": (Eagle(EAGLE3_REDUCED, trees.chain(3)), EAGLE3_REDUCED_PARAMS),
     "eagle3_reduced_vocab_dynamic": (Eagle2(EAGLE3_REDUCED, depth=3, top_k=2, num_nodes=6),
                                      EAGLE3_REDUCED_PARAMS),
@@ -477,6 +487,12 @@ TINY_HYDRA = dataclasses.replace(TINY_HEADS, kind="hydra")
 TINY_HYDRA_PARAMS = noisy(init_heads(TINY_HYDRA, TINY_PARAMS, jax.random.PRNGKey(13)), 13, 0.5)
 TINY_SPECULATOR = dataclasses.replace(TINY_HEADS, kind="mlp_speculator")
 TINY_SPECULATOR_PARAMS = init_heads(TINY_SPECULATOR, TINY_PARAMS, jax.random.PRNGKey(22))
+TINY_REDRAFTER = dataclasses.replace(TINY_HEADS, kind="redrafter")
+TINY_REDRAFTER_PARAMS = noisy(init_heads(TINY_REDRAFTER, TINY_PARAMS, jax.random.PRNGKey(27)),
+                              27, 0.5)
+TINY_REDRAFTER_REDUCED = dataclasses.replace(TINY_REDRAFTER, draft_vocab=3)
+TINY_REDRAFTER_REDUCED_PARAMS = noisy(init_heads(
+    TINY_REDRAFTER_REDUCED, TINY_PARAMS, jax.random.PRNGKey(28), np.array([0, 1, 3])), 28, 0.5)
 TINY_HYDRA_REDUCED = dataclasses.replace(TINY_HYDRA, draft_vocab=3)
 TINY_HYDRA_REDUCED_PARAMS = noisy(init_heads(TINY_HYDRA_REDUCED, TINY_PARAMS,
                                              jax.random.PRNGKey(19), np.array([0, 1, 3])), 19, 0.5)
@@ -552,6 +568,9 @@ def sequence_tv(out, exact):
     (Medusa(TINY_HEADS, trees.kary(2, 2)), TINY_HEAD_PARAMS, None),
     (Hydra(TINY_HYDRA, trees.kary(2, 2)), TINY_HYDRA_PARAMS, None),
     (MLPSpeculator(TINY_SPECULATOR, trees.kary(2, 2)), TINY_SPECULATOR_PARAMS, None),
+    (ReDrafter(TINY_REDRAFTER, beam_width=2), TINY_REDRAFTER_PARAMS, None),
+    # beams over {0, 1, 3}: the target's token 2 is never drafted
+    (ReDrafter(TINY_REDRAFTER_REDUCED, beam_width=2), TINY_REDRAFTER_REDUCED_PARAMS, None),
     # the same static-tree drafter is sampled with EAGLE-3's reduced head below
     pytest.param(Eagle(TINY_EAGLE, trees.kary(2, 2)), TINY_EAGLE_PARAMS, None,
                  marks=pytest.mark.slow),
@@ -570,7 +589,8 @@ def sequence_tv(out, exact):
         "rest_and_own_text", "self_draft_tree", "self_draft_reduced_vocab",
         "self_draft_confidence_stop", "kangaroo_reduced_vocab_tree_confidence_stop",
         "lookahead", "lookahead_context_reduced_vocab",
-        "medusa_tree", "hydra_tree", "mlp_speculator_tree", "eagle_tree", "eagle2_dynamic",
+        "medusa_tree", "hydra_tree", "mlp_speculator_tree", "redrafter_beams",
+        "redrafter_reduced_vocab_beams", "eagle_tree", "eagle2_dynamic",
         "eagle2_adaptive",
         "eagle3_reduced_vocab_tree", "hydra_reduced_vocab_tree", "eagle2_reduced_vocab",
         "autoregressive"])
@@ -604,6 +624,37 @@ def test_sequence_check_rejects_the_draft_models_own_distribution():
     cfg = sdjax.SpecConfig(model=TINY_DRAFT, max_new_tokens=NEW, temperature=0.9,
                            eos_token_id=(), min_prompt_bucket=4)
     out = sdjax.generate(TINY_DRAFT_PARAMS, [PROMPT] * SAMPLES, cfg)
+    assert sequence_tv(out, exact) > BOUND
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamsScoredByTheirDraft(ReDrafter):
+    """ReDrafter's beams, reported as drawn from the draft's own distribution (q = the
+    head's softmax at each node's parent) although beam search picked them: wrong,
+    since they were not sampled from q."""
+
+    def propose(self, draft_params, state, sequence, seq_len, key, cfg):
+        tree, state = super().propose(draft_params, state, sequence, seq_len, key, cfg)
+        topo = tree.topology
+        batch = tree.tokens.shape[0]
+        path_tokens = jnp.take_along_axis(tree.tokens, topo.paths.reshape(batch, -1), axis=1
+                                          ).reshape(topo.paths.shape)[..., :-1]
+        hidden = jnp.broadcast_to(state.hidden[:, None], (*tree.tokens.shape,
+                                                          state.hidden.shape[-1]))
+        logits = ReDrafterHead(self.heads).apply(draft_params, hidden, path_tokens)
+        at_parent = jnp.take_along_axis(logits, jnp.maximum(topo.depth - 1, 0)[
+            ..., None, None], axis=2)[:, :, 0]  # [B, N, V]: what node i's token came from
+        return tree.replace(probs=jax.nn.softmax(at_parent / cfg.temperature)), state
+
+
+def test_beams_claimed_as_draft_samples_fail_the_same_check():
+    """Negative control for the beams' one-hot law: the draft's own distribution as q."""
+    exact = exact_sequence_probs(0.9)
+    cfg = sdjax.SpecConfig(model=TINY, drafter=BeamsScoredByTheirDraft(TINY_REDRAFTER,
+                                                                       beam_width=2),
+                           max_new_tokens=NEW, temperature=0.9, eos_token_id=(),
+                           min_prompt_bucket=4)
+    out = sdjax.generate(TINY_PARAMS, [PROMPT] * SAMPLES, cfg, draft_params=TINY_REDRAFTER_PARAMS)
     assert sequence_tv(out, exact) > BOUND
 
 

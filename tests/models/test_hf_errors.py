@@ -108,5 +108,9 @@ def test_tokenizer_round_trips_through_save_hf(tokenizer_dir, tmp_path):
     sdjax.save_hf(str(tmp_path), cfg, params, tok)
     loaded = sdjax.load_hf(str(tmp_path))
     assert loaded.config == cfg
+    # written like any other file (safetensors' own writer would make it private)
+    (tmp_path / "plain.txt").write_text("")
+    mode = lambda name: os.stat(tmp_path / name).st_mode & 0o777
+    assert mode("model.safetensors") == mode("plain.txt") == mode("config.json")
     text = hf_models.stdlib_source("shlex")[:500]
     assert loaded.tokenizer.decode(loaded.tokenizer(text)["input_ids"]) == text

@@ -1,5 +1,6 @@
-"""Medusa, Hydra, EAGLE and Kangaroo training: losses fall, held-out agreement rises above untrained
-heads, resume is exact, sharded training matches one device, exported heads decode the same."""
+"""Medusa, Hydra, the MLP speculator, ReDrafter, EAGLE and Kangaroo training: losses fall,
+held-out agreement rises above untrained heads, resume is exact, sharded training matches one
+device, exported heads decode the same."""
 
 import dataclasses
 
@@ -16,6 +17,7 @@ from sdjax.heads import (
     Kangaroo,
     Medusa,
     MLPSpeculator,
+    ReDrafter,
     init_eagle,
     init_heads,
     load_heads,
@@ -58,7 +60,7 @@ def _config(path, kind="medusa", **changes):
 
 # The full-vocabulary Hydra shares every line with the reduced one but its head: slow.
 @pytest.mark.parametrize("kind", ["medusa", pytest.param("hydra", marks=pytest.mark.slow),
-                                  "hydra_reduced", "mlp_speculator"])
+                                  "hydra_reduced", "mlp_speculator", "redrafter"])
 def test_training_lowers_the_loss_and_beats_untrained_heads(setup, tmp_path, kind):
     target, train, val = setup
     cfg = _config(tmp_path, steps=40, eval_every=20, checkpoint_every=40, kind=kind)
@@ -128,7 +130,9 @@ def test_eagle_feature_noise_comes_from_the_step_key(setup, tmp_path):
     assert len({loss(None), loss(jax.random.key(0)), loss(jax.random.key(1))}) == 3
 
 
+# fit()'s resume is the same for every kind: eagle3_reduced runs it by default.
 @pytest.mark.parametrize("kind", [pytest.param("hydra", marks=pytest.mark.slow),
+                                  pytest.param("redrafter", marks=pytest.mark.slow),
                                   pytest.param("eagle", marks=pytest.mark.slow),
                                   pytest.param("eagle3", marks=pytest.mark.slow),
                                   "eagle3_reduced",
@@ -165,6 +169,7 @@ def test_sharded_training_matches_one_device(setup, tmp_path, kind, metric):
 @pytest.mark.parametrize("kind,drafter", [
     pytest.param("medusa", Medusa, marks=pytest.mark.slow),
     pytest.param("hydra", Hydra, marks=pytest.mark.slow), ("mlp_speculator", MLPSpeculator),
+    ("redrafter", lambda c, tree: ReDrafter(c, beam_width=2)),
     pytest.param("eagle", Eagle, marks=pytest.mark.slow),
     pytest.param("eagle3", lambda c, tree: Eagle2(c, depth=3, top_k=2, num_nodes=6),
                  marks=pytest.mark.slow),
