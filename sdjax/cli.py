@@ -239,7 +239,8 @@ MODEL_HELP = (f"a checkpoint folder, a .gguf file, or a named model ({', '.join(
               "converted once into ~/.cache/sdjax)")
 
 # Variants the demo leaves out unless asked for (the benchmark runs them all).
-DEMO_SKIPS = ("draft_adaptive", "eagle", "eagle2_adaptive", "kangaroo_early_stop")
+DEMO_SKIPS = ("draft_adaptive", "eagle", "eagle2_adaptive", "kangaroo_early_stop",
+              "redrafter_depth3")
 
 
 def _demo_setup(args):

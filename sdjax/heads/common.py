@@ -24,7 +24,7 @@ import numpy as np
 
 from sdjax.config import ModelConfig, SpecConfig
 from sdjax.drafters.vocab import check_ids
-from sdjax.models.transformer import dot_general
+from sdjax.models.transformer import dot_general, embed_rows
 from sdjax.protocols import Drafter
 from sdjax.trees import TreeShape
 from sdjax.validation import check_fields, check_range
@@ -67,9 +67,9 @@ HEADS_LAYOUTS = {
 
 @dataclasses.dataclass(frozen=True)
 class HeadsConfig:
-    """Medusa / Hydra heads, MLP-speculator stages or ReDrafter's recurrent head (how
-    many tokens it drafts): how many, the target's width and vocabulary, and the draft
-    vocabulary."""
+    """Medusa / Hydra heads, MLP-speculator stages or ReDrafter's recurrent head: how
+    many (for ReDrafter's one head, how many tokens it drafts), the target's width and
+    vocabulary, and the draft vocabulary."""
     num_heads: int
     hidden_size: int
     vocab_size: int
@@ -153,6 +153,14 @@ class LMHead(nn.Module):
                             (x.shape[-1], self.features), jnp.float32)
         return dot_general(x.astype(kernel.dtype), kernel, (((x.ndim - 1,), (0,)), ((), ())),
                            preferred_element_type=jnp.float32)
+
+
+def normalised_embedding(embedding: jax.Array, tokens: jax.Array) -> jax.Array:
+    """The target's embedding of tokens [...] -> float32 [..., D], RMS-normalised (so a
+    scale like Gemma's sqrt(D) cancels): what the speculator's stages and ReDrafter's
+    GRU read."""
+    e = embed_rows(embedding, tokens).astype(jnp.float32)
+    return e * jax.lax.rsqrt(jnp.mean(e * e, axis=-1, keepdims=True) + 1e-6)
 
 
 def without(params, names: Tuple[str, ...]) -> dict:

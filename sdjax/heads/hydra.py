@@ -32,7 +32,8 @@ from sdjax.protocols import DraftTree
 
 
 def pass_hidden(key, shape, dtype=jnp.float32):
-    """[D * (k + 2), D] kernel that starts as the projection onto h (the first D inputs)."""
+    """A [n * D, D] kernel that starts as the projection onto h, the first D of the
+    inputs (Hydra's [h; path embeddings], ReDrafter's [h; GRU state])."""
     eye = jnp.eye(shape[1], dtype=dtype)
     return jnp.concatenate([eye, jnp.zeros((shape[0] - shape[1], shape[1]), dtype)], axis=0)
 

@@ -23,9 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sdjax.heads.common import HeadsConfig, LMHead, declare_vocab_ids
+from sdjax.heads.common import HeadsConfig, LMHead, declare_vocab_ids, normalised_embedding
 from sdjax.heads.hydra import PathHeadsDrafter, following_tokens
-from sdjax.models.transformer import embed_rows
 
 
 class MLPSpeculatorHeads(nn.Module):
@@ -46,16 +45,12 @@ class MLPSpeculatorHeads(nn.Module):
         return (jnp.zeros((1, self.config.hidden_size)),
                 jnp.zeros((1, self.config.num_heads), jnp.int32))
 
-    def _embedding(self, tokens: jax.Array) -> jax.Array:
-        """The target's embedding of tokens [...] -> [..., D], RMS-normalised."""
-        e = embed_rows(self.embed.embedding, tokens).astype(jnp.float32)
-        return e * jax.lax.rsqrt(jnp.mean(e * e, axis=-1, keepdims=True) + 1e-6)
-
     def _stage(self, k: int, state: jax.Array, token: jax.Array) -> jax.Array:
         """s_{k+1} from s_k [..., D] and the depth-k token [...]."""
         state_weight = 0.5 ** (0.5 / self.config.num_heads)
         emb_weight = math.sqrt(1.0 - state_weight**2)
-        x = self.projections[k](state) + (emb_weight / state_weight) * self._embedding(token)
+        x = self.projections[k](state) + (emb_weight / state_weight) * normalised_embedding(
+            self.embed.embedding, token)
         return nn.gelu(self.norms[k](x))
 
     def head(self, k: int, hidden: jax.Array, path_tokens: jax.Array) -> jax.Array:

@@ -35,9 +35,15 @@ import jax.numpy as jnp
 from sdjax.config import SpecConfig
 from sdjax.drafters.base import one_hot_probs, roots
 from sdjax.drafters.vocab import to_target
-from sdjax.heads.common import HeadsConfig, HeadsDrafter, LMHead, declare_vocab_ids, vocab_ids
+from sdjax.heads.common import (
+    HeadsConfig,
+    HeadsDrafter,
+    LMHead,
+    declare_vocab_ids,
+    normalised_embedding,
+    vocab_ids,
+)
 from sdjax.heads.hydra import following_tokens, pass_hidden
-from sdjax.models.transformer import embed_rows
 from sdjax.protocols import DraftTree
 from sdjax.trees import DynamicShape, from_parents
 from sdjax.validation import check_range
@@ -63,9 +69,7 @@ class ReDrafterHead(nn.Module):
 
     def step(self, state: jax.Array, token: jax.Array) -> jax.Array:
         """s_{j+1} [..., D] from s_j [..., D] and the depth-j token t_j [...]."""
-        e = embed_rows(self.embed.embedding, token).astype(jnp.float32)
-        e = e * jax.lax.rsqrt(jnp.mean(e * e, axis=-1, keepdims=True) + 1e-6)
-        return self.rnn(state, e)[0]
+        return self.rnn(state, normalised_embedding(self.embed.embedding, token))[0]
 
     def logits(self, hidden: jax.Array, state: jax.Array) -> jax.Array:
         """Logits [..., head_size] of the next token from h [..., D] and s [..., D]."""
@@ -108,31 +112,35 @@ class ReDrafter(HeadsDrafter):
 
     @property
     def shape(self) -> DynamicShape:
-        return DynamicShape(1 + self.beam_width * self.length, self.length, self.beam_width)
+        return DynamicShape(1 + self.beam_width * self.length, self.length, self.beam_width,
+                            is_chain=self.beam_width == 1)
 
     def propose(self, draft_params, state, sequence, seq_len, key, cfg: SpecConfig):
         apply = lambda method, *args: ReDrafterHead(self.heads).apply(draft_params, *args,
                                                                       method=method)
-        batch, width = seq_len.shape[0], self.beam_width
-        rows = jnp.arange(batch)[:, None]
-        root = roots(sequence, seq_len)
-        context = jnp.broadcast_to(state.hidden[:, None], (batch, width, state.hidden.shape[-1]))
-        rnn = jnp.zeros(context.shape, jnp.float32)
-        beam_tokens = jnp.broadcast_to(root[:, None], (batch, width))
-        # only the first beam is live at the start, so depth 1 holds distinct tokens
-        scores = jnp.where(jnp.arange(width) == 0, 0.0, -jnp.inf)[None].repeat(batch, 0)
-        tokens, parents = [root[:, None]], [jnp.full((batch, 1), -1, jnp.int32)]
+        ids, width = vocab_ids(draft_params), self.beam_width
+        rows = jnp.arange(seq_len.shape[0])[:, None]
+        root = roots(sequence, seq_len)[:, None]
+        # the beams (at first one, the root): last token, GRU state before it, joint
+        # draft log-probability, and node index
+        beam_tokens, scores, nodes = root, jnp.zeros(root.shape), jnp.zeros_like(root)
+        rnn = jnp.zeros((*root.shape, state.hidden.shape[-1]), jnp.float32)
+        tokens, parents = [root], [jnp.full(root.shape, -1, jnp.int32)]
         for depth in range(self.length):
-            rnn = apply(ReDrafterHead.step, rnn, beam_tokens)
-            log_probs = jax.nn.log_softmax(apply(ReDrafterHead.logits, context, rnn))
-            joint = (scores[..., None] + log_probs).reshape(batch, -1)  # [B, width * K]
+            rnn = apply(ReDrafterHead.step, rnn, beam_tokens)  # [B, beams, D]
+            hidden = jnp.broadcast_to(state.hidden[:, None], rnn.shape)
+            log_probs = jax.nn.log_softmax(apply(ReDrafterHead.logits, hidden, rnn))
+            # each beam's `width` best children, then the best `width` of all of those
+            child_scores, children = jax.lax.top_k(log_probs, width)  # [B, beams, width]
+            joint = (scores[..., None] + child_scores).reshape(rows.shape[0], -1)
             scores, best = jax.lax.top_k(joint, width)
-            beam = best // log_probs.shape[-1]
-            beam_tokens = to_target(vocab_ids(draft_params), best % log_probs.shape[-1])
-            rnn = rnn[rows, beam]
+            beam = best // width
+            beam_tokens = to_target(ids, children.reshape(joint.shape)[rows, best])
+            rnn, parent_nodes = rnn[rows, beam], nodes[rows, beam]
+            nodes = jnp.broadcast_to(1 + depth * width + jnp.arange(width), best.shape)
             tokens.append(beam_tokens)
-            beam_nodes = 1 + (depth - 1) * width  # node index of the previous depth's beam 0
-            parents.append(jnp.zeros_like(beam) if depth == 0 else beam_nodes + beam)
+            parents.append(parent_nodes)
         tokens = jnp.concatenate(tokens, axis=1)
         topology = from_parents(jnp.concatenate(parents, axis=1), self.length, width)
+        topology = topology.replace(is_chain=self.shape.is_chain)
         return DraftTree(tokens, one_hot_probs(tokens, cfg), topology=topology), state

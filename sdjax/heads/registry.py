@@ -50,8 +50,10 @@ BENCH_EAGLE2_ADAPTIVE = dict(BENCH_EAGLE2, depth=5, min_confidence=0.02)
 BENCH_KANGAROO = dict(num_draft=4)
 BENCH_KANGAROO_EARLY_STOP = dict(num_draft=6, min_confidence=0.6)
 
-# ReDrafter: 2 beams (9 nodes with 4 steps, about the size of DEFAULT_TREE).
+# ReDrafter: 2 beams over the 4 steps it is trained for (9 nodes, about the size of
+# DEFAULT_TREE), and over 3 (7 nodes, the depth of 3 Medusa / Hydra heads).
 BENCH_REDRAFTER = dict(beam_width=2)
+BENCH_REDRAFTER_DEPTH3 = dict(beam_width=2, beam_length=3)
 
 # Parameter path regex -> logical axes (see `sdjax.sharding`), for every kind's weights.
 HEAD_AXES = (
@@ -187,7 +189,8 @@ KINDS: Dict[str, HeadKind] = {
     "mlp_speculator": _heads_kind("mlp_speculator", MLPSpeculatorHeads,
                                   _heads_drafter(MLPSpeculator)),
     "redrafter": _heads_kind("redrafter", ReDrafterHead, _redrafter_drafter, {
-        "redrafter": lambda cfg: ReDrafter(cfg, **BENCH_REDRAFTER)}),
+        "redrafter": lambda cfg: ReDrafter(cfg, **BENCH_REDRAFTER),
+        "redrafter_depth3": lambda cfg: ReDrafter(cfg, **BENCH_REDRAFTER_DEPTH3)}),
     "eagle": _eagle_kind("eagle", {
         "eagle": lambda cfg: Eagle(cfg, BENCH_EAGLE_TREE),
         "eagle2": lambda cfg: Eagle2(cfg, **BENCH_EAGLE2),

@@ -1,6 +1,6 @@
-"""ReDrafter: the beam tree against a beam search written out in numpy, the head's
-teacher-forced logits against its step-by-step use, and a draft whose beams leave its
-reduced vocabulary's reach. Greedy equality and the exact law through the loop:
+"""ReDrafter: the beam tree against a beam search written out in numpy (also over a
+reduced draft vocabulary), and the head's teacher-forced logits against its
+step-by-step use. Greedy equality and the exact law through the loop:
 tests/drafters/test_speculative.py."""
 
 import dataclasses
@@ -18,13 +18,19 @@ from tests.drafters.test_speculative import PARAMS, TARGET, noisy
 HEADS = HeadsConfig(num_heads=3, hidden_size=64, vocab_size=320, kind="redrafter")
 HEAD_PARAMS = noisy(init_heads(HEADS, PARAMS, jax.random.PRNGKey(50)), 50, 0.5)
 BOUND = bind_shared(HEAD_PARAMS, PARAMS, HEADS.shared_names)
+# a reduced vocabulary of every fifth id: beams are drafted over 64 of the 320
+IDS = np.arange(0, 320, 5)
+REDUCED = dataclasses.replace(HEADS, draft_vocab=64)
+REDUCED_BOUND = bind_shared(noisy(init_heads(REDUCED, PARAMS, jax.random.PRNGKey(51), IDS), 51,
+                                  0.5), PARAMS, REDUCED.shared_names)
 
 
-def numpy_beam_search(hidden, root, width, length):
+def numpy_beam_search(heads, bound, hidden, root, width, length, ids=None):
     """Every hypothesis a beam search keeps, as (tokens, parents) in node order, with
-    the head applied one path at a time."""
-    head = ReDrafterHead(HEADS)
-    apply = lambda method, *args: np.asarray(head.apply(BOUND, *args, method=method))
+    the head applied one path at a time over the whole draft vocabulary."""
+    head = ReDrafterHead(heads)
+    apply = lambda method, *args: np.asarray(head.apply(bound, *args, method=method))
+    target_id = (lambda i: int(ids[i])) if ids is not None else int
     beams = [((int(root),), 0.0, np.zeros(64, np.float32), 0)]  # path, score, state, node
     tokens, parents = [int(root)], [-1]
     for _ in range(length):
@@ -33,8 +39,8 @@ def numpy_beam_search(hidden, root, width, length):
             state = apply(ReDrafterHead.step, state[None], jnp.array([path[-1]]))[0]
             log_probs = np.asarray(jax.nn.log_softmax(apply(ReDrafterHead.logits, hidden[None],
                                                             state[None])[0]))
-            grown += [(path + (t,), score + log_probs[t], state, node)
-                      for t in range(len(log_probs))]
+            grown += [(path + (target_id(i),), score + log_probs[i], state, node)
+                      for i in range(len(log_probs))]
         grown.sort(key=lambda beam: -beam[1])
         beams = []
         for path, score, state, parent in grown[:width]:
@@ -44,24 +50,32 @@ def numpy_beam_search(hidden, root, width, length):
     return np.array(tokens), np.array(parents)
 
 
-@pytest.mark.parametrize("width,length", [(1, 3), (3, 2), (2, 3)])
-def test_the_tree_holds_every_hypothesis_the_beam_search_kept(width, length):
+@pytest.mark.parametrize("width,length,reduced", [(1, 3, False), (3, 2, True), (2, 3, False),
+                                                  (2, 3, True)])
+def test_the_tree_holds_every_hypothesis_the_beam_search_kept(width, length, reduced):
+    heads, bound, ids = (REDUCED, REDUCED_BOUND, IDS) if reduced else (HEADS, BOUND, None)
     hidden = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (2, 64)))
     roots = np.array([5, 77])
-    drafter = ReDrafter(HEADS, beam_width=width, beam_length=length)
+    drafter = ReDrafter(heads, beam_width=width, beam_length=length)
     cfg = sdjax.SpecConfig(model=TARGET, drafter=drafter)
     sequence = jnp.zeros((2, 8), jnp.int32).at[:, 3].set(jnp.asarray(roots))
-    tree, _ = drafter.propose(BOUND, HeadsState(jnp.asarray(hidden)), sequence,
+    tree, _ = drafter.propose(bound, HeadsState(jnp.asarray(hidden)), sequence,
                               jnp.array([4, 4]), jax.random.PRNGKey(0), cfg)
     assert tree.tokens.shape == (2, drafter.shape.num_nodes) == (2, 1 + width * length)
+    assert tree.topology.is_chain == (width == 1)
     for row in range(2):
-        tokens, parents = numpy_beam_search(hidden[row], roots[row], width, length)
+        tokens, parents = numpy_beam_search(heads, bound, hidden[row], roots[row], width,
+                                            length, ids)
         np.testing.assert_array_equal(tree.tokens[row], tokens)
         np.testing.assert_array_equal(tree.topology.parents[row], parents)
-    # distinct paths: no two siblings hold the same token
-    for row in range(2):
-        pairs = set(zip(np.asarray(tree.topology.parents[row]), np.asarray(tree.tokens[row])))
+        # distinct paths: no two siblings hold the same token
+        pairs = set(zip(parents.tolist(), tokens.tolist()))
         assert len(pairs) == drafter.shape.num_nodes
+    if ids is not None:
+        assert np.isin(np.asarray(tree.tokens[:, 1:]), ids).all()
+    if width > 1 and length > 2:  # beams really regroup: some depth-2 node left its beam
+        parents = np.asarray(tree.topology.parents[:, 1 + width:])
+        assert (parents != np.arange(1, 1 + width * (length - 1))).any()
 
 
 def test_teacher_forcing_is_the_recurrence_run_one_step_at_a_time():
@@ -74,18 +88,6 @@ def test_teacher_forcing_is_the_recurrence_run_one_step_at_a_time():
         state = head.apply(BOUND, state, path[:, k], method=ReDrafterHead.step)
         np.testing.assert_allclose(forced[:, k], head.apply(
             BOUND, hidden, state, method=ReDrafterHead.logits), rtol=1e-5, atol=1e-5)
-
-
-def test_reduced_vocabulary_beams_are_target_ids_inside_it():
-    ids = np.arange(0, 320, 5)
-    reduced = dataclasses.replace(HEADS, draft_vocab=64)
-    params = noisy(init_heads(reduced, PARAMS, jax.random.PRNGKey(51), ids), 51, 0.5)
-    drafter = ReDrafter(reduced, beam_width=3)
-    cfg = sdjax.SpecConfig(model=TARGET, drafter=drafter)
-    tree, _ = drafter.propose(bind_shared(params, PARAMS, reduced.shared_names),
-                              HeadsState(jnp.ones((1, 64))), jnp.full((1, 4), 7),
-                              jnp.array([4]), jax.random.PRNGKey(0), cfg)
-    assert np.isin(np.asarray(tree.tokens[0, 1:]), ids).all()
 
 
 def test_bad_beams_are_refused():
