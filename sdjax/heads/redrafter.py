@@ -142,5 +142,4 @@ class ReDrafter(HeadsDrafter):
             parents.append(parent_nodes)
         tokens = jnp.concatenate(tokens, axis=1)
         topology = from_parents(jnp.concatenate(parents, axis=1), self.length, width)
-        topology = topology.replace(is_chain=self.shape.is_chain)
         return DraftTree(tokens, one_hot_probs(tokens, cfg), topology=topology), state

@@ -65,7 +65,8 @@ def as_topology(tree: Union[TreeShape, Topology], batch: int) -> Topology:
 def from_parents(parents: jax.Array, max_depth: int, width: int) -> Topology:
     """The topology of trees given by parents [B, N] (-1 at the root, parents[i] < i,
     siblings in rank order), whose depth is at most `max_depth` and whose nodes have
-    at most `width` children."""
+    at most `width` children. With width 1 the tree is a chain (each node has one child
+    and comes after its parent), which chain-only rules such as block verification take."""
     batch, nodes = parents.shape
     index = jnp.arange(nodes)
     up = jnp.where(parents < 0, index, parents)  # the root is its own parent
@@ -85,4 +86,4 @@ def from_parents(parents: jax.Array, max_depth: int, width: int) -> Topology:
     children = jax.lax.top_k(jnp.where(is_child, -index, -nodes), width)
     children = jnp.where(children[0] > -nodes, -children[0], -1).astype(jnp.int32)
     return Topology(parents.astype(jnp.int32), depth, paths.astype(jnp.int32), ancestor_mask,
-                    children, rank)
+                    children, rank, is_chain=width == 1)
