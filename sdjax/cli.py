@@ -162,8 +162,9 @@ def _drafter_from_args(args, target: sdjax.LoadedModel):
         return sdjax.drafters.PromptLookup(num_draft=args.prompt_lookup), None
     if args.draft_model:
         from sdjax.drafters import cross_vocab
+        from sdjax.drafters.draft_model import load_draft_model
 
-        draft = sdjax.load_hf(args.draft_model, dtype=args.dtype)
+        draft, draft_params = load_draft_model(args.draft_model, dtype=args.dtype)
         if (draft.tokenizer is not None and target.tokenizer is not None
                 and not cross_vocab.shares_tokenizer(target.tokenizer, draft.tokenizer)):
             if args.stop_head:
@@ -172,13 +173,13 @@ def _drafter_from_args(args, target: sdjax.LoadedModel):
                     cross_vocab.with_token_map(draft.params,
                                                cross_vocab.models_token_map(target, draft)))
         if not args.stop_head:
-            return sdjax.drafters.DraftModel(draft.config, num_draft=args.gamma), draft.params
+            return sdjax.drafters.DraftModel(draft.config, num_draft=args.gamma), draft_params
         from sdjax.drafters.acceptance import load_acceptance_head, with_acceptance_head
 
         head_cfg, head = load_acceptance_head(args.stop_head)
         return (sdjax.drafters.DraftModel(draft.config, num_draft=args.gamma, stop_head=head_cfg,
                                           stop_threshold=threshold),
-                with_acceptance_head(draft.params, head))
+                with_acceptance_head(draft_params, head))
     return None, None
 
 
@@ -579,7 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoints with resume), then export them to OUTPUT/heads.")
     distill = train_kinds.add_parser(
         "distill", help="align a draft model to a frozen target (DistillSpec, Seq-KD)",
-        description="Distil a draft model that shares the target's tokenizer towards the "
+        description="Distil a draft model that shares the target's tokenizer (a checkpoint "
+                    "folder, or copies of some of the target's own layers, optionally over a "
+                    "reduced draft vocabulary) towards the "
                     "target's next-token distributions: forward / reverse KL, Jensen-Shannon "
                     "or total variation, on the corpus, on the target's own generations "
                     "(Seq-KD) and on the draft's own samples (on-policy), with optax and "

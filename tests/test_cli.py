@@ -254,6 +254,30 @@ def test_speculative_flags_give_the_same_greedy_tokens(checkpoint, capsys, flags
         assert spec["tau"] == 4.0  # the target as its own draft: every draft accepted
 
 
+def test_a_draft_folder_with_a_reduced_vocabulary_drafts_over_it(checkpoint, tmp_path, capsys):
+    """`--draft-model` reads a folder's draft_vocab.safetensors (`save_draft_model`): the
+    target as its own draft over the ids its greedy text uses, and over half of them."""
+    import numpy as np
+
+    from sdjax.drafters.draft_model import save_draft_model
+
+    model = sdjax.load_hf(checkpoint)
+    common = ["generate", "--model", checkpoint, "--prompt", "def f(x):\n    return x",
+              "--max-new-tokens", "12", "--eos-token-id", "--json"]
+    assert cli.main(common) == 0
+    plain = json.loads(capsys.readouterr().out)
+    used = np.unique(plain["tokens"][0])
+    taus = []
+    for name, ids in (("all", used), ("half", used[::2])):
+        save_draft_model(str(tmp_path / name), model.config,
+                         {**model.params, "vocab_ids": ids}, model.tokenizer)
+        assert cli.main(common + ["--draft-model", str(tmp_path / name), "--gamma", "3"]) == 0
+        spec = json.loads(capsys.readouterr().out)
+        assert spec["tokens"] == plain["tokens"]
+        taus.append(spec["tau"])
+    assert taus[0] == 4.0 and taus[1] < 4.0
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--exit-layer", "2"], "--exit-layer 2: the model has 1 layers"),
     (["--skip-layers", "3"], "--skip-layers [3]: the model has layers 0..0"),

@@ -28,9 +28,9 @@ def test_sharded_generate_matches_unsharded(hf_checkpoints, arch):
 # model's cache (tree), an ensemble's tuple of them, heads' hidden state, EAGLE's cache,
 # feature buffer and dynamic frontier, REST's datastore, the target's own cache, and
 # Lookahead's window and pool with non-candidate tokens.
-DEFAULT_MESH_DRAFTERS = {"draft_model_tree_2x2", "ensemble_chain_and_tree", "hydra_tree_noisy",
-                         "eagle3_dynamic_adaptive", "rest_tree", "layer_skip_tree_2x2",
-                         "lookahead_context_reduced_vocab"}
+DEFAULT_MESH_DRAFTERS = {"draft_model_tree_2x2", "ensemble_reduced_chain_and_tree",
+                         "hydra_tree_noisy", "eagle3_dynamic_adaptive", "rest_tree",
+                         "layer_skip_tree_2x2", "lookahead_context_reduced_vocab"}
 
 
 @pytest.mark.parametrize("name", [

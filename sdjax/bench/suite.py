@@ -47,6 +47,7 @@ from sdjax.drafters.acceptance import (
     with_acceptance_head,
 )
 from sdjax.drafters.cross_vocab import load_cross_draft
+from sdjax.drafters.draft_model import load_draft_model
 from sdjax.drafters.lookahead import Lookahead
 from sdjax.drafters.rest import rest_for
 from sdjax.drafters.self_draft import SelfDraft
@@ -149,9 +150,13 @@ def methods(draft: Optional[sdjax.LoadedModel], gamma: int, lookup: int,
 
 def load_pair(target: str, draft: Optional[str], heads: Sequence[str] = (),
               dtype: str = "float32"):
-    """(target, draft or None, [(heads config, params), ...]) from their folders."""
-    return (sdjax.load_hf(target, dtype=dtype),
-            sdjax.load_hf(draft, dtype=dtype, load_tokenizer=False) if draft else None,
+    """(target, draft or None, [(heads config, params), ...]) from their folders; the
+    draft's params are its `DraftModel` draft_params (with the ids of its reduced
+    vocabulary when its folder has them, `load_draft_model`)."""
+    if draft:
+        model, draft_params = load_draft_model(draft, dtype=dtype)
+        draft = sdjax.LoadedModel(model.config, draft_params, None)
+    return (sdjax.load_hf(target, dtype=dtype), draft or None,
             [load_heads(folder) for folder in heads])
 
 

@@ -76,8 +76,9 @@ def acceptance_probability(cfg: AcceptanceHeadConfig, head_params, hidden) -> ja
 
 
 def with_acceptance_head(draft_params, head_params) -> dict:
-    """The draft_params of `DraftModel(stop_head=...)`: the draft's and the head's."""
-    return {"params": draft_params["params"], "acceptance_head": head_params}
+    """The draft_params of `DraftModel(stop_head=...)`: the draft's (with any reduced
+    vocabulary) and the head's."""
+    return {**draft_params, "acceptance_head": head_params}
 
 
 def check_head_params(cfg: AcceptanceHeadConfig, head_params) -> None:

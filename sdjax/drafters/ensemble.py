@@ -54,6 +54,9 @@ class Ensemble(Drafter):
         for member, params in zip(self.members, draft_params):
             member.check(cfg, params)
 
+    def bind(self, draft_params, target_params):
+        return tuple(m.bind(p, target_params) for m, p in zip(self.members, draft_params))
+
     def init(self, draft_params, prompt_tokens, prompt_lengths, max_len, features=None):
         return tuple(m.init(p, prompt_tokens, prompt_lengths, max_len, features)
                      for m, p in zip(self.members, draft_params))

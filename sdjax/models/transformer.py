@@ -341,14 +341,16 @@ def head_rows(params, ids: jax.Array) -> jax.Array:
 
 
 def sequence_forward(params, cfg: ModelConfig, tokens: jax.Array,
-                     hidden_layers: Sequence[int] = (), logits: bool = True) -> ModelOutput:
+                     hidden_layers: Sequence[int] = (), logits: bool = True,
+                     head: Optional[jax.Array] = None) -> ModelOutput:
     """The whole-sequence forward of [B, T] tokens from position 0 (training, teachers);
-    without `logits` the LM head is skipped (logits [B, 0, V])."""
+    without `logits` the LM head is skipped (logits [B, 0, V]); with `head` [K, D] the
+    logits are over those rows of it (`head_rows`)."""
     batch, length = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), tokens.shape)
     return Transformer(cfg).apply(params, tokens, positions, KVCache.init(cfg, batch, length),
                                   hidden_layers=hidden_layers,
-                                  logits_from=0 if logits else length)
+                                  logits_from=0 if logits else length, head=head)
 
 
 def init_params(cfg: ModelConfig, key: jax.Array) -> dict:

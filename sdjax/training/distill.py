@@ -19,9 +19,17 @@ fields here:
   actually propose from). The draft samples inside the jitted step from the step's
   PRNG key, so a resumed run is exact.
 
+The draft is a checkpoint folder (`draft`) or, for a target with no smaller sibling
+(Gemma 3 270M), copies of some of the target's own layers (`draft_layers`). With
+`draft_vocab` = K it scores only the K most frequent target tokens of the training
+data (a reduced vocabulary: on Gemma 3 the 262,144-row LM head would be most of a
+small draft's cost), and is trained towards the target's distribution restricted to
+those K and renormalised, the best a draft that is zero elsewhere can do.
+
 The target is frozen and sharded like any `fit` run's `frozen` params. Evaluation on
 fixed held-out windows reports, whatever the divergence trained: `top1` (greedy
-acceptance at depth 1), `accept` (1 - TV at temperature 1) and `fkl`.
+acceptance at depth 1: agreement with the target's own greedy token), `accept`
+(1 - TV at temperature 1, over the draft's vocabulary) and `fkl`.
 """
 
 from __future__ import annotations
@@ -36,9 +44,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdjax.config import ModelConfig
+from sdjax.drafters.draft_model import draft_from_layers, load_draft_model, save_draft_model
+from sdjax.drafters.vocab import frequent_tokens, to_target
+from sdjax.heads.losses import teach
 from sdjax.models.cache import KVCache
-from sdjax.models.hf import load_hf, save_hf
-from sdjax.models.transformer import Transformer, sequence_forward
+from sdjax.models.hf import LoadedModel
+from sdjax.models.transformer import Transformer, head_rows, sequence_forward
 from sdjax.training.loop import (
     MODEL,
     PATH,
@@ -86,7 +97,13 @@ class DistillConfig(LoopConfig):
     target: str = dataclasses.field(metadata=MODEL)
     # the draft model's checkpoint folder (the target's vocabulary); its weights start
     # the run and the distilled draft is exported to `output`/hf in the same format
-    draft: str = dataclasses.field(metadata=PATH)
+    draft: Optional[str] = dataclasses.field(default=None, metadata=PATH)
+    # or: the draft starts as copies of these target layers (ascending), its embedding
+    # and final norm (`draft_from_layers`)
+    draft_layers: Optional[Tuple[int, ...]] = None
+    # K: the draft scores the K most frequent target tokens of the training data only
+    # (None: the draft folder's reduced vocabulary if it has one, else all)
+    draft_vocab: Optional[int] = None
     divergence: str = "fkl"  # a key of DIVERGENCES
     # Fraction of each batch's rows whose continuation the draft samples itself
     # (on-policy data); the others read the corpus, or the generations.
@@ -101,6 +118,11 @@ class DistillConfig(LoopConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if (self.draft is None) == (self.draft_layers is None):
+            raise ValueError("DistillConfig needs one of draft (a checkpoint folder) and "
+                             "draft_layers (the target's layers the draft starts from)")
+        if self.draft_vocab is not None:
+            check_range(self, "draft_vocab", 1)
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"DistillConfig.divergence must be one of {sorted(DIVERGENCES)}, "
                              f"got {self.divergence!r}")
@@ -122,23 +144,27 @@ class DistillConfig(LoopConfig):
 
 
 def sample_continuations(params, cfg: ModelConfig, prompts: jax.Array, new_tokens: int,
-                         key: jax.Array, temperature: float) -> jax.Array:
+                         key: jax.Array, temperature: float, vocab_ids=None) -> jax.Array:
     """[B, P] prompts -> [B, P + new_tokens]: each row continued by the model, one
-    cached forward per token (`lax.scan`); greedy at temperature 0. Jittable."""
+    cached forward per token (`lax.scan`); greedy at temperature 0; over the reduced
+    vocabulary `vocab_ids` [K] when given. Jittable."""
     batch, length = prompts.shape
     model = Transformer(cfg)
+    head = None if vocab_ids is None else head_rows(params, vocab_ids)
     positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), prompts.shape)
     out = model.apply(params, prompts, positions,
-                      KVCache.init(cfg, batch, length + new_tokens), logits_from=length - 1)
+                      KVCache.init(cfg, batch, length + new_tokens), logits_from=length - 1,
+                      head=head)
 
     def pick(logits, step_key):
-        return (logits.argmax(-1) if temperature == 0.0 else
-                jax.random.categorical(step_key, logits / temperature)).astype(jnp.int32)
+        index = (logits.argmax(-1) if temperature == 0.0 else
+                 jax.random.categorical(step_key, logits / temperature))
+        return to_target(vocab_ids, index).astype(jnp.int32)
 
     def step(carry, step_key):
         cache, logits = carry
         token = pick(logits, step_key)
-        out = model.apply(params, token[:, None], cache.length[:, None], cache)
+        out = model.apply(params, token[:, None], cache.length[:, None], cache, head=head)
         return (out.cache.commit(1), out.logits[:, -1]), token
 
     keys = jax.random.split(key, new_tokens)
@@ -155,12 +181,16 @@ def on_policy_weights(shape, rows: int, prompt_len: int) -> jax.Array:
     return weights.at[:rows, :prompt_len - 1].set(0.0)
 
 
-def distill_loss(cfg: DistillConfig, draft_cfg: ModelConfig, target_cfg: ModelConfig):
+def distill_loss(cfg: DistillConfig, draft_cfg: ModelConfig, target_cfg: ModelConfig,
+                 vocab_ids=None):
     """loss_fn(draft params, target params, windows [B, T + 1], key) -> (loss, metrics):
     the mean divergence over the positions whose next token is data or the draft's
-    own sample (on-policy rows: only the sampled part)."""
+    own sample (on-policy rows: only the sampled part); with `vocab_ids` [K] between
+    the draft's and the target's distributions over those K tokens (the target's
+    renormalised there; in training only those rows of its LM head are computed)."""
     divergence = DIVERGENCES[cfg.divergence]
     rows = cfg.on_policy_rows
+    ids = None if vocab_ids is None else jnp.asarray(vocab_ids, jnp.int32)
 
     def loss_fn(params, target_params, windows, key):
         inputs = windows[:, :-1]
@@ -168,15 +198,16 @@ def distill_loss(cfg: DistillConfig, draft_cfg: ModelConfig, target_cfg: ModelCo
         if rows and key is not None:  # training only: evaluation reads fixed windows
             sampled = sample_continuations(
                 jax.lax.stop_gradient(params), draft_cfg, inputs[:rows, :cfg.prompt_len],
-                inputs.shape[1] - cfg.prompt_len, key, cfg.sample_temperature)
+                inputs.shape[1] - cfg.prompt_len, key, cfg.sample_temperature, ids)
             inputs = inputs.at[:rows].set(sampled)
             weights = on_policy_weights(inputs.shape, rows, cfg.prompt_len)
-        target_logits = sequence_forward(jax.lax.stop_gradient(target_params), target_cfg,
-                                         inputs).logits
-        log_p = jax.nn.log_softmax(target_logits)
-        log_q = jax.nn.log_softmax(sequence_forward(params, draft_cfg, inputs).logits)
+        teacher = teach(target_params, target_cfg, inputs, ids, training=key is not None)
+        log_p = jax.nn.log_softmax(teacher.logits)
+        head = None if ids is None else head_rows(params, ids)
+        log_q = jax.nn.log_softmax(sequence_forward(params, draft_cfg, inputs,
+                                                    head=head).logits)
         mean = lambda x: jnp.sum(x * weights) / jnp.sum(weights)
-        metrics = {"top1": mean(target_logits.argmax(-1) == log_q.argmax(-1)),
+        metrics = {"top1": mean(teacher.token == to_target(ids, log_q.argmax(-1))),
                    "accept": mean(1.0 - total_variation(log_p, log_q)),
                    "fkl": mean(forward_kl(log_p, log_q))}
         return mean(divergence(log_p, log_q)), metrics
@@ -192,32 +223,52 @@ def check_pair(target_cfg: ModelConfig, draft_cfg: ModelConfig) -> None:
                          "distributions token by token, so they must share a tokenizer")
 
 
-def train_distill(cfg: DistillConfig, target, draft, train_stream: np.ndarray,
-                  val_stream: Optional[np.ndarray] = None, stop_at: Optional[int] = None,
-                  progress: bool = True) -> TrainResult:
-    """Distils `draft` (a LoadedModel, float32) towards the frozen `target`."""
+def train_distill(cfg: DistillConfig, target: LoadedModel, draft: LoadedModel,
+                  train_stream: np.ndarray, val_stream: Optional[np.ndarray] = None,
+                  stop_at: Optional[int] = None, progress: bool = True,
+                  vocab_ids=None) -> TrainResult:
+    """Distils `draft` (float32; over the reduced vocabulary `vocab_ids` when given)
+    towards the frozen `target`."""
     check_pair(target.config, draft.config)
-    loss_fn = distill_loss(cfg, draft.config, target.config)
-    return fit(cfg, draft.params, loss_fn, train_stream, val_stream, frozen=target.params,
-               stop_at=stop_at, progress=progress)
+    loss_fn = distill_loss(cfg, draft.config, target.config, vocab_ids)
+    return fit(cfg, {"params": draft.params["params"]}, loss_fn, train_stream, val_stream,
+               frozen=target.params, stop_at=stop_at, progress=progress)
+
+
+def initial_draft(cfg: DistillConfig, target: LoadedModel, train_stream: np.ndarray):
+    """(the draft before distillation as a LoadedModel, its vocabulary's ids or None):
+    the `draft` folder, or copies of the target's `draft_layers`; `draft_vocab` (the
+    K most frequent training tokens) replaces the folder's own reduced vocabulary."""
+    if cfg.draft_layers is not None:
+        draft_cfg, params = draft_from_layers(target.config, target.params, cfg.draft_layers)
+        draft, ids = LoadedModel(draft_cfg, params, None), None
+    else:
+        model, draft_params = load_draft_model(cfg.draft)
+        draft, ids = model, draft_params.get("vocab_ids")
+    check_pair(target.config, draft.config)
+    if cfg.draft_vocab is not None:
+        ids = frequent_tokens(train_stream, cfg.draft_vocab, target.config.vocab_size)
+    return draft, ids
 
 
 def run_distill(cfg: DistillConfig, stop_at: Optional[int] = None) -> str:
     """Data, distillation (resumable) and export to `output`/hf; returns that path."""
     target, streams = target_and_corpus(cfg.target, cfg.output, cfg.corpus, cfg.generations)
-    draft = load_hf(cfg.draft, load_tokenizer=False)
-    check_pair(target.config, draft.config)
-    before = evaluate(cfg, draft.params, distill_loss(cfg, draft.config, target.config),
+    draft, ids = initial_draft(cfg, target, streams["train"])
+    before = evaluate(cfg, draft.params, distill_loss(cfg, draft.config, target.config, ids),
                       streams["validation"], frozen=target.params)
     print("the draft before distillation: " + ", ".join(f"{k} {v:.4f}" for k, v in
                                                            before.items()))
     result = train_distill(cfg, target, draft, streams["train"], streams["validation"],
-                           stop_at)
+                           stop_at, vocab_ids=ids)
     export = os.path.join(cfg.output, "hf")
     dtype = jnp.dtype(cfg.export_dtype)
-    save_hf(export, draft.config, jax.tree.map(lambda x: np.asarray(x).astype(dtype),
-                                               result.params), target.tokenizer)
-    write_summary(cfg.output, result, export, before=before)
+    params = jax.tree.map(lambda x: np.asarray(x).astype(dtype), result.params)
+    if ids is not None:
+        params = {**params, "vocab_ids": ids}
+    save_draft_model(export, draft.config, params, target.tokenizer)
+    write_summary(cfg.output, result, export, before=before, draft_vocab=None if ids is None
+                  else int(ids.size))
     return export
 
 

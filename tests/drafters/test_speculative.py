@@ -60,6 +60,10 @@ def noisy(params, seed, scale):
                         if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
 
 
+# The draft model over a reduced vocabulary of every fifth id (its own argmax is often
+# outside: test_a_reduced_draft_model_drafts_only_its_own_tokens).
+DRAFT_REDUCED_PARAMS = {**DRAFT_PARAMS, "vocab_ids": np.arange(0, 320, 5)}
+
 HEADS = HeadsConfig(num_heads=3, hidden_size=64, vocab_size=320)
 HEAD_PARAMS = init_heads(HEADS, PARAMS, jax.random.PRNGKey(3))  # each head = the target's
 NOISY_HEADS = noisy(HEAD_PARAMS, 4, 0.3)
@@ -112,6 +116,7 @@ DRAFTERS = {
     "target_copy_g4": (DraftModel(TARGET, num_draft=4), PARAMS),
     "never_agrees_g2": (DraftModel(TARGET, num_draft=2), WRONG),
     "draft_model_tree_2x2": (DraftModel(DRAFT, tree=trees.kary(2, 2)), DRAFT_PARAMS),
+    "draft_model_reduced_vocab_g3": (DraftModel(DRAFT, num_draft=3), DRAFT_REDUCED_PARAMS),
     # SpecDec++ with a random acceptance head
     "draft_model_stop_head_g5": (
         DraftModel(DRAFT, num_draft=5, stop_head=AcceptanceHeadConfig(DRAFT.hidden_size),
@@ -123,8 +128,8 @@ DRAFTERS = {
         lambda x: x + 0.01 * jax.random.normal(jax.random.PRNGKey(7), x.shape), PARAMS)),
     "target_copy_medusa_tree": (DraftModel(TARGET, tree=trees.from_choices(
         [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0)])), PARAMS),
-    "ensemble_chain_and_tree": (Ensemble((DraftModel(DRAFT, 3), DraftModel(
-        TARGET, tree=trees.kary(2, 2)))), (DRAFT_PARAMS, WRONG)),
+    "ensemble_reduced_chain_and_tree": (Ensemble((DraftModel(DRAFT, 3), DraftModel(
+        TARGET, tree=trees.kary(2, 2)))), (DRAFT_REDUCED_PARAMS, WRONG)),
     "ensemble_wide_catch_up": (Ensemble((DraftModel(DRAFT, 5), DraftModel(TARGET, 2))),
                                (DRAFT_PARAMS, PARAMS)),
     "medusa_chain": (Medusa(HEADS, trees.chain(3)), HEAD_PARAMS),
@@ -293,6 +298,41 @@ def test_a_reduced_vocabulary_drafts_only_its_own_tokens(drafter):
     assert np.all(np.asarray(tree.tokens[:, 1:]) % 5 == 0)  # every fifth id only
     out = sdjax.generate(PARAMS, PROMPTS, cfg, draft_params=EAGLE3_REDUCED_PARAMS)
     assert np.any(out.tokens[:, -20:] % 5 != 0)  # the target does pick other tokens
+
+
+def test_a_reduced_draft_model_drafts_only_its_own_tokens():
+    drafter = DraftModel(DRAFT, tree=trees.kary(2, 2))
+    cfg = spec(drafter, max_new_tokens=20)
+    prompts = jnp.asarray([PROMPTS[1]])
+    length = jnp.asarray([prompts.shape[1]])
+    sequence = jnp.pad(prompts, ((0, 0), (0, 8)))
+
+    def first_tree(draft_params):
+        params = drafter.bind(draft_params, PARAMS)
+        state = drafter.init(params, prompts, length, 32)
+        return drafter.propose(params, state, sequence, length, jax.random.PRNGKey(0),
+                               cfg)[0].tokens[0, 1:]
+
+    assert np.any(np.asarray(first_tree(DRAFT_PARAMS)) % 5 != 0)  # it would leave the K
+    reduced = np.asarray(first_tree(DRAFT_REDUCED_PARAMS))
+    assert np.all(reduced % 5 == 0)
+    # Depth 1 is the argmax over the K rows of a from-scratch forward of the prompt.
+    head = sdjax.models.transformer.head_rows(DRAFT_PARAMS, jnp.arange(0, 320, 5))
+    logits = Transformer(DRAFT).apply(DRAFT_PARAMS, prompts, jnp.arange(prompts.shape[1])[None],
+                                      KVCache.init(DRAFT, 1, prompts.shape[1]), head=head).logits
+    assert reduced[0] == 5 * int(logits[0, -1].argmax())
+
+
+@pytest.mark.parametrize("draft_params,message", [
+    ({**DRAFT_PARAMS, "head": DRAFT_PARAMS["params"]}, r"unknown entries \['head'\]"),
+    ({**DRAFT_PARAMS, "vocab_ids": np.arange(0, 640, 10)}, "distinct ascending ids in 0..319"),
+    (with_acceptance_head(DRAFT_PARAMS, init_acceptance_head(
+        AcceptanceHeadConfig(DRAFT.hidden_size), jax.random.PRNGKey(0))), "no stop_head"),
+    ([DRAFT_PARAMS], "must be the draft's variables"),
+], ids=["unknown_entry", "ids_out_of_range", "head_without_stop_head", "not_a_mapping"])
+def test_draft_model_params_are_checked(draft_params, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        sdjax.generate(PARAMS, PROMPTS[0], spec(DraftModel(DRAFT)), draft_params=draft_params)
 
 
 def test_eagle2_keeps_the_most_probable_candidates_as_a_tree():
@@ -538,21 +578,28 @@ def sequence_tv(out, exact):
 
 
 @pytest.mark.parametrize("drafter,draft_params,verifier", [
-    (DraftModel(TINY_DRAFT, num_draft=2), TINY_DRAFT_PARAMS, None),
+    # over {0, 1, 3}: the target's token 2 is never drafted (the full-vocabulary chain
+    # is sampled under block verification below)
+    (DraftModel(TINY_DRAFT, num_draft=2), {**TINY_DRAFT_PARAMS, "vocab_ids": np.array([0, 1, 3])},
+     None),
     (DraftModel(TINY_DRAFT, num_draft=3), TINY_DRAFT_PARAMS, BlockVerification()),
     (DraftModel(TINY_DRAFT, tree=trees.kary(2, 2)), TINY_DRAFT_PARAMS, None),
-    (DraftModel(TINY_DRAFT, num_draft=3, adaptive=True), TINY_DRAFT_PARAMS, None),
+    # adaptive lengths truncate through the stop head's path (DraftTree.limit)
+    pytest.param(DraftModel(TINY_DRAFT, num_draft=3, adaptive=True), TINY_DRAFT_PARAMS, None,
+                 marks=pytest.mark.slow),
     (DraftModel(TINY_DRAFT, num_draft=3, stop_head=TINY_STOP_HEAD, stop_threshold=0.5),
      with_acceptance_head(TINY_DRAFT_PARAMS, TINY_STOP_HEAD_PARAMS), None),
     (Ensemble((DraftModel(TINY_DRAFT, 2), DraftModel(TINY, tree=trees.kary(2, 1)))),
      (TINY_DRAFT_PARAMS, sharpen(TINY_PARAMS, 0.5)), None),
-    (PromptLookup(num_draft=2, max_ngram=2), None, None),
+    # one-hot drafts: the branches' tree in the default run
+    pytest.param(PromptLookup(num_draft=2, max_ngram=2), None, None, marks=pytest.mark.slow),
     (PromptLookup(num_draft=2, max_ngram=1, num_branches=3), None, None),
     (Rest(num_nodes=6, depth=3, max_query=4, min_query=1, num_matches=8), TINY_STORE, None),
     # the row's own text joins REST's trie through the same verify path: slow
     pytest.param(Rest(num_nodes=6, depth=3, max_query=3, num_matches=4, context=2), TINY_STORE,
                  None, marks=pytest.mark.slow),
-    (SelfDraft((0,), tree=trees.kary(2, 2)), None, None),
+    # trees sampled without replacement: the draft model's below runs the same add_children
+    pytest.param(SelfDraft((0,), tree=trees.kary(2, 2)), None, None, marks=pytest.mark.slow),
     (SelfDraft((0,), num_draft=2), {"vocab_ids": np.array([0, 1, 3])}, None),
     # the confidence stop's truncation is shared with (and sampled through) Kangaroo's
     pytest.param(SelfDraft((0,), num_draft=3, min_confidence=0.5), None, None,
@@ -566,9 +613,13 @@ def sequence_tv(out, exact):
     (Lookahead(window=2, ngram=3, candidates=2, num_nodes=4, pool_size=8, from_context=True),
      {"vocab_ids": np.array([0, 1, 3])}, None),
     (Medusa(TINY_HEADS, trees.kary(2, 2)), TINY_HEAD_PARAMS, None),
-    (Hydra(TINY_HYDRA, trees.kary(2, 2)), TINY_HYDRA_PARAMS, None),
+    # Medusa's static-tree heads drafter with Hydra's sequential heads: slow
+    pytest.param(Hydra(TINY_HYDRA, trees.kary(2, 2)), TINY_HYDRA_PARAMS, None,
+                 marks=pytest.mark.slow),
     (MLPSpeculator(TINY_SPECULATOR, trees.kary(2, 2)), TINY_SPECULATOR_PARAMS, None),
-    (ReDrafter(TINY_REDRAFTER, beam_width=2), TINY_REDRAFTER_PARAMS, None),
+    # the reduced-vocabulary beams below run the same search and tree
+    pytest.param(ReDrafter(TINY_REDRAFTER, beam_width=2), TINY_REDRAFTER_PARAMS, None,
+                 marks=pytest.mark.slow),
     # beams over {0, 1, 3}: the target's token 2 is never drafted
     (ReDrafter(TINY_REDRAFTER_REDUCED, beam_width=2), TINY_REDRAFTER_REDUCED_PARAMS, None),
     # the same static-tree drafter is sampled with EAGLE-3's reduced head below
@@ -583,9 +634,9 @@ def sequence_tv(out, exact):
     pytest.param(Eagle2(TINY_EAGLE3_REDUCED, depth=3, top_k=2, num_nodes=6),
                  TINY_EAGLE3_REDUCED_PARAMS, None, marks=pytest.mark.slow),
     (None, None, None),
-], ids=["draft_model_chain", "draft_model_chain_block", "draft_model_tree_without_replacement",
-        "draft_model_adaptive", "draft_model_stop_head", "ensemble", "prompt_lookup",
-        "prompt_lookup_branches", "rest",
+], ids=["draft_model_reduced_vocab_chain", "draft_model_chain_block",
+        "draft_model_tree_without_replacement", "draft_model_adaptive", "draft_model_stop_head",
+        "ensemble", "prompt_lookup", "prompt_lookup_branches", "rest",
         "rest_and_own_text", "self_draft_tree", "self_draft_reduced_vocab",
         "self_draft_confidence_stop", "kangaroo_reduced_vocab_tree_confidence_stop",
         "lookahead", "lookahead_context_reduced_vocab",
@@ -606,7 +657,8 @@ def test_sampled_sequences_follow_the_target(drafter, draft_params, verifier):
         assert out.stats["tau"] > 1.1  # the drafts were really used
 
 
-@pytest.mark.parametrize("top_k,top_p", [(3, 1.0), (0, 0.8)])
+@pytest.mark.parametrize("top_k,top_p", [pytest.param(3, 1.0, marks=pytest.mark.slow),
+                                         (0, 0.8)])  # one warp_logits, top-p by default
 def test_sampled_sequences_follow_the_warped_target(top_k, top_p):
     """top-k / top-p warp target and draft alike; the output follows the warped target."""
     exact = exact_sequence_probs(0.9, top_k, top_p)

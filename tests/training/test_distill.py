@@ -12,6 +12,7 @@ import pytest
 import sdjax
 from sdjax import data, testbed
 from sdjax.drafters import DraftModel
+from sdjax.drafters.draft_model import draft_from_layers, load_draft_model, save_draft_model
 from sdjax.training import distill
 from tests.hf_models import stdlib_source
 
@@ -129,6 +130,9 @@ def test_the_cli_names_every_divergence():
     (dict(on_policy=0.5, prompt_len=128), "prompt_len must be in"),
     (dict(sample_temperature=-1.0), "sample_temperature must be >= 0"),
     (dict(export_dtype="int8"), "export_dtype"),
+    (dict(draft=None), "needs one of draft"),
+    (dict(draft_layers=(0, 1)), "needs one of draft"),
+    (dict(draft_vocab=0), "draft_vocab must be >= 1"),
 ])
 def test_bad_configs_are_refused_by_name(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
@@ -140,3 +144,54 @@ def test_a_draft_with_another_vocabulary_is_refused(pair):
     other = dataclasses.replace(draft.config, vocab_size=draft.config.vocab_size // 2)
     with pytest.raises(ValueError, match="share a tokenizer"):
         distill.check_pair(target.config, other)
+
+
+def test_a_draft_of_all_the_targets_layers_is_the_target(pair):
+    target, _, _, _, prompts = pair
+    layers = range(target.config.num_layers)
+    cfg, params = draft_from_layers(target.config, target.params, layers)
+    assert cfg == target.config
+    tokens, depth = _speculate(target, cfg, params, prompts)
+    np.testing.assert_array_equal(depth, [1.0] * 4)
+    # Sliding-window layers keep their kind; bad layer lists are refused.
+    sliding = target.config.replace(sliding_window=16,
+                                    sliding_layers=(True, False, True, True, False, True))
+    assert draft_from_layers(sliding, target.params, (1, 2, 4))[0].sliding_layers == (
+        False, True, False)
+    for bad in ((), (3, 1), (0, 0), (6,)):
+        with pytest.raises(ValueError, match="distinct ascending layers"):
+            draft_from_layers(target.config, target.params, bad)
+
+
+def test_a_layer_draft_over_a_reduced_vocabulary_distils_and_reloads(pair, tmp_path):
+    """The Gemma 3 recipe on the testbed: two of the target's six layers, scoring the 512
+    most frequent training tokens, distilled half on-policy; greedy stays exact before
+    and after, and the tokens accepted per cycle rise."""
+    target, _, train, val, prompts = pair
+    cfg = _config(tmp_path, draft=None, draft_layers=(0, 5), draft_vocab=512, on_policy=0.5,
+                  divergence="fkl", steps=30, eval_every=30)
+    draft, ids = distill.initial_draft(cfg, target, train)
+    assert draft.config.num_layers == 2 and ids.shape == (512,)
+    loss_fn = distill.distill_loss(cfg, draft.config, target.config, ids)
+    before = distill.evaluate(cfg, draft.params, loss_fn, val, frozen=target.params)
+    result = distill.train_distill(cfg, target, draft, train, val, progress=False,
+                                   vocab_ids=ids)
+    after = result.history[-1]
+    assert after["eval_loss"] < before["eval_loss"]
+    assert after["eval_top1"] > before["eval_top1"] + 0.05
+    sampled = distill.sample_continuations(result.params, draft.config, prompts, 8,
+                                           jax.random.key(1), 1.0, ids)
+    assert np.isin(np.asarray(sampled[:, 32:]), ids).all()  # on-policy rows stay in the K
+    save_draft_model(str(tmp_path / "hf"), draft.config,
+                     {**jax.device_get(result.params), "vocab_ids": ids}, target.tokenizer)
+    model, draft_params = load_draft_model(str(tmp_path / "hf"))
+    np.testing.assert_array_equal(draft_params["vocab_ids"], ids)
+    greedy = sdjax.generate(target.params, prompts,
+                            sdjax.SpecConfig(model=target.config, max_new_tokens=48)).tokens
+    tokens_before, depth_before = _speculate(target, draft.config,
+                                             {**draft.params, "vocab_ids": ids}, prompts)
+    tokens_after, depth_after = _speculate(target, model.config, draft_params, prompts)
+    np.testing.assert_array_equal(tokens_before, greedy)
+    np.testing.assert_array_equal(tokens_after, greedy)
+    # tokens accepted per cycle (the sum over depths); depth 1 starts near 0.6 already
+    assert depth_after.sum() > depth_before.sum() + 0.2, (depth_before, depth_after)
