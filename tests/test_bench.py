@@ -42,16 +42,18 @@ def test_bench_writes_a_well_formed_report(pair, tmp_path, capsys):
     code = main(["bench", "--target", target, "--draft", draft, "--prompts", "1",
                  "--new-tokens", "6", "--repeats", "1", "--categories", "completion",
                  "copy_edit", "--vs-transformers", "--out", str(out), "--methods",
-                 "autoregressive", "prompt_lookup", "draft_chain", "draft_adaptive",
-                 "draft_stop_head", "draft_tree", "cross_vocab", "--stop-head",
+                 "autoregressive", "prompt_lookup", "draft_chain", "draft_stop_head",
+                 "cross_vocab", "--stop-head",
                  str(tmp_path / "head"), "--cross-draft", testbed.path("draft")])
-    # test_bench_runs_rest_from_a_datastore runs the default set (no draft)
+    # test_bench_runs_rest_from_a_datastore runs the default set (no draft); the other
+    # draft-model methods (draft_adaptive, draft_tree) are other drafters through the
+    # same rows and are left out for time
     assert code == 0
     assert sorted(os.listdir(out)) == ["acceptance.png", "results.json", "results.md",
                                        "speedup.png"]
     report = json.loads((out / "results.json").read_text())
-    methods = ["autoregressive", "prompt_lookup", "draft_chain", "draft_adaptive",
-               "draft_stop_head", "draft_tree", "cross_vocab"]
+    methods = ["autoregressive", "prompt_lookup", "draft_chain", "draft_stop_head",
+               "cross_vocab"]
     assert [(r["category"], r["method"]) for r in report["rows"]] == [
         (c, m) for c in ("completion", "copy_edit") for m in methods]
     for row in report["rows"]:
@@ -62,7 +64,7 @@ def test_bench_writes_a_well_formed_report(pair, tmp_path, capsys):
         assert row["speedup"] == pytest.approx(row["tokens_per_second"]
                                                / baseline["tokens_per_second"])
         # tau: at most the deepest draft + 1 (the bench's gamma and lookup are 4)
-        assert 1.0 <= row["tau"] <= {"autoregressive": 1, "draft_adaptive": 7,
+        assert 1.0 <= row["tau"] <= {"autoregressive": 1,
                                      "draft_stop_head": 9}.get(row["method"], 5)
         if row["method"] == "autoregressive":
             assert row["acceptance_by_depth"] == []

@@ -130,13 +130,11 @@ def test_eagle_feature_noise_comes_from_the_step_key(setup, tmp_path):
     assert len({loss(None), loss(jax.random.key(0)), loss(jax.random.key(1))}) == 3
 
 
-# fit()'s resume is the same for every kind: eagle3_reduced runs it by default.
-@pytest.mark.parametrize("kind", [pytest.param("hydra", marks=pytest.mark.slow),
-                                  pytest.param("redrafter", marks=pytest.mark.slow),
-                                  pytest.param("eagle", marks=pytest.mark.slow),
-                                  pytest.param("eagle3", marks=pytest.mark.slow),
-                                  "eagle3_reduced",
-                                  pytest.param("kangaroo_reduced", marks=pytest.mark.slow)])
+# fit()'s resume is the same for every kind and runs by default in tests/training/
+# test_lm.py; every kind's here is slow.
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["hydra", "redrafter", "eagle", "eagle3", "eagle3_reduced",
+                                  "kangaroo_reduced"])
 def test_resume_reproduces_the_uninterrupted_run(setup, tmp_path, kind):
     target, train, val = setup
     _, whole = heads_training.train_heads(_config(tmp_path / "whole", kind=kind), target,
