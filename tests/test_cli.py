@@ -225,13 +225,18 @@ def test_demo_rejects_unknown_methods(capsys):
     assert "unknown methods ['eagle9']" in capsys.readouterr().err
 
 
-def test_help_of_every_command():
+def test_help_of_every_command(capsys):
+    """`python -m sdjax.cli --help` in a process of its own; every command's in this one."""
+    result = subprocess.run([sys.executable, "-m", "sdjax.cli", "--help"],
+                            capture_output=True, text=True, check=True)
+    assert "usage: sdjax" in result.stdout
     for command in (["generate"], ["demo"], ["bench"], ["convert"], ["train", "lm"],
                     ["train", "heads"], ["train", "generations"], ["train", "distill"],
                     ["train", "acceptance"], ["datastore", "build"]):
-        result = subprocess.run([sys.executable, "-m", "sdjax.cli", *command, "--help"],
-                                capture_output=True, text=True, check=True)
-        assert "usage: sdjax" in result.stdout
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([*command, "--help"])
+        assert exit_info.value.code == 0
+        assert f"usage: sdjax {' '.join(command)}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("flags", [["--prompt-lookup", "4"],

@@ -186,8 +186,13 @@ VERIFIERS = {"rejection": RejectionSampling(), "block": BlockVerification(),
              "typical": TypicalAcceptance()}
 # Every verifier is the same greedy rule at temperature 0: the others are marked slow,
 # as are drafters whose chains tests/drafters/test_kangaroo.py (test_specdec_pp.py) runs
-# through the loop.
-SLOW_GREEDY = {"kangaroo_g3", "draft_model_stop_head_g5"}
+# through the loop, and variants whose drafter another default entry runs with the same
+# kind of tree (a chain beside its reduced-vocabulary chain, one prompt-lookup n-gram
+# size beside another, the perfect adaptive draft beside the perturbed one).
+SLOW_GREEDY = {"kangaroo_g3", "draft_model_stop_head_g5", "never_agrees_g2",
+               "target_copy_adaptive_g6", "target_copy_medusa_tree", "prompt_lookup_1gram",
+               "rest_wide_few_matches", "early_exit_g3", "eagle_chain",
+               "eagle3_reduced_vocab_dynamic", "medusa_chain", "mlp_speculator_chain"}
 COMBINATIONS = [pytest.param(d, v, marks=[] if v == "rejection" and d not in SLOW_GREEDY
                              else pytest.mark.slow)
                 for d in sorted(DRAFTERS) for v in sorted(VERIFIERS)
@@ -391,7 +396,8 @@ def test_prompt_lookup_accepts_when_the_target_repeats_itself():
     assert out.stats["tau"] > 1.5
 
 
-@pytest.mark.parametrize("eos_at", range(0, 7))
+@pytest.mark.parametrize("eos_at", [  # the first, a middle and the last draft by default
+    pytest.param(i, marks=[] if i in (0, 2, 5) else pytest.mark.slow) for i in range(7)])
 def test_eos_inside_an_accepted_draft_stops_exactly(eos_at):
     cfg = spec(DraftModel(TARGET, num_draft=6), max_new_tokens=30)
     free = sdjax.generate(PARAMS, PROMPTS[1], cfg, draft_params=PARAMS).tokens[0]
@@ -404,7 +410,8 @@ def test_eos_inside_an_accepted_draft_stops_exactly(eos_at):
     assert (stopped.tokens[0, end:] == -1).all()
 
 
-@pytest.mark.parametrize("max_new", [2, 4, 7, 11])
+@pytest.mark.parametrize("max_new", [2, pytest.param(4, marks=pytest.mark.slow), 7,
+                                     pytest.param(11, marks=pytest.mark.slow)])
 def test_max_new_tokens_reached_mid_draft(max_new):
     plain = sdjax.generate(PARAMS, PROMPTS, spec(max_new_tokens=max_new))
     out = sdjax.generate(PARAMS, PROMPTS, spec(DraftModel(TARGET, 4), max_new_tokens=max_new),
