@@ -64,8 +64,8 @@ def test_bench_writes_a_well_formed_report(pair, tmp_path, capsys):
         assert row["speedup"] == pytest.approx(row["tokens_per_second"]
                                                / baseline["tokens_per_second"])
         # tau: at most the deepest draft + 1 (the bench's gamma and lookup are 4)
-        assert 1.0 <= row["tau"] <= {"autoregressive": 1,
-                                     "draft_stop_head": 9}.get(row["method"], 5)
+        assert 1.0 <= row["tau"] <= {"autoregressive": 1, "draft_stop_head": 9}.get(
+            row["method"], 5)
         if row["method"] == "autoregressive":
             assert row["acceptance_by_depth"] == []
             assert row["predicted_speedup"] == 1.0 and row["draft_ms"] == 0.0

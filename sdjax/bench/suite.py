@@ -154,8 +154,8 @@ def load_pair(target: str, draft: Optional[str], heads: Sequence[str] = (),
     draft's params are its `DraftModel` draft_params (with the ids of its reduced
     vocabulary when its folder has them, `load_draft_model`)."""
     if draft:
-        model, draft_params = load_draft_model(draft, dtype=dtype)
-        draft = sdjax.LoadedModel(model.config, draft_params, None)
+        model, draft_params = load_draft_model(draft, dtype=dtype, load_tokenizer=False)
+        draft = model._replace(params=draft_params)
     return (sdjax.load_hf(target, dtype=dtype), draft or None,
             [load_heads(folder) for folder in heads])
 

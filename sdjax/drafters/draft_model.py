@@ -43,9 +43,9 @@ from sdjax.drafters.acceptance import (
     check_head_params,
 )
 from sdjax.drafters.levels import draft_levels
-from sdjax.drafters.vocab import check_ids
+from sdjax.drafters.vocab import bind_head, check_ids
 from sdjax.models.cache import KVCache
-from sdjax.models.transformer import Transformer, check_params, head_rows
+from sdjax.models.transformer import Transformer, check_params
 from sdjax.protocols import Drafter, DraftTree
 from sdjax.trees import TreeShape, chain
 from sdjax.validation import check_range
@@ -158,9 +158,7 @@ class DraftModel(Drafter):
         generate, not once per draft step."""
         if "vocab_ids" not in draft_params:
             return draft_params
-        ids = jnp.asarray(draft_params["vocab_ids"], jnp.int32)
-        return {**draft_params, "vocab_ids": ids,
-                "head": head_rows(self._weights(draft_params), ids)}
+        return {**draft_params, **bind_head(draft_params, self._weights(draft_params))}
 
     def init(self, draft_params, prompt_tokens, prompt_lengths, max_len, features=None):
         """State: the draft's KV cache and each row's current draft length."""
@@ -219,12 +217,12 @@ def save_draft_model(path: str, cfg: ModelConfig, draft_params, tokenizer=None) 
         os.remove(vocab_file)
 
 
-def load_draft_model(path: str, dtype: str = "float32"):
+def load_draft_model(path: str, dtype: str = "float32", load_tokenizer: bool = True):
     """(LoadedModel, DraftModel's draft_params) of a folder `save_draft_model` (or any
     `save_hf`) wrote: with "vocab_ids" when it holds a reduced vocabulary."""
     from sdjax.models.hf import load_hf, read_safetensors_file
 
-    model = load_hf(path, dtype=dtype)
+    model = load_hf(path, dtype=dtype, load_tokenizer=load_tokenizer)
     vocab_file = os.path.join(path, DRAFT_VOCAB_FILE)
     if not os.path.exists(vocab_file):
         return model, model.params

@@ -67,7 +67,8 @@ def check_head_params(owner: str, draft_params, vocab_size: int) -> None:
 
 def bind_head(draft_params, target_params) -> dict:
     """{"vocab_ids", "head"}: None for the whole LM head, or the reduced vocabulary's
-    ids and the head's rows for them (gathered once per generate, before the loop)."""
+    ids and the rows for them of `target_params`' LM head (the target's, or a draft
+    model's own), gathered once per generate, before the loop."""
     if draft_params is None:
         return {"vocab_ids": None, "head": None}
     ids = jnp.asarray(draft_params["vocab_ids"], jnp.int32)

@@ -243,7 +243,7 @@ def initial_draft(cfg: DistillConfig, target: LoadedModel, train_stream: np.ndar
         draft_cfg, params = draft_from_layers(target.config, target.params, cfg.draft_layers)
         draft, ids = LoadedModel(draft_cfg, params, None), None
     else:
-        model, draft_params = load_draft_model(cfg.draft)
+        model, draft_params = load_draft_model(cfg.draft, load_tokenizer=False)
         draft, ids = model, draft_params.get("vocab_ids")
     check_pair(target.config, draft.config)
     if cfg.draft_vocab is not None:
