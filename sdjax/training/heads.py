@@ -21,7 +21,7 @@ import numpy as np
 
 from sdjax.config import ModelConfig
 from sdjax.drafters.vocab import frequent_tokens
-from sdjax.heads import KINDS, head_kind, save_heads
+from sdjax.heads import KINDS, head_kind, load_heads, save_heads
 from sdjax.training.loop import (
     MODEL,
     PATH,
@@ -46,6 +46,10 @@ class HeadsTrainConfig(LoopConfig):
     # Train on the target's own generations (a folder from `sdjax train generations`)
     # instead of the corpus; validation stays the corpus.
     generations: Optional[str] = dataclasses.field(default=None, metadata=PATH)
+    # Start from trained heads (a folder written by `save_heads`, e.g. a shipped draft)
+    # instead of fresh ones; their config must be the one this run trains, and a
+    # reduced vocabulary keeps their ids. A run with checkpoints resumes from those.
+    init_from: Optional[str] = dataclasses.field(default=None, metadata=PATH)
     # EAGLE only:
     ttt_steps: int = 3  # unrolled draft steps (EAGLE-3's training-time test; eval depths)
     feature_layers: Optional[Tuple[int, ...]] = None  # eagle3 (None: low / mid / high)
@@ -94,13 +98,31 @@ def train_heads(cfg: HeadsTrainConfig, target, train_stream: np.ndarray,
     """(HeadsConfig or EagleConfig, TrainResult) for heads on `target` (a LoadedModel)."""
     kind = head_kind(cfg.kind)
     heads_cfg = kind.new_config(target.config, cfg)
-    ids = None if not cfg.draft_vocab else frequent_tokens(
-        train_stream, cfg.draft_vocab, target.config.vocab_size)
-    params = kind.init(heads_cfg, target.params, jax.random.PRNGKey(cfg.seed), ids)
+    if cfg.init_from:
+        params = trained_start(cfg.init_from, heads_cfg, target.params)
+    else:
+        ids = None if not cfg.draft_vocab else frequent_tokens(
+            train_stream, cfg.draft_vocab, target.config.vocab_size)
+        params = kind.init(heads_cfg, target.params, jax.random.PRNGKey(cfg.seed), ids)
     loss_fn = make_loss(cfg, target.config, heads_cfg)
     result = fit(cfg, params, loss_fn, train_stream, val_stream, frozen=target.params,
                  stop_at=stop_at, progress=progress)
     return heads_cfg, result
+
+
+def trained_start(path: str, heads_cfg, target_params) -> dict:
+    """The params of the heads folder `path` as a run's start: refused unless they are
+    heads of `heads_cfg` (kind, sizes, vocabulary); shipped bfloat16 weights are widened
+    to the dtypes fresh heads train in."""
+    saved_cfg, saved = load_heads(path)
+    if saved_cfg != heads_cfg:
+        differ = [f.name for f in dataclasses.fields(heads_cfg)
+                  if getattr(saved_cfg, f.name, None) != getattr(heads_cfg, f.name)]
+        raise ValueError(f"init_from {path!r}: its heads differ from this run's in "
+                         f"{differ or ['kind']}")
+    fresh = jax.eval_shape(lambda: head_kind(heads_cfg.kind).init(
+        heads_cfg, target_params, jax.random.PRNGKey(0), saved["params"].get("vocab_ids")))
+    return jax.tree.map(lambda like, value: np.asarray(value, like.dtype), fresh, saved)
 
 
 def run_heads(cfg: HeadsTrainConfig, stop_at: Optional[int] = None) -> str:

@@ -225,6 +225,29 @@ def test_a_reduced_vocabulary_holds_the_most_frequent_training_tokens(setup, tmp
         _config(tmp_path, kind="kangaroo", exit_layer=1, distill=False)
 
 
+def test_a_run_can_start_from_shipped_heads(setup, tmp_path):
+    """init_from: a run starts from a heads folder (bfloat16 as shipped, widened back), its
+    reduced vocabulary kept; heads of another shape are refused by field."""
+    target, train, val = setup
+    cfg = _config(tmp_path / "first", kind="hydra_reduced", steps=3)
+    heads_cfg, first = heads_training.train_heads(cfg, target, train, val, progress=False)
+    save_heads(str(tmp_path / "shipped"), heads_cfg, first.params, dtype="bfloat16")
+    _, shipped = load_heads(str(tmp_path / "shipped"))
+    # One step at warmup's learning rate 0 leaves the start as it was.
+    _, second = heads_training.train_heads(
+        _config(tmp_path / "second", kind="hydra_reduced", steps=1, warmup_steps=10,
+                init_from=str(tmp_path / "shipped")), target, train, val, progress=False)
+    widened = jax.tree.map(lambda x: x if x.dtype.kind == "i" else np.float32(x), shipped)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(second.params), widened)
+    assert second.params["params"]["lm_head"]["kernel"].dtype == np.float32
+    np.testing.assert_array_equal(second.params["params"]["vocab_ids"],
+                                  first.params["params"]["vocab_ids"])
+    with pytest.raises(ValueError, match=r"differ from this run's in \['num_heads'\]"):
+        heads_training.train_heads(
+            _config(tmp_path / "third", kind="hydra_reduced", num_heads=2,
+                    init_from=str(tmp_path / "shipped")), target, train, val, progress=False)
+
+
 def test_heads_files_are_checked(tmp_path):
     with pytest.raises(FileNotFoundError, match="heads_config.json"):
         load_heads(str(tmp_path))
