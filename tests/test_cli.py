@@ -438,8 +438,8 @@ def _train_heads_then_generate(tmp_path, capsys, name, **config):
 
 def test_train_distill_then_acceptance_then_generate_with_the_stop_head(tmp_path, capsys):
     """`sdjax train generations` and `sdjax train distill` on them (Seq-KD) for the testbed
-    pair, `sdjax train acceptance` for the distilled draft, then `generate --draft-model
-    --stop-head`: plain greedy tokens. The runs' corpus caches are seeded with one module
+    pair, `sdjax train acceptance` for the distilled draft, `sdjax train heads` for the
+    target, then `generate --draft-model --stop-head`: plain greedy tokens. The runs' corpus caches are seeded with one module
     (the commands reuse them)."""
     import numpy as np
 
@@ -454,7 +454,7 @@ def test_train_distill_then_acceptance_then_generate_with_the_stop_head(tmp_path
     runs = {"distill": dict(draft=testbed.path("draft"), on_policy=0.5,
                             generations=str(tmp_path / "generations")),  # Seq-KD
             "acceptance": dict(draft=str(tmp_path / "distill" / "hf"))}
-    for name in ("generations", *runs):
+    for name in ("generations", "heads", *runs):
         (tmp_path / name / "data").mkdir(parents=True)
         for split in ("train", "validation"):
             np.save(tmp_path / name / "data" / f"stdlib-{split}.npy", stream)
@@ -469,6 +469,14 @@ def test_train_distill_then_acceptance_then_generate_with_the_stop_head(tmp_path
     assert "the draft before distillation: eval_loss" in capsys.readouterr().out
     assert cli.main(["train", "acceptance", "--config", str(tmp_path / "acceptance.yaml")]) == 0
     capsys.readouterr()
+    # Heads training logs and records its start beside its end.
+    heads = {k: v for k, v in common.items() if k != "prompt_len"}
+    (tmp_path / "heads.yaml").write_text(yaml.safe_dump(
+        dict(heads, output=str(tmp_path / "heads"), kind="medusa", num_heads=2)))
+    assert cli.main(["train", "heads", "--config", str(tmp_path / "heads.yaml")]) == 0
+    assert "the heads before training: eval_loss" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "heads" / "summary.json").read_text())
+    assert summary["before"]["eval_top1_head0"] >= 0 and summary["eval_loss"] > 0
     common = ["generate", "--model", target, "--prompt", "def f(x):\n    return",
               "--max-new-tokens", "16", "--json"]
     assert cli.main(common) == 0

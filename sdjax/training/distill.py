@@ -58,6 +58,7 @@ from sdjax.training.loop import (
     evaluate,
     fit,
     load_yaml_config,
+    print_metrics,
     target_and_corpus,
     write_summary,
 )
@@ -257,8 +258,7 @@ def run_distill(cfg: DistillConfig, stop_at: Optional[int] = None) -> str:
     draft, ids = initial_draft(cfg, target, streams["train"])
     before = evaluate(cfg, draft.params, distill_loss(cfg, draft.config, target.config, ids),
                       streams["validation"], frozen=target.params)
-    print("the draft before distillation: " + ", ".join(f"{k} {v:.4f}" for k, v in
-                                                           before.items()))
+    print_metrics("the draft before distillation", before)
     result = train_distill(cfg, target, draft, streams["train"], streams["validation"],
                            stop_at, vocab_ids=ids)
     export = os.path.join(cfg.output, "hf")

@@ -26,8 +26,10 @@ from sdjax.training.loop import (
     MODEL,
     PATH,
     LoopConfig,
+    evaluate,
     fit,
     load_yaml_config,
+    print_metrics,
     target_and_corpus,
     write_summary,
 )
@@ -92,18 +94,24 @@ def make_loss(cfg: HeadsTrainConfig, target_cfg: ModelConfig, heads_cfg):
     return head_kind(cfg.kind).loss(heads_cfg, target_cfg, cfg)
 
 
-def train_heads(cfg: HeadsTrainConfig, target, train_stream: np.ndarray,
-                val_stream: Optional[np.ndarray] = None, stop_at: Optional[int] = None,
-                progress: bool = True):
-    """(HeadsConfig or EagleConfig, TrainResult) for heads on `target` (a LoadedModel)."""
+def initial_heads(cfg: HeadsTrainConfig, target, train_stream: np.ndarray):
+    """(HeadsConfig or EagleConfig, params) a run starts from: the `init_from` folder's
+    heads, or fresh ones (a reduced vocabulary: the K most frequent training tokens)."""
     kind = head_kind(cfg.kind)
     heads_cfg = kind.new_config(target.config, cfg)
     if cfg.init_from:
-        params = trained_start(cfg.init_from, heads_cfg, target.params)
-    else:
-        ids = None if not cfg.draft_vocab else frequent_tokens(
-            train_stream, cfg.draft_vocab, target.config.vocab_size)
-        params = kind.init(heads_cfg, target.params, jax.random.PRNGKey(cfg.seed), ids)
+        return heads_cfg, trained_start(cfg.init_from, heads_cfg, target.params)
+    ids = None if not cfg.draft_vocab else frequent_tokens(
+        train_stream, cfg.draft_vocab, target.config.vocab_size)
+    return heads_cfg, kind.init(heads_cfg, target.params, jax.random.PRNGKey(cfg.seed), ids)
+
+
+def train_heads(cfg: HeadsTrainConfig, target, train_stream: np.ndarray,
+                val_stream: Optional[np.ndarray] = None, stop_at: Optional[int] = None,
+                progress: bool = True, start: Optional[tuple] = None):
+    """(HeadsConfig or EagleConfig, TrainResult) for heads on `target` (a LoadedModel),
+    from `start` (`initial_heads`' pair, when made already)."""
+    heads_cfg, params = start or initial_heads(cfg, target, train_stream)
     loss_fn = make_loss(cfg, target.config, heads_cfg)
     result = fit(cfg, params, loss_fn, train_stream, val_stream, frozen=target.params,
                  stop_at=stop_at, progress=progress)
@@ -128,11 +136,15 @@ def trained_start(path: str, heads_cfg, target_params) -> dict:
 def run_heads(cfg: HeadsTrainConfig, stop_at: Optional[int] = None) -> str:
     """Data, training (resumable) and export to `output`/heads; returns that path."""
     target, streams = target_and_corpus(cfg.target, cfg.output, cfg.corpus, cfg.generations)
-    heads_cfg, result = train_heads(cfg, target, streams["train"], streams["validation"],
-                                    stop_at)
+    heads_cfg, start = initial_heads(cfg, target, streams["train"])
+    before = evaluate(cfg, start, make_loss(cfg, target.config, heads_cfg),
+                      streams["validation"], frozen=target.params)
+    print_metrics("the heads before training", before)
+    _, result = train_heads(cfg, target, streams["train"], streams["validation"], stop_at,
+                            start=(heads_cfg, start))
     export = os.path.join(cfg.output, "heads")
     save_heads(export, heads_cfg, jax.tree.map(np.asarray, result.params))
-    write_summary(cfg.output, result, export)
+    write_summary(cfg.output, result, export, before=before)
     return export
 
 

@@ -231,6 +231,11 @@ def evaluate(cfg: LoopConfig, params, loss_fn: LossFn, val_stream: np.ndarray,
                                                      frozen)
 
 
+def print_metrics(label: str, metrics: Dict[str, float]) -> None:
+    """One line: `label`: name value, ... (e.g. a run's start, before training)."""
+    print(f"{label}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+
 def load_yaml_config(cls, path: str, **overrides):
     """A config dataclass from a YAML file; `overrides` (not None) win. Paths in the
     file (fields marked PATH) are relative to the file's folder, overrides to the
