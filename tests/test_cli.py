@@ -439,8 +439,8 @@ def _train_heads_then_generate(tmp_path, capsys, name, **config):
 def test_train_distill_then_acceptance_then_generate_with_the_stop_head(tmp_path, capsys):
     """`sdjax train generations` and `sdjax train distill` on them (Seq-KD) for the testbed
     pair, `sdjax train acceptance` for the distilled draft, `sdjax train heads` for the
-    target, then `generate --draft-model --stop-head`: plain greedy tokens. The runs' corpus caches are seeded with one module
-    (the commands reuse them)."""
+    target, then `generate --draft-model --stop-head`: plain greedy tokens. The runs' corpus
+    caches are seeded with one module (the commands reuse them)."""
     import numpy as np
 
     from sdjax import data, testbed
