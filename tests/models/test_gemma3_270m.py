@@ -129,17 +129,25 @@ def held_out(gemma):
     return prompts, sdjax.generate(gemma.params, prompts, cfg).tokens
 
 
-@pytest.mark.parametrize("kind", ["eagle3", "kangaroo"])
+# Every draft shipped for Gemma 3 270M: its preset's reduced vocabulary, and the tau it
+# must beat on the two held-out prompts (measured: EAGLE-3, Kangaroo and Hydra above 1.5;
+# Medusa 1.47 and the MLP speculator 1.43 after 200 training steps).
+SHIPPED = {"eagle3": (16384, 1.5), "kangaroo": (16384, 1.5), "hydra": (16384, 1.5),
+           "medusa": (16384, 1.35), "mlp_speculator": (8192, 1.35)}
+
+
+@pytest.mark.parametrize("kind", list(SHIPPED))
 def test_shipped_drafts_reproduce_greedy_on_held_out_prompts(gemma, held_out, kind):
-    assert kind in shipped_drafts("gemma3-270m")
+    assert set(shipped_drafts("gemma3-270m")) == set(SHIPPED)
     heads, draft_params = load_heads(heads_folder(kind, "gemma3-270m"))
-    assert heads.kind == kind and heads.draft_vocab == 16384
+    draft_vocab, min_tau = SHIPPED[kind]
+    assert heads.kind == kind and heads.draft_vocab == draft_vocab
     prompts, greedy = held_out
     cfg = sdjax.SpecConfig(model=gemma.config, max_new_tokens=NEW_TOKENS, eos_token_id=(),
                            drafter=make_drafter(heads))
     out = sdjax.generate(gemma.params, prompts, cfg, draft_params=draft_params)
     np.testing.assert_array_equal(out.tokens, greedy)
-    assert out.stats["tau"] > 1.5
+    assert out.stats["tau"] > min_tau
 
 
 def test_demo_and_generate_on_the_real_model(capsys):
