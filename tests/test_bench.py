@@ -8,6 +8,7 @@ import pytest
 
 import sdjax
 from sdjax import testbed
+from sdjax.bench.common import machine
 from sdjax.cli import main
 from sdjax.drafters.acceptance import (
     AcceptanceHeadConfig,
@@ -77,9 +78,21 @@ def test_bench_writes_a_well_formed_report(pair, tmp_path, capsys):
             assert row["vs_transformers"] > 0
             assert row["transformers_same_as_greedy"] is True
     table = (out / "results.md").read_text().splitlines()
-    assert len(table) == 2 + len(report["rows"])
-    assert "transformers tok/s" in table[0] and "measured / predicted" in table[0]
+    assert table[0] == f"{machine()}, float32 target" == f"{report['machine']}, float32 target"
+    assert len(table) == 4 + len(report["rows"])
+    assert "transformers tok/s" in table[2] and "measured / predicted" in table[2]
     assert "results.json" in capsys.readouterr().out
+
+
+def test_the_machine_line_names_the_cpu_and_the_instructions_it_lacks(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    processor = "model name\t: Some CPU\nflags\t\t: fpu avx avx2 avx512f\n"
+    cpuinfo.write_text(f"processor\t: 0\n{processor}\nprocessor\t: 1\n{processor}")
+    line = machine(str(cpuinfo))
+    assert line.startswith("Some CPU, ")
+    assert " cores, avx2 avx512f (no avx512_bf16, amx_bf16); jax " in line
+    cpuinfo.write_text("model name\t: Old CPU\nflags\t\t: fpu sse2\n")
+    assert "none of avx2 avx512f avx512_bf16 amx_bf16; jax" in machine(str(cpuinfo))
 
 
 def test_bench_rejects_unknown_methods_and_heads_it_lacks(pair, tmp_path, capsys):

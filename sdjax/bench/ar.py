@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 import sdjax
-from sdjax.bench.common import add_model_args, build_checkpoint, torch_generate
+from sdjax.bench.common import add_model_args, build_checkpoint, machine, torch_generate
 from sdjax.bench.cost import forward_ms
 from sdjax.pretrained import NAMES, pretrained_path
 
@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
             n: bool(np.array_equal(t, reference)) for n, t in tokens.items()
             if reference is not None},
         "forward_ms_by_new_tokens": forward,
-        "device": jax.devices()[0].device_kind,
+        "machine": machine(),
     }
     _print(result, best_torch)
     if args.json:
@@ -158,7 +158,7 @@ def _print(result: dict, best_torch: float) -> None:
           f"{result['batch']}, "
           f"prompt {result['prompt_tokens']} tokens, {result['new_tokens']} new tokens, "
           f"median of {result['repeats']}; memory bandwidth "
-          f"{result['bandwidth_gb_per_s']:.1f} GB/s ({result['device']})")
+          f"{result['bandwidth_gb_per_s']:.1f} GB/s\n{result['machine']}")
     print("| implementation | tokens/s | ms/step | vs best transformers | weight-streaming "
           "limit ms | x limit | = transformers f32 |")
     print("|---|---:|---:|---:|---:|---:|---|")

@@ -1,16 +1,44 @@
 """Shared pieces of the benchmark commands: the random-weight test checkpoint, the
-draft-model tree the benchmarks use."""
+draft-model tree the benchmarks use, the machine a report was measured on."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+
+import jax
 
 from sdjax import trees
+
+# The x86 instructions that decide XLA:CPU's speed here: without AVX-512 BF16 (or AMX) a
+# bfloat16 matmul is emulated and runs slower than float32 (Gemma 3 270M, 2026-12-07).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 # A static draft tree for the draft model: two candidates at the first two levels,
 # then the best path goes two levels deeper (8 nodes).
 DRAFT_TREE = trees.from_choices([[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 1, 0],
                                  [0, 0, 0, 0]])
+
+
+def machine(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """One line naming what a benchmark ran on: the CPU, its cores, which of `CPU_FLAGS`
+    it has, and JAX's backend. Figures measured on machines whose lines differ do not
+    compare (the same session's ratios do)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    if os.path.exists(cpuinfo):
+        with open(cpuinfo) as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        model, flags = fields.get("model name", model), set(fields.get("flags", "").split())
+    has = [f for f in CPU_FLAGS if f in flags]
+    lacks = [f for f in CPU_FLAGS if f not in flags]
+    isa = " ".join(has) or "none of " + " ".join(CPU_FLAGS)
+    if has and lacks:
+        isa += " (no " + ", ".join(lacks) + ")"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"{model}, {cores} cores, {isa}; jax {jax.__version__} on "
+            f"{jax.devices()[0].device_kind}")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

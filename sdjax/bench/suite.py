@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 import sdjax
 from sdjax import testbed
-from sdjax.bench.common import DRAFT_TREE
+from sdjax.bench.common import DRAFT_TREE, machine
 from sdjax.bench.cost import forward_ms, propose_ms, verify_ms
 from sdjax.bench.tasks import CATEGORIES, build_tasks
 from sdjax.calibrate import skip_layers
@@ -266,7 +266,7 @@ def run(args) -> dict:
             rows.append(row)
     return {
         "target": _name(args.target), "draft": args.draft and _name(args.draft),
-        "dtype": args.dtype,
+        "dtype": args.dtype, "machine": machine(),
         "new_tokens": args.new_tokens, "prompts_per_category": args.prompts,
         "repeats": args.repeats, "temperature": args.temperature,
         "gamma": args.gamma, "lookup": args.lookup, "rows": rows,
@@ -343,7 +343,7 @@ def _run_transformers(args, prompts, first, exit_layer: Optional[int]):
 
 
 def markdown(report: dict) -> str:
-    """The results table: one row per category and method."""
+    """The results table, one row per category and method, under the machine's line."""
     torch = any("transformers_tokens_per_second" in r for r in report["rows"])
     head = ("| category | method | tok/s | speedup vs AR | predicted | measured / predicted "
             "| tau | acceptance by depth | draft ms | verify ms | compile s | memory MB "
@@ -352,7 +352,7 @@ def markdown(report: dict) -> str:
     if torch:
         head += " transformers tok/s | its speedup | sdjax / transformers |"
         rule += "---:|---:|---:|"
-    lines = [head, rule]
+    lines = [f"{report['machine']}, {report['dtype']} target", "", head, rule]
     for r in report["rows"]:
         depth = " ".join(f"{a:.2f}" for a in r["acceptance_by_depth"]) or "—"
         line = (f"| {r['category']} | {r['method']} | {r['tokens_per_second']:.1f} | "
