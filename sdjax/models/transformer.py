@@ -141,6 +141,34 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
     return out.astype(preferred_element_type or lhs.dtype)
 
 
+# A float32 product of a few rows with a large LM head [V, D] on CPU runs as batched
+# [HEAD_CHUNK, D] x [D, rows] products over chunks of the head's rows (`head_dot`).
+HEAD_CHUNK = 16384
+HEAD_CHUNK_MAX_ROWS = 64
+
+
+def head_dot(hidden: jax.Array, head: jax.Array) -> jax.Array:
+    """hidden [..., D] x head [V, D] (rows: tokens) -> [..., V], as `dot_general`.
+
+    XLA:CPU multiplies a few float32 rows by a large [V, D] head far more slowly than
+    one row, and a speculative verify pays that every cycle: Gemma 3 270M's forward of
+    8 new tokens cost 120 ms against 49 ms for one (AMD EPYC, AVX2, 2026-12-07). As
+    batched [c, D] x [D, rows] products over chunks of c head rows it costs 90 ms
+    (EAGLE-3 decodes 1.12x faster). Single rows (autoregressive steps), long row counts
+    (training), small heads, other dtypes and backends run `dot_general` unchanged.
+    """
+    rows, vocab = math.prod(hidden.shape[:-1]), head.shape[0]
+    if (jax.default_backend() != "cpu" or hidden.dtype != jnp.float32
+            or head.dtype != jnp.float32 or not 2 <= rows <= HEAD_CHUNK_MAX_ROWS
+            or vocab % HEAD_CHUNK or vocab < 2 * HEAD_CHUNK):
+        return dot_general(hidden, head, (((hidden.ndim - 1,), (1,)), ((), ())))
+    chunks = vocab // HEAD_CHUNK
+    flat = jnp.broadcast_to(hidden.reshape(1, rows, -1), (chunks, rows, hidden.shape[-1]))
+    out = jax.lax.dot_general(head.reshape(chunks, HEAD_CHUNK, -1), flat,
+                              (((2,), (2,)), ((0,), (0,))))  # [chunks, HEAD_CHUNK, rows]
+    return out.transpose(2, 0, 1).reshape(*hidden.shape[:-1], vocab)
+
+
 def embed_rows(table: jax.Array, tokens: jax.Array) -> jax.Array:
     """Rows `tokens` [...] of an embedding table [V, D] -> [..., D] in the table's dtype
     (ids clipped into range).
@@ -325,8 +353,7 @@ class Transformer(nn.Module):
         if head is None:
             logits = self.lm_head(hidden)
         else:
-            logits = dot_general(hidden, head.astype(cfg.dtype),
-                                 (((hidden.ndim - 1,), (1,)), ((), ())))
+            logits = head_dot(hidden, head.astype(cfg.dtype))
         return softcap(logits.astype(jnp.float32), cfg.final_logit_softcap)
 
 
