@@ -186,3 +186,22 @@ def test_cost_split_times_every_bundled_method():
                "mlp_speculator", "redrafter", "eagle", "eagle2", "eagle3", "kangaroo"}
     assert methods <= set(report["cycles"])
     assert all(report["cycles"][m]["verify"] > 0 for m in methods)
+
+
+def test_costs_are_timed_in_turns():
+    """Every round calls each timer once, so a slow spell of the machine falls on all
+    the costs alike; each cost is the median of its own calls."""
+    from sdjax.bench.cost import interleaved_medians
+
+    calls = []
+
+    def fake(name, times):
+        def once():
+            calls.append(name)
+            return times[calls.count(name) - 1]
+        return once
+
+    medians = interleaved_medians({"ar": fake("ar", [1.0, 5.0, 3.0]),
+                                   "verify": fake("verify", [2.0, 2.0, 9.0])}, 3)
+    assert calls == ["ar", "verify"] * 3
+    assert medians == {"ar": 3.0, "verify": 2.0}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -33,24 +33,45 @@ from sdjax.heads import bench_drafters, head_kind, load_heads, make_drafter
 from sdjax.models.cache import KVCache
 from sdjax.trees import static_topology
 
+Timer = Callable[[], float]
 
-def _median_ms(fn, args, repeats: int) -> float:
+
+def timer(fn, args) -> Timer:
+    """`fn(*args)` compiled and run once; the result times one more call, in ms."""
     jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
+
+    def once() -> float:
         start = time.perf_counter()
         jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+        return 1e3 * (time.perf_counter() - start)
+
+    return once
 
 
-def forward_ms(model: sdjax.LoadedModel, new_tokens: int, context: int, repeats: int) -> float:
-    """Median ms of one target forward of `new_tokens` over a cache of `context`."""
+def interleaved_medians(timers: Dict[str, Timer], repeats: int) -> Dict[str, float]:
+    """Median ms of each timer over `repeats` rounds that call every timer once in turn:
+    a shared machine's slow spells then fall on all of them alike, and their ratios
+    (the predicted speedups) hold even when the absolute times drift."""
+    samples = {name: [] for name in timers}
+    for _ in range(repeats):
+        for name, once in timers.items():
+            samples[name].append(once())
+    return {name: float(np.median(times)) for name, times in samples.items()}
+
+
+def forward_timer(model: sdjax.LoadedModel, new_tokens: int, context: int) -> Timer:
+    """One target forward of `new_tokens` over a cache of `context`."""
     cache = KVCache.init(model.config, 1, context + new_tokens).replace(
         length=jnp.array([context], jnp.int32))
     fn = jax.jit(lambda p, tokens, c: sdjax.Transformer(model.config).apply(
         p, tokens, context + jnp.arange(new_tokens)[None], c).logits)
-    return _median_ms(fn, (model.params, jnp.zeros((1, new_tokens), jnp.int32), cache), repeats)
+    return timer(fn, (model.params, jnp.zeros((1, new_tokens), jnp.int32), cache))
+
+
+def forward_ms(model: sdjax.LoadedModel, new_tokens: int, context: int, repeats: int) -> float:
+    """Median ms of one target forward of `new_tokens` over a cache of `context`."""
+    return interleaved_medians({"forward": forward_timer(model, new_tokens, context)},
+                               repeats)["forward"]
 
 
 def _first_cycle(target: sdjax.LoadedModel, drafter, draft_params, prompt: np.ndarray,
@@ -74,17 +95,17 @@ def _bench_cfg(target, cfg: Optional[sdjax.SpecConfig]) -> sdjax.SpecConfig:
         max_new_tokens=64)
 
 
-def propose_ms(target: sdjax.LoadedModel, drafter, draft_params, prompt: np.ndarray,
-               repeats: int, cfg: Optional[sdjax.SpecConfig] = None) -> float:
+def propose_timer(target: sdjax.LoadedModel, drafter, draft_params, prompt: np.ndarray,
+                  cfg: Optional[sdjax.SpecConfig] = None) -> Timer:
     """One `propose` of the drafter after a prefill of `prompt` (the root appended),
     under `cfg`'s sampling settings (default: greedy)."""
     cfg = _bench_cfg(target, cfg)
     fn = jax.jit(lambda p, s, seq, n, k, c: drafter.run_propose(p, s, seq, n, k, cfg, c)[0].tokens)
-    return _median_ms(fn, _first_cycle(target, drafter, draft_params, prompt, cfg), repeats)
+    return timer(fn, _first_cycle(target, drafter, draft_params, prompt, cfg))
 
 
-def verify_ms(target: sdjax.LoadedModel, drafter, draft_params, prompt: np.ndarray,
-              repeats: int, cfg: Optional[sdjax.SpecConfig] = None) -> float:
+def verify_timer(target: sdjax.LoadedModel, drafter, draft_params, prompt: np.ndarray,
+                 cfg: Optional[sdjax.SpecConfig] = None) -> Timer:
     """The decode loop's verify forward (`verify_forward`) over the drafter's first
     tree after a prefill of `prompt`: with non-candidates beside the tree (Lookahead's
     window), what a forward of the tree's nodes alone leaves out."""
@@ -95,7 +116,7 @@ def verify_ms(target: sdjax.LoadedModel, drafter, draft_params, prompt: np.ndarr
     model = sdjax.Transformer(target.config)
     fn = jax.jit(lambda p, t, c: verify_forward(model, p, t, topology, c, drafter.feature_layers,
                                                 drafter.num_extra)[1:])
-    return _median_ms(fn, (target.params, tree, cache), repeats)
+    return timer(fn, (target.params, tree, cache))
 
 
 def cycle_split(target, drafters: dict, prompt, new_tokens: int, context: int,
@@ -111,9 +132,11 @@ def cycle_split(target, drafters: dict, prompt, new_tokens: int, context: int,
         best = min(outs, key=lambda o: o.stats["decode_seconds"])
         cycle = 1e3 * best.stats["decode_seconds"] / best.stats["cycles"].sum()
         nodes = 1 if drafter is None else drafter.shape.num_nodes
-        draft = 0.0 if drafter is None else propose_ms(target, drafter, draft_params,
-                                                       np.asarray(prompt), repeats)
-        verify = forward_ms(target, nodes, context, repeats)
+        timers = {"verify": forward_timer(target, nodes, context)}
+        if drafter is not None:
+            timers["draft"] = propose_timer(target, drafter, draft_params, np.asarray(prompt))
+        ms = interleaved_medians(timers, repeats)
+        draft, verify = ms.get("draft", 0.0), ms["verify"]
         report[name] = dict(cycle=cycle, draft=draft, verify=verify,
                             rest=cycle - draft - verify, tau=best.stats["tau"],
                             ms_per_token=cycle / best.stats["tau"])
@@ -148,8 +171,8 @@ def main(argv=None) -> dict:
         if head_kind(kind).module is not None:  # heads that all run at once
             module = head_kind(kind).module(cfg)
             bound = make_drafter(cfg).bind(params, target.params)  # with the target's weights
-            report[kind] = _median_ms(jax.jit(module.apply), (bound, *module.example_inputs()),
-                                      args.repeats)
+            heads_timer = timer(jax.jit(module.apply), (bound, *module.example_inputs()))
+            report[kind] = interleaved_medians({kind: heads_timer}, args.repeats)[kind]
             print(f"{kind}: all {cfg.num_heads} heads at one position {report[kind]:.3f} ms")
         drafters.update({n: (d, params) for n, d in bench_drafters(cfg).items()})
     task = build_tasks(target.tokenizer, 1, categories=["completion"])["completion"][0]

@@ -9,8 +9,8 @@ each prompt's time is the median over rounds. `--vs-transformers` runs the
 matching `transformers` configurations (greedy, assisted generation with the same
 draft, prompt lookup, `assistant_early_exit`) on the same checkpoints and prompts.
 Each row's predicted speedup is tau x (one-token forward) / (forward of the tree's
-nodes + one `propose`), with the costs timed on the category's first prompt
-(`step_costs`).
+nodes + one `propose`), with the costs timed on the category's first prompt in
+turns (`step_costs`), before `transformers` loads.
 
 Writes results.json, results.md, speedup.png and acceptance.png to --out.
 """
@@ -29,7 +29,7 @@ from tqdm import tqdm
 import sdjax
 from sdjax import testbed
 from sdjax.bench.common import DRAFT_TREE, machine
-from sdjax.bench.cost import forward_ms, propose_ms, verify_ms
+from sdjax.bench.cost import forward_timer, interleaved_medians, propose_timer, verify_timer
 from sdjax.bench.tasks import CATEGORIES, build_tasks
 from sdjax.calibrate import skip_layers
 from sdjax.cli import add_stop_head_flags, positive_int, stop_threshold
@@ -224,14 +224,13 @@ def run(args) -> dict:
             for k, (_, _, prompt) in enumerate(prompts):
                 seconds[name][k].append(decode(name, prompt).stats["decode_seconds"])
 
+    costs = {category: step_costs(target, chosen, ts[0].prompt, args.cost_repeats, base)
+             for category, ts in tqdm(tasks.items(), desc="cost split", unit="category")}
     torch_seconds, torch_same = {}, {}
-    if args.vs_transformers:
+    if args.vs_transformers:  # after every sdjax timing: torch's threads stay behind
         early_exit = chosen.get("early_exit", (None,))[0]
         torch_seconds, torch_same = _run_transformers(
             args, prompts, first, early_exit and early_exit.layers[-1] + 1)
-
-    costs = {category: step_costs(target, chosen, ts[0].prompt, args.cost_repeats, base)
-             for category, ts in tqdm(tasks.items(), desc="cost split", unit="category")}
     rows = []
     for category in tasks:
         index = [k for k, (c, _, _) in enumerate(prompts) if c == category]
@@ -278,23 +277,27 @@ def step_costs(target, chosen: dict, prompt, repeats: int, cfg: sdjax.SpecConfig
     """method -> {ar_ms, verify_ms, draft_ms}: one target forward of 1 token and of the
     method's tree size over the prompt's cache (with any non-candidates beside the
     tree: the loop's own `verify_forward`), and one `propose` alone under `cfg`'s
-    sampling settings (median ms).
+    sampling settings; the median ms of calls that take turns (`interleaved_medians`),
+    each size measured once.
     tau x ar / (verify + draft) is the speedup the method would reach if the loop's
     bookkeeping (verification rule, commits, drafter state) cost nothing."""
-    context = len(prompt)
-    forward = {}  # nodes -> ms, measured once per size
-    out = {}
+    prompt, timers, parts = np.asarray(prompt), {}, {}
     for name, (drafter, draft_params) in chosen.items():
         nodes = 1 if drafter is None else drafter.shape.num_nodes
-        for n in {1, nodes} - set(forward):
-            forward[n] = forward_ms(target, n, context, repeats)
-        verify = forward[nodes]
+        for n in (1, nodes):
+            if f"forward {n}" not in timers:
+                timers[f"forward {n}"] = forward_timer(target, n, len(prompt))
+        verify = f"forward {nodes}"
         if drafter is not None and drafter.num_extra:  # the tree and its non-candidates
-            verify = verify_ms(target, drafter, draft_params, np.asarray(prompt), repeats, cfg)
-        draft = 0.0 if drafter is None else propose_ms(target, drafter, draft_params,
-                                                       np.asarray(prompt), repeats, cfg)
-        out[name] = {"ar_ms": forward[1], "verify_ms": verify, "draft_ms": draft}
-    return out
+            verify = f"verify {name}"
+            timers[verify] = verify_timer(target, drafter, draft_params, prompt, cfg)
+        if drafter is not None:
+            timers[f"propose {name}"] = propose_timer(target, drafter, draft_params, prompt, cfg)
+        parts[name] = verify
+    ms = interleaved_medians(timers, repeats)
+    return {name: {"ar_ms": ms["forward 1"], "verify_ms": ms[verify],
+                   "draft_ms": ms.get(f"propose {name}", 0.0)}
+            for name, verify in parts.items()}
 
 
 def _name(folder: str) -> str:
@@ -450,8 +453,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cost-repeats", type=positive_int, default=10,
-                        help="timed calls per cost (target forwards, one draft) for the "
-                             "predicted speedup")
+                        help="rounds of timed calls, each cost (target forwards, one "
+                             "draft) once a round, for the predicted speedup")
     parser.add_argument("--vs-transformers", action="store_true",
                         help="also time the matching transformers configurations")
     parser.add_argument("--out", default="bench_out", help="folder for the report files")
