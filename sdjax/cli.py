@@ -341,11 +341,16 @@ def cmd_convert(args) -> None:
     print(f"converted {args.gguf} to {convert_gguf(args.gguf, args.output)}")
 
 
+def _run_overrides(args) -> dict:
+    """The config overrides every `sdjax train` kind takes (None: the config's own)."""
+    return dict(steps=args.steps, output=args.output, seed=args.seed)
+
+
 def cmd_train_lm(args) -> None:
     """`sdjax train lm`."""
     from sdjax.training.lm import load_config, run_lm
 
-    cfg = load_config(args.config, steps=args.steps, output=args.output)
+    cfg = load_config(args.config, **_run_overrides(args))
     run_lm(cfg, stop_at=args.stop_at)
 
 
@@ -360,7 +365,7 @@ def cmd_train_heads(args) -> None:
     """`sdjax train heads`."""
     from sdjax.training.heads import load_config, run_heads
 
-    cfg = load_config(args.config, steps=args.steps, output=args.output)
+    cfg = load_config(args.config, **_run_overrides(args))
     run_heads(cfg, stop_at=args.stop_at)
 
 
@@ -368,8 +373,8 @@ def cmd_train_distill(args) -> None:
     """`sdjax train distill`."""
     from sdjax.training.distill import load_config, run_distill
 
-    cfg = load_config(args.config, steps=args.steps, output=args.output,
-                      divergence=args.divergence, on_policy=args.on_policy)
+    cfg = load_config(args.config, **_run_overrides(args), divergence=args.divergence,
+                      on_policy=args.on_policy)
     run_distill(cfg, stop_at=args.stop_at)
 
 
@@ -377,7 +382,7 @@ def cmd_train_acceptance(args) -> None:
     """`sdjax train acceptance`."""
     from sdjax.training.acceptance import load_config, run_acceptance
 
-    cfg = load_config(args.config, steps=args.steps, output=args.output)
+    cfg = load_config(args.config, **_run_overrides(args))
     run_acceptance(cfg, stop_at=args.stop_at)
 
 
@@ -605,6 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
         kind.add_argument("--config", required=True, help="YAML training config (configs/train/)")
         kind.add_argument("--steps", type=int, help="override the config's total steps")
         kind.add_argument("--output", help="override the config's run folder")
+        kind.add_argument("--seed", type=int, help="override the config's seed (initial "
+                          "weights and batch order: another seed continues a run on "
+                          "other batches)")
         kind.add_argument("--stop-at", type=int, metavar="STEP",
                           help="checkpoint and stop at this step (run again to resume)")
     heads.set_defaults(func=cmd_train_heads)

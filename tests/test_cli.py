@@ -412,6 +412,11 @@ def test_train_lm_then_heads_commands_run_end_to_end(tmp_path, capsys):
         output=str(tmp_path / "lm"), vocab_size=300, seq_len=32, batch_size=4, steps=2,
         eval_every=2, eval_batches=1, checkpoint_every=2, warmup_steps=1, data_parallel=1)))
     assert cli.main(["train", "lm", "--config", str(lm_config)]) == 0
+    # Resuming under another seed would be another run: one line, status 2.
+    capsys.readouterr()
+    assert cli.main(["train", "lm", "--config", str(lm_config), "--steps", "3",
+                     "--seed", "5"]) == 2
+    assert "other settings (seed: 0 -> 5)" in capsys.readouterr().err
     _train_heads_then_generate(tmp_path, capsys, "heads", kind="hydra", num_heads=2,
                                seq_len=32, batch_size=4)
     assert cli.main(["train", "generations", "--target", str(tmp_path / "lm" / "hf"),

@@ -8,8 +8,9 @@ their digests and that orbax restores; a damaged newer step (truncated, corrupte
 a file missing) is skipped with a `CheckpointWarning` that names it, and when no
 step is intact `CheckpointError` says which folder to remove. Skipped steps are
 deleted, so the run writes them again. `output/run.json` records the parameters' shapes
-at the first save, so a folder reused for a different model is refused before anything
-is restored.
+and the run's settings (the config fields that decide its trajectory: seed, batch
+shape, learning rate, ...), so a folder reused for a different model, or a resume under
+other settings, is refused before anything is restored.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def _shapes(tree) -> Dict[str, list]:
             for path, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def _differences(recorded: dict, current: dict) -> list:
+    """The keys whose values differ between two flat records."""
+    return sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+
+
 def _read_json(path: str) -> Optional[dict]:
     try:
         with open(path) as f:
@@ -78,21 +84,29 @@ class RunCheckpoints:
     """The checkpoints of one run folder (every process opens it; process 0 writes
     the bookkeeping files)."""
 
-    def __init__(self, output: str, params):
+    def __init__(self, output: str, params, settings: Optional[dict] = None):
         self.output = output
         self.folder = os.path.abspath(os.path.join(output, "checkpoints"))
-        self.shapes = _shapes(params)
+        self.shapes, self.settings = _shapes(params), settings
         self.manager = ocp.CheckpointManager(
             self.folder, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
         recorded = _read_json(os.path.join(output, RUN))
-        if self.manager.all_steps() and recorded is not None and \
-                recorded.get("params") != self.shapes:
-            theirs = recorded.get("params", {})
-            differ = sorted(k for k in set(self.shapes) | set(theirs)
-                            if self.shapes.get(k) != theirs.get(k))
+        if not self.manager.all_steps() or recorded is None:
+            return
+        differ = _differences(recorded.get("params", {}), self.shapes)
+        if differ:
             raise CheckpointError(
                 f"{output} holds a run of a different model (parameters {differ[:3]} "
                 f"differ); give another output folder or remove it")
+        theirs = recorded.get("settings")
+        differ = [] if settings is None or theirs is None else _differences(theirs, settings)
+        if differ:
+            changes = ", ".join(f"{k}: {theirs.get(k)!r} -> {settings.get(k)!r}"
+                                for k in differ[:3])
+            raise CheckpointError(
+                f"{output} holds a run with other settings ({changes}); a resumed run "
+                f"must be the uninterrupted one: resume it with its own settings or give "
+                f"another output folder")
 
     def _digests(self) -> dict:
         """The recorded digests of the steps that still exist."""
@@ -156,14 +170,15 @@ class RunCheckpoints:
         self.manager.reload()
 
     def save(self, step: int, state) -> None:
-        """Saves `state` as `step`, waits for it, and records its files' digests (and,
-        at the first save, the parameters' shapes)."""
+        """Saves `state` as `step`, waits for it, and records its files' digests, the
+        parameters' shapes and the run's settings."""
         if not self.manager.save(step, args=ocp.args.StandardSave(state)):
             raise CheckpointError(f"orbax declined to save step {step} in {self.folder} "
                                   f"(it has steps {self.manager.all_steps()})")
         self.manager.wait_until_finished()
         if jax.process_index() == 0:
-            _write_json(os.path.join(self.output, RUN), {"params": self.shapes})
+            _write_json(os.path.join(self.output, RUN),
+                        {"params": self.shapes, "settings": self.settings})
             digests = self._digests()
             digests[str(step)] = _file_digests(os.path.join(self.folder, str(step)))
             self._write_digests(digests)

@@ -145,6 +145,20 @@ def _train_step(loss_fn: LossFn, tx: optax.GradientTransformation, seed: int):
     return jax.jit(step, donate_argnums=0)
 
 
+# Fields a resumed run may change: how far it goes and how often it reports. Paths are
+# not compared (a run folder may move between machines).
+RESUMABLE_CHANGES = frozenset({"steps", "eval_every", "eval_batches", "checkpoint_every"})
+
+
+def run_settings(cfg: LoopConfig) -> dict:
+    """The fields of `cfg` that decide a run's trajectory (as JSON values): recorded with
+    its checkpoints, so that resuming under others (another seed, learning rate, batch
+    shape) is refused instead of silently training a different run."""
+    return json.loads(json.dumps(
+        {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+         if f.name not in RESUMABLE_CHANGES and not f.metadata.get("path")}, default=str))
+
+
 def fit(cfg: LoopConfig, params, loss_fn: LossFn, train_stream: np.ndarray,
         val_stream: Optional[np.ndarray] = None, frozen=None, stop_at: Optional[int] = None,
         progress: bool = True) -> TrainResult:
@@ -165,7 +179,7 @@ def fit(cfg: LoopConfig, params, loss_fn: LossFn, train_stream: np.ndarray,
     frozen = None if frozen is None else sharding.shard_params(frozen, mesh)
     state = {"params": params, "opt_state": jax.jit(tx.init)(trainable(params)),
              "step": jnp.zeros((), jnp.int32)}
-    checkpoints = RunCheckpoints(cfg.output, params)
+    checkpoints = RunCheckpoints(cfg.output, params, run_settings(cfg))
     try:
         state = checkpoints.restore(state) or state
         start = int(state["step"])

@@ -63,6 +63,22 @@ def test_resume_reproduces_the_uninterrupted_run(corpus, tmp_path):
     assert resumed.history[-1]["eval_loss"] == whole.history[-1]["eval_loss"]
 
 
+def test_a_resume_under_other_settings_is_refused(corpus, tmp_path):
+    """Another seed or learning rate would silently train another run; more steps or
+    another reporting cadence are a resume."""
+    from sdjax.training.checkpoints import CheckpointError
+
+    tokenizer, train, val = corpus
+    model = _model(tokenizer)
+    lm.train_lm(_config(tmp_path), model, train, val, stop_at=3, progress=False)
+    for changes, said in (({"seed": 1}, "seed: 0 -> 1"),
+                          ({"learning_rate": 2e-2}, "learning_rate: 0.01 -> 0.02")):
+        with pytest.raises(CheckpointError, match=f"other settings \\({said}\\)"):
+            lm.train_lm(_config(tmp_path, **changes), model, train, val, progress=False)
+    longer = _config(tmp_path, steps=9, eval_every=9, checkpoint_every=9)
+    assert lm.train_lm(longer, model, train, val, progress=False).step == 9
+
+
 def _damage(step_dir, kind: str) -> None:
     """Damages one orbax checkpoint the way a crash or a bad disk would."""
     data_files = [os.path.join(root, f) for root, _, files in os.walk(step_dir)
