@@ -416,7 +416,8 @@ def test_train_lm_then_heads_commands_run_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["train", "lm", "--config", str(lm_config), "--steps", "3",
                      "--seed", "5"]) == 2
-    assert "other settings (seed: 0 -> 5)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "other settings (seed: 0 -> 5)" in err, err
     _train_heads_then_generate(tmp_path, capsys, "heads", kind="hydra", num_heads=2,
                                seq_len=32, batch_size=4)
     assert cli.main(["train", "generations", "--target", str(tmp_path / "lm" / "hf"),
