@@ -38,15 +38,22 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an int >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
+def int_at_least(low: int):
+    """An argparse type: an int >= `low`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)
+seed_int = int_at_least(0)  # numpy's generators take no negative seeds
 
 
 def _read_preset(path: str) -> dict:
@@ -610,10 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
         kind.add_argument("--config", required=True, help="YAML training config (configs/train/)")
         kind.add_argument("--steps", type=int, help="override the config's total steps")
         kind.add_argument("--output", help="override the config's run folder")
-        kind.add_argument("--seed", type=int, help="override the config's seed (initial "
+        kind.add_argument("--seed", type=seed_int, help="override the config's seed (initial "
                           "weights and batch order: another seed continues a run on "
                           "other batches)")
-        kind.add_argument("--stop-at", type=int, metavar="STEP",
+        kind.add_argument("--stop-at", type=positive_int, metavar="STEP",
                           help="checkpoint and stop at this step (run again to resume)")
     heads.set_defaults(func=cmd_train_heads)
     generations = train_kinds.add_parser(
@@ -628,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     generations.add_argument("--new-tokens", type=positive_int, default=192)
     generations.add_argument("--temperature", type=float, default=0.0)
     generations.add_argument("--batch-size", type=positive_int, default=8)
-    generations.add_argument("--seed", type=int, default=0)
+    generations.add_argument("--seed", type=seed_int, default=0)
     generations.set_defaults(func=cmd_train_generations)
     return parser
 

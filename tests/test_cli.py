@@ -114,6 +114,7 @@ def test_generate_user_errors_exit_2_with_one_line(checkpoint, tmp_path, capsys,
      "divergence must be one of"),
     ("acceptance", "target: t\ndraft: d\noutput: run\nprompt_len: 600\n",
      "prompt_len must be in"),
+    ("heads", "target: t\noutput: run\nseed: -1\n", "seed must be >= 0"),
 ])
 def test_train_config_errors_exit_2_before_any_work(tmp_path, capsys, command, config,
                                                      message):
@@ -131,6 +132,10 @@ def test_train_config_errors_exit_2_before_any_work(tmp_path, capsys, command, c
     (["train", "generations", "--target", "t", "--output", "o", "--batch-size", "-1"],
      "-1 must be >= 1"),
     (["demo", "--model", "gpt5"], "invalid choice: 'gpt5'"),
+    (["train", "heads", "--config", "c.yaml", "--seed", "-2"],
+     "argument --seed: -2 must be >= 0"),
+    (["train", "lm", "--config", "c.yaml", "--stop-at", "0"],
+     "argument --stop-at: 0 must be >= 1"),
     (["generate", "--model", "x", "--lookahead", "sideways"], "invalid choice: 'sideways'"),
 ])
 def test_malformed_flags_are_one_line_too(capsys, argv, message):
@@ -188,6 +193,21 @@ def test_presets_in_configs_are_valid():
                               max_position_embeddings=8)
     for preset in presets:
         sdjax.from_dict(sdjax.SpecConfig, {"model": model, **yaml.safe_load(preset.read_text())})
+
+
+def test_run_flags_override_the_training_config(tmp_path):
+    """--steps, --output and --seed reach the config of every `sdjax train` kind (the
+    run itself: the slow end-to-end test)."""
+    from sdjax.training.heads import load_config
+
+    path = tmp_path / "heads.yaml"
+    path.write_text("target: t\noutput: run\nseed: 1\nsteps: 10\n")
+    for argv, expected in ((["--seed", "4", "--steps", "20", "--output", "there"],
+                            dict(seed=4, steps=20, output="there")),
+                           ([], dict(seed=1, steps=10, output=str(tmp_path / "run")))):
+        args = cli.build_parser().parse_args(["train", "heads", "--config", str(path), *argv])
+        cfg = load_config(args.config, **cli._run_overrides(args))
+        assert {name: getattr(cfg, name) for name in expected} == expected
 
 
 def test_training_presets_are_valid():

@@ -30,8 +30,8 @@ RUN = "run.json"
 
 
 class CheckpointError(ValueError):
-    """No checkpoint of the run folder can be resumed from, or the folder holds
-    another model's run."""
+    """No checkpoint of the run folder can be resumed from, the folder holds another
+    run (another model's, or under other settings), or a stop comes before its step."""
 
 
 class CheckpointWarning(UserWarning):

@@ -25,7 +25,7 @@ import optax
 from tqdm import tqdm
 
 from sdjax import sharding
-from sdjax.training.checkpoints import RunCheckpoints
+from sdjax.training.checkpoints import CheckpointError, RunCheckpoints
 from sdjax.validation import check_fields, check_range, from_dict
 
 # Field metadata of a path: in a YAML config it is relative to the file's folder.
@@ -67,7 +67,7 @@ class LoopConfig:
         check_range(self, "learning_rate", 0, low_open=True)
         check_range(self, "grad_clip", 0, low_open=True)
         check_range(self, "end_lr_ratio", 0, 1)
-        for name in ("warmup_steps", "weight_decay", "data_parallel"):
+        for name in ("warmup_steps", "weight_decay", "data_parallel", "seed"):
             check_range(self, name, 0)
 
 
@@ -183,6 +183,9 @@ def fit(cfg: LoopConfig, params, loss_fn: LossFn, train_stream: np.ndarray,
     try:
         state = checkpoints.restore(state) or state
         start = int(state["step"])
+        if stop_at is not None and stop_at < start:
+            raise CheckpointError(f"stop_at={stop_at} is before step {start}, where the run "
+                                  f"in {cfg.output} resumes")
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         train_step = _train_step(loss_fn, tx, cfg.seed)
         evaluator = None if val_stream is None else Evaluator(cfg, loss_fn, val_stream, mesh)

@@ -65,7 +65,8 @@ def test_resume_reproduces_the_uninterrupted_run(corpus, tmp_path):
 
 def test_a_resume_under_other_settings_is_refused(corpus, tmp_path):
     """Another seed or learning rate would silently train another run; more steps or
-    another reporting cadence are a resume."""
+    another reporting cadence are a resume; a stop before the resumed step is refused
+    (it would export a later step than asked for)."""
     from sdjax.training.checkpoints import CheckpointError
 
     tokenizer, train, val = corpus
@@ -75,6 +76,8 @@ def test_a_resume_under_other_settings_is_refused(corpus, tmp_path):
                           ({"learning_rate": 2e-2}, "learning_rate: 0.01 -> 0.02")):
         with pytest.raises(CheckpointError, match=f"other settings \\({said}\\)"):
             lm.train_lm(_config(tmp_path, **changes), model, train, val, progress=False)
+    with pytest.raises(CheckpointError, match="stop_at=2 is before step 3, where the run"):
+        lm.train_lm(_config(tmp_path), model, train, val, stop_at=2, progress=False)
     longer = _config(tmp_path, steps=9, eval_every=9, checkpoint_every=9)
     assert lm.train_lm(longer, model, train, val, progress=False).step == 9
 
