@@ -529,7 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "cross_vocab, a real model's only: the testbed's draft through the "
                            "tokens both tokenizers share)")
     demo.add_argument("--gamma", type=int, default=4, help="draft-model chain length")
-    demo.add_argument("--lookup", type=int, default=4, help="prompt-lookup tokens")
+    demo.add_argument("--lookup", type=int, default=7,
+                      help="prompt-lookup tokens (7: 8 verified rows, BENCHMARKS.md)")
     demo.set_defaults(func=cmd_demo)
 
     convert = commands.add_parser(

@@ -22,7 +22,7 @@ from sdjax.trees import TreeShape, branches
 @dataclasses.dataclass(frozen=True)
 class PromptLookup(Drafter):
     """Drafts what followed the latest n-gram match in the row's own text."""
-    num_draft: int = 8
+    num_draft: int = 7  # 8 nodes with the root: see DEFAULT_TREE's note on node counts
     max_ngram: int = 3
     min_ngram: int = 1
     num_branches: int = 1

@@ -34,10 +34,13 @@ from sdjax.heads.redrafter import ReDrafter, ReDrafterHead
 from sdjax.models.hf import load_tree, read_json, save_tree
 from sdjax.protocols import Drafter
 
-# The default choice tree (8 nodes, depth 3): the top 3 of the first head, top 2 below
-# the best, the best path one level deeper. Shallower heads get a chain.
-DEFAULT_TREE = trees.from_choices([[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0],
-                                   [0, 0, 1]])
+# The default choice tree (7 drafts, depth 3; 8 nodes with the root): the top 3 of the
+# first head, top 2 below the best, the best path one level deeper. Shallower heads get
+# a chain. A verify forward's cost steps at multiples of 8 rows on XLA:CPU (Gemma 3
+# 270M, float32: 8 new tokens 104 ms, 9 143 ms), and trees of 8 or 16 nodes suit
+# accelerators' tiles too: an eighth draft ([0, 0, 1]) added 0.00-0.02 to tau and 40% to
+# the verify (BENCHMARKS.md, "Node counts").
+DEFAULT_TREE = trees.from_choices([[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0]])
 # The benchmark's EAGLE drafts: EAGLE-1 on a chain (the fastest static shape on CPU),
 # EAGLE-2's dynamic tree, also with OPT-Tree-style adaptive depth (one level deeper,
 # only while some path is this likely). Sizes picked by measured tokens/s
@@ -50,7 +53,7 @@ BENCH_EAGLE2_ADAPTIVE = dict(BENCH_EAGLE2, depth=5, min_confidence=0.02)
 BENCH_KANGAROO = dict(num_draft=4)
 BENCH_KANGAROO_EARLY_STOP = dict(num_draft=6, min_confidence=0.6)
 
-# ReDrafter: 2 beams over the 4 steps it is trained for (9 nodes, about the size of
+# ReDrafter: 2 beams over the 4 steps it is trained for (9 nodes, one more than
 # DEFAULT_TREE), and over 3 (7 nodes, the depth of 3 Medusa / Hydra heads).
 BENCH_REDRAFTER = dict(beam_width=2)
 BENCH_REDRAFTER_DEPTH3 = dict(beam_width=2, beam_length=3)
