@@ -528,8 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "use, ~30 s, and layer_skip calibrates, ~1 min on Gemma 3; "
                            "cross_vocab, a real model's only: the testbed's draft through the "
                            "tokens both tokenizers share)")
-    demo.add_argument("--gamma", type=int, default=4, help="draft-model chain length")
-    demo.add_argument("--lookup", type=int, default=7,
+    demo.add_argument("--gamma", type=positive_int, default=4, help="draft-model chain length")
+    demo.add_argument("--lookup", type=positive_int, default=7,
                       help="prompt-lookup tokens (7: 8 verified rows, BENCHMARKS.md)")
     demo.set_defaults(func=cmd_demo)
 

@@ -132,6 +132,7 @@ def test_train_config_errors_exit_2_before_any_work(tmp_path, capsys, command, c
     (["train", "generations", "--target", "t", "--output", "o", "--batch-size", "-1"],
      "-1 must be >= 1"),
     (["demo", "--model", "gpt5"], "invalid choice: 'gpt5'"),
+    (["bench", "--lookup", "0"], "argument --lookup: 0 must be >= 1"),
     (["train", "heads", "--config", "c.yaml", "--seed", "-2"],
      "argument --seed: -2 must be >= 0"),
     (["train", "lm", "--config", "c.yaml", "--stop-at", "0"],

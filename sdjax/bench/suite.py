@@ -436,8 +436,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=CATEGORIES)
     parser.add_argument("--methods", nargs="+", default=None,
                         help=f"subset of: {' '.join(METHODS)} (default: all available)")
-    parser.add_argument("--gamma", type=int, default=4, help="draft-model chain length")
-    parser.add_argument("--lookup", type=int, default=7,
+    parser.add_argument("--gamma", type=positive_int, default=4, help="draft-model chain length")
+    parser.add_argument("--lookup", type=positive_int, default=7,
                         help="prompt-lookup tokens (7: 8 verified rows, BENCHMARKS.md)")
     add_stop_head_flags(parser, "method draft_stop_head (chains up to 2 x gamma): ")
     parser.add_argument("--datastore", metavar="DIR",
