@@ -77,10 +77,21 @@ def test_bench_writes_a_well_formed_report(pair, tmp_path, capsys):
         if row["method"] in ("autoregressive", "draft_chain", "prompt_lookup", "cross_vocab"):
             assert row["vs_transformers"] > 0
             assert row["transformers_same_as_greedy"] is True
+        # transformers' greedy ran in both dtypes; every row is set against the faster
+        greedy = report["transformers_greedy"][row["category"]]
+        assert sorted(greedy) == ["bfloat16", "float32"]
+        assert row["vs_transformers_fastest_greedy"] == pytest.approx(
+            row["tokens_per_second"] / max(greedy.values()))
+        if row["method"] == "autoregressive":
+            assert row["tokens_per_second"] / row["vs_transformers"] == pytest.approx(
+                greedy["float32"])  # the report's own dtype is the plain comparison
+    assert set(report["transformers_other_dtype_same"]) == {"completion", "copy_edit"}
     table = (out / "results.md").read_text().splitlines()
     assert table[0] == f"{machine()}, float32 target" == f"{report['machine']}, float32 target"
-    assert len(table) == 4 + len(report["rows"])
-    assert "transformers tok/s" in table[2] and "measured / predicted" in table[2]
+    assert table[2].startswith("transformers' greedy, tokens/s: completion float32 ")
+    assert len(table) == 6 + len(report["rows"])
+    assert "transformers tok/s" in table[4] and "measured / predicted" in table[4]
+    assert "fastest greedy" in table[4]
     assert "results.json" in capsys.readouterr().out
 
 

@@ -7,7 +7,8 @@ time (reported apart), XLA's peak-memory account, and whether the tokens equal
 plain greedy decoding. Methods run in alternating rounds (a shared, noisy machine);
 each prompt's time is the median over rounds. `--vs-transformers` runs the
 matching `transformers` configurations (greedy, assisted generation with the same
-draft, prompt lookup, `assistant_early_exit`) on the same checkpoints and prompts.
+draft, prompt lookup, `assistant_early_exit`) on the same checkpoints and prompts, and
+its greedy in the other dtype too: every row is also compared with the faster greedy.
 Each row's predicted speedup is tau x (one-token forward) / (forward of the tree's
 nodes + one `propose`), with the costs timed on the category's first prompt in
 turns (`step_costs`), before `transformers` loads.
@@ -79,6 +80,8 @@ METHODS = ("autoregressive", "prompt_lookup", *REST_METHODS, *LOOKAHEAD_METHODS,
 TORCH_COUNTERPART = {"autoregressive": "greedy", "draft_chain": "assisted",
                      "prompt_lookup": "prompt_lookup", "early_exit": "early_exit",
                      "cross_vocab": "universal_assisted"}
+# `transformers`' greedy in the dtype the report's target does not use.
+OTHER_GREEDY = "greedy, other dtype"
 
 
 def self_drafts(target: sdjax.LoadedModel, wanted: Sequence[str], gamma: int,
@@ -231,13 +234,19 @@ def run(args) -> dict:
         early_exit = chosen.get("early_exit", (None,))[0]
         torch_seconds, torch_same = _run_transformers(
             args, prompts, first, early_exit and early_exit.layers[-1] + 1)
-    rows = []
+    rows, greedy_rates, greedy_same = [], {}, {}
     for category in tasks:
         index = [k for k, (c, _, _) in enumerate(prompts) if c == category]
         rate = lambda secs: args.new_tokens * len(index) / sum(
             statistics.median(secs[k]) for k in index)
         ar_rate = rate(seconds["autoregressive"])  # main() always runs the baseline
-        torch_ar = rate(torch_seconds["greedy"]) if torch_seconds else np.nan
+        torch_greedy = {}  # dtype -> transformers' greedy tokens/s
+        if torch_seconds:
+            torch_greedy = {args.dtype: rate(torch_seconds["greedy"]),
+                            _other_dtype(args.dtype): rate(torch_seconds[OTHER_GREEDY])}
+            greedy_rates[category] = torch_greedy
+            greedy_same[category] = all(torch_same[OTHER_GREEDY][k] for k in index)
+        fastest_greedy = max(torch_greedy.values(), default=None)
         for name in chosen:
             outs = [first[name][k] for k in index]
             tau, by_depth = acceptance_summary(
@@ -254,11 +263,13 @@ def run(args) -> dict:
                 **costs[category][name],
             }
             row["predicted_speedup"] = tau * row["ar_ms"] / (row["verify_ms"] + row["draft_ms"])
+            if fastest_greedy:  # the issue's yardstick: either dtype, whichever is faster
+                row["vs_transformers_fastest_greedy"] = row["tokens_per_second"] / fastest_greedy
             counterpart = TORCH_COUNTERPART.get(name)
             if torch_seconds and counterpart:
                 theirs = rate(torch_seconds[counterpart])
                 row.update(transformers_tokens_per_second=theirs,
-                           transformers_speedup=theirs / torch_ar,
+                           transformers_speedup=theirs / torch_greedy[args.dtype],
                            vs_transformers=row["tokens_per_second"] / theirs,
                            transformers_same_as_greedy=all(torch_same[counterpart][k]
                                                            for k in index))
@@ -269,6 +280,9 @@ def run(args) -> dict:
         "new_tokens": args.new_tokens, "prompts_per_category": args.prompts,
         "repeats": args.repeats, "temperature": args.temperature,
         "gamma": args.gamma, "lookup": args.lookup, "rows": rows,
+        # transformers' greedy by category and dtype (tokens/s), and whether the other
+        # dtype's tokens equal sdjax's greedy ones (bfloat16 rounds differently)
+        "transformers_greedy": greedy_rates, "transformers_other_dtype_same": greedy_same,
         "prompt_sources": {c: [t.source for t in ts] for c, ts in tasks.items()},
     }
 
@@ -311,51 +325,67 @@ def _name(folder: str) -> str:
 
 def _run_transformers(args, prompts, first, exit_layer: Optional[int]):
     """Median seconds per prompt for each `transformers` configuration, and whether its
-    tokens equal sdjax's greedy ones."""
+    tokens equal sdjax's greedy ones. Its greedy runs in both dtypes (`OTHER_GREEDY`):
+    which is faster depends on the CPU (bfloat16 is emulated without AVX-512 BF16)."""
     import torch
     import transformers
 
     from sdjax.bench.common import torch_generate
 
-    load = lambda path: transformers.AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32 if args.dtype == "float32" else torch.bfloat16).eval()
+    load = lambda path, dtype=args.dtype: transformers.AutoModelForCausalLM.from_pretrained(
+        path, dtype=getattr(torch, dtype)).eval()
     model = load(args.target)
     assistant = load(args.draft) if args.draft else None
-    names = sorted(set(TORCH_COUNTERPART[m] for m in args.methods if m in TORCH_COUNTERPART))
-    cross = None
+    names, cross = _counterparts(args.methods), None
     if "universal_assisted" in names:
         tokenizer = lambda path: transformers.AutoTokenizer.from_pretrained(path)
         cross = (load(args.cross_draft), tokenizer(args.target), tokenizer(args.cross_draft))
-    kwargs_of = lambda name: _torch_kwargs(name, assistant, args.gamma, args.lookup,
-                                           exit_layer, cross)
-    seconds = {n: [[] for _ in prompts] for n in names}
-    same = {n: [] for n in names}
-    for name in names:  # warm-up, and the tokens
-        kwargs = kwargs_of(name)
+    # name -> (model, its generate() arguments, made afresh for each call as before)
+    configurations = {name: (model, lambda name=name: _torch_kwargs(
+        name, assistant, args.gamma, args.lookup, exit_layer, cross)) for name in names}
+    configurations[OTHER_GREEDY] = (load(args.target, _other_dtype(args.dtype)), dict)
+    seconds = {n: [[] for _ in prompts] for n in configurations}
+    same = {n: [] for n in configurations}
+    for name, (generator, kwargs) in configurations.items():  # warm-up, and the tokens
         for k, (_, _, prompt) in enumerate(prompts):
-            tokens = torch_generate(model, [prompt], args.new_tokens, **kwargs)[0][0]
+            tokens = torch_generate(generator, [prompt], args.new_tokens, **kwargs())[0][0]
             reference = first["autoregressive"][k].tokens[0]
             same[name].append(bool(np.array_equal(tokens, reference[:len(tokens)])))
     for _ in tqdm(range(args.repeats), desc="transformers rounds", unit="round"):
-        for name in names:
-            kwargs = kwargs_of(name)
+        for name, (generator, kwargs) in configurations.items():
             for k, (_, _, prompt) in enumerate(prompts):
-                seconds[name][k].append(torch_generate(model, [prompt], args.new_tokens,
-                                                       **kwargs)[1])
+                seconds[name][k].append(torch_generate(generator, [prompt], args.new_tokens,
+                                                       **kwargs())[1])
     return seconds, same
 
 
+def _counterparts(methods: Sequence[str]) -> List[str]:
+    """The `transformers` configurations matching `methods` (greedy always: the baseline)."""
+    return sorted({"greedy"} | {TORCH_COUNTERPART[m] for m in methods if m in TORCH_COUNTERPART})
+
+
+def _other_dtype(dtype: str) -> str:
+    return "bfloat16" if dtype == "float32" else "float32"
+
+
 def markdown(report: dict) -> str:
-    """The results table, one row per category and method, under the machine's line."""
-    torch = any("transformers_tokens_per_second" in r for r in report["rows"])
+    """The results table, one row per category and method, under the machine's line (and
+    `transformers`' greedy speed in both dtypes, when it ran)."""
+    torch = bool(report.get("transformers_greedy"))
     head = ("| category | method | tok/s | speedup vs AR | predicted | measured / predicted "
             "| tau | acceptance by depth | draft ms | verify ms | compile s | memory MB "
             "| = greedy |")
     rule = "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"
     if torch:
-        head += " transformers tok/s | its speedup | sdjax / transformers |"
-        rule += "---:|---:|---:|"
-    lines = [f"{report['machine']}, {report['dtype']} target", "", head, rule]
+        head += (" transformers tok/s | its speedup | sdjax / transformers "
+                 "| sdjax / transformers' fastest greedy |")
+        rule += "---:|---:|---:|---:|"
+    lines = [f"{report['machine']}, {report['dtype']} target", ""]
+    if torch:
+        lines += ["transformers' greedy, tokens/s: " + "; ".join(
+            f"{category} " + " / ".join(f"{dtype} {rate:.1f}" for dtype, rate in rates.items())
+            for category, rates in report["transformers_greedy"].items()), ""]
+    lines += [head, rule]
     for r in report["rows"]:
         depth = " ".join(f"{a:.2f}" for a in r["acceptance_by_depth"]) or "—"
         line = (f"| {r['category']} | {r['method']} | {r['tokens_per_second']:.1f} | "
@@ -369,6 +399,7 @@ def markdown(report: dict) -> str:
                          f"{r['transformers_speedup']:.2f}x | {r['vs_transformers']:.2f}x |")
             else:
                 line += " — | — | — |"
+            line += f" {r['vs_transformers_fastest_greedy']:.2f}x |"
         lines.append(line)
     return "\n".join(lines)
 
@@ -457,7 +488,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rounds of timed calls, each cost (target forwards, one "
                              "draft) once a round, for the predicted speedup")
     parser.add_argument("--vs-transformers", action="store_true",
-                        help="also time the matching transformers configurations")
+                        help="also time the matching transformers configurations, and "
+                             "its greedy decoding in both float32 and bfloat16")
     parser.add_argument("--out", default="bench_out", help="folder for the report files")
 
 
