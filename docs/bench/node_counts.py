@@ -1,7 +1,7 @@
 """Verify sizes on Gemma 3 270M in float32 on XLA:CPU: the forward's cost steps at
 multiples of 8 new tokens (BENCHMARKS.md, "Node counts").
 
-    python docs/bench/node_counts.py [--prompts 1] [--repeats 10]
+    python docs/bench/node_counts.py [--prompts 1] [--repeats 10] [--drafts depths]
 
 First the target's forward of n new tokens over a 300-token cache, n = 1, 4, 7, 8, 9, 12,
 16, 17 (medians of calls in turns). Then, after `--prompts` prompts of each category of
@@ -12,6 +12,10 @@ less its last node (8); the shipped EAGLE-3 on EAGLE-2's tree of 8 nodes (the be
 and of 16 (depth 6, top-k 4). Each row: tau, the costs timed in turns (`sdjax.bench.cost`),
 the predicted speedup tau x ar / (verify + draft) and the measured one, every decode
 taking turns with autoregressive decoding, and whether it equals greedy decoding.
+
+`--drafts depths` compares trees of the same 8 nodes instead: the shipped EAGLE-3 on
+EAGLE-2's trees of depth 4 (the bench's), 5 and 6 (top-k 2), and with OPT-Tree-style
+adaptive depth (up to 6, one level deeper only while some path is at least 0.02 likely).
 """
 
 import argparse
@@ -31,16 +35,23 @@ from sdjax.pretrained import pretrained_path, shipped_drafts
 NINE = [[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 1]]  # the heads' old tree
 
 
-def drafts():
-    """name -> (drafter, draft params, node count)."""
+def drafts(which: str):
+    """name -> (drafter, draft params): `which` is "counts" (pairs that differ in node
+    count) or "depths" (EAGLE-3 trees of 8 nodes and different depths)."""
     shipped = {kind: load_heads(path) for kind, path in shipped_drafts("gemma3-270m").items()}
+    cfg, params = shipped["eagle3"]
+    if which == "depths":
+        found = {f"eagle3 depth {d}": (Eagle2(cfg, depth=d, top_k=2, num_nodes=8), params)
+                 for d in (4, 5, 6)}
+        found["eagle3 adaptive to 6"] = (
+            Eagle2(cfg, depth=6, top_k=2, num_nodes=8, min_confidence=0.02), params)
+        return found
     found = {f"prompt_lookup {n}": (PromptLookup(num_draft=n), None) for n in (4, 7)}
     for kind, drafter_class in (("medusa", Medusa), ("hydra", Hydra)):
-        cfg, params = shipped[kind]
+        heads_cfg, heads_params = shipped[kind]
         for choices in (NINE, NINE[:-1]):
             found[f"{kind} {len(choices) + 1}"] = (
-                drafter_class(cfg, trees.from_choices(choices)), params)
-    cfg, params = shipped["eagle3"]
+                drafter_class(heads_cfg, trees.from_choices(choices)), heads_params)
     found["eagle3 8"] = (Eagle2(cfg, depth=4, top_k=2, num_nodes=8), params)
     found["eagle3 16"] = (Eagle2(cfg, depth=6, top_k=4, num_nodes=16), params)
     return found
@@ -52,6 +63,7 @@ def main():
     parser.add_argument("--prompts", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=10, help="rounds of the cost timers")
     parser.add_argument("--categories", nargs="+", default=list(CATEGORIES))
+    parser.add_argument("--drafts", choices=("counts", "depths"), default="counts")
     args = parser.parse_args()
     model = sdjax.load_hf(pretrained_path("gemma3-270m"))
     print(machine())
@@ -59,7 +71,7 @@ def main():
     ms = interleaved_medians({n: forward_timer(model, n, 300) for n in sizes}, args.repeats)
     print("forward of n new tokens, ms: " + ", ".join(f"{n}: {ms[n]:.1f}" for n in sizes))
     base = sdjax.SpecConfig(model=model.config, max_new_tokens=128, eos_token_id=())
-    methods = drafts()
+    methods = drafts(args.drafts)
     tasks = build_tasks(model.tokenizer, args.prompts, categories=args.categories)
     print("| category | method | nodes | tau | draft ms | verify ms | predicted | measured "
           "| = greedy |\n|---|---|---:|---:|---:|---:|---:|---:|---|")
@@ -86,7 +98,8 @@ def main():
                 out, nodes = outputs[name][0], drafter.shape.num_nodes
                 draft, verify = costs[name], costs[f"forward {nodes}"]
                 predicted = out.stats["tau"] * costs["forward 1"] / (draft + verify)
-                print(f"| {category} | {name.split()[0]} | {nodes} | {out.stats['tau']:.2f} | "
+                print(f"| {category} | {name if args.drafts == 'depths' else name.split()[0]} "
+                      f"| {nodes} | {out.stats['tau']:.2f} | "
                       f"{draft:.1f} | {verify:.1f} | {predicted:.2f}x | "
                       f"{seconds['autoregressive'] / seconds[name]:.2f}x | "
                       f"{np.array_equal(out.tokens, greedy)} |", flush=True)

@@ -4,8 +4,8 @@ For each task category (sdjax.bench.tasks) and method, at batch 1 and the same
 prompts: tau (mean tokens per draft-verify cycle), acceptance by depth, tokens/s,
 walltime speedup over autoregressive decoding measured in the same run, compile
 time (reported apart), XLA's peak-memory account, and whether the tokens equal
-plain greedy decoding. Methods run in alternating rounds (a shared, noisy machine);
-each prompt's time is the median over rounds. `--vs-transformers` runs the
+plain greedy decoding. Methods take turns on each prompt, in rounds (a shared, noisy
+machine); each prompt's time is the median over rounds. `--vs-transformers` runs the
 matching `transformers` configurations (greedy, assisted generation with the same
 draft, prompt lookup, `assistant_early_exit`) on the same checkpoints and prompts, and
 its greedy in the other dtype too: every row is also compared with the faster greedy.
@@ -222,9 +222,11 @@ def run(args) -> dict:
     for name in tqdm(chosen, desc="compile + first pass", unit="method"):
         first[name] = [decode(name, p) for _, _, p in prompts]
         seconds[name] = [[] for _ in prompts]
+    # Every method decodes a prompt before the next prompt: a slow spell of this shared
+    # machine then falls on all methods of that prompt alike, not on one method.
     for _ in tqdm(range(args.repeats), desc="timed rounds", unit="round"):
-        for name in chosen:
-            for k, (_, _, prompt) in enumerate(prompts):
+        for k, (_, _, prompt) in enumerate(prompts):
+            for name in chosen:
                 seconds[name][k].append(decode(name, prompt).stats["decode_seconds"])
 
     costs = {category: step_costs(target, chosen, ts[0].prompt, args.cost_repeats, base)
@@ -352,8 +354,8 @@ def _run_transformers(args, prompts, first, exit_layer: Optional[int]):
             reference = first["autoregressive"][k].tokens[0]
             same[name].append(bool(np.array_equal(tokens, reference[:len(tokens)])))
     for _ in tqdm(range(args.repeats), desc="transformers rounds", unit="round"):
-        for name, (generator, kwargs) in configurations.items():
-            for k, (_, _, prompt) in enumerate(prompts):
+        for k, (_, _, prompt) in enumerate(prompts):  # in turns, as sdjax's methods
+            for name, (generator, kwargs) in configurations.items():
                 seconds[name][k].append(torch_generate(generator, [prompt], args.new_tokens,
                                                        **kwargs())[1])
     return seconds, same
