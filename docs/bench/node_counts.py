@@ -6,12 +6,13 @@ multiples of 8 new tokens (BENCHMARKS.md, "Node counts").
 First the target's forward of n new tokens over a 300-token cache, n = 1, 4, 7, 8, 9, 12,
 16, 17 (medians of calls in turns). Then, after `--prompts` prompts of each category of
 the benchmark split, pairs of drafts that differ in their tree's node count, greedy,
-128 new tokens: prompt lookup drafting 4 tokens (the bench's default, 5 nodes) and 7 (8
-nodes); the shipped Medusa and Hydra heads on their 9-node default tree and on that tree
-less its last node (8); the shipped EAGLE-3 on EAGLE-2's tree of 8 nodes (the bench's)
-and of 16 (depth 6, top-k 4). Each row: tau, the costs timed in turns (`sdjax.bench.cost`),
-the predicted speedup tau x ar / (verify + draft) and the measured one, every decode
-taking turns with autoregressive decoding, and whether it equals greedy decoding.
+128 new tokens: prompt lookup drafting 4 tokens (the bench's default until 2026-12-07, 5
+nodes) and 7 (8 nodes, the default since); the shipped Medusa and Hydra heads on their
+old 9-node default tree and on that tree less its last node (8, the default since); the
+shipped EAGLE-3 on EAGLE-2's tree of 8 nodes (the bench's) and of 16 (depth 6, top-k 4).
+Each row: tau, the costs timed in turns (`sdjax.bench.cost`), the predicted speedup
+tau x ar / (verify + draft) and the measured one, every decode taking turns with
+autoregressive decoding, and whether it equals greedy decoding.
 
 `--drafts depths` compares trees of the same 8 nodes instead: the shipped EAGLE-3 on
 EAGLE-2's trees of depth 4 (the bench's), 5 and 6 (top-k 2), and with OPT-Tree-style

@@ -342,7 +342,8 @@ def _run_transformers(args, prompts, first, exit_layer: Optional[int]):
     if "universal_assisted" in names:
         tokenizer = lambda path: transformers.AutoTokenizer.from_pretrained(path)
         cross = (load(args.cross_draft), tokenizer(args.target), tokenizer(args.cross_draft))
-    # name -> (model, its generate() arguments, made afresh for each call as before)
+    # name -> (model, its generate() arguments, made afresh for each call: `_torch_kwargs`
+    # sets the assistant's generation config)
     configurations = {name: (model, lambda name=name: _torch_kwargs(
         name, assistant, args.gamma, args.lookup, exit_layer, cross)) for name in names}
     configurations[OTHER_GREEDY] = (load(args.target, _other_dtype(args.dtype)), dict)
